@@ -1,0 +1,1 @@
+//! Safe Rust over the PJRT C API (work in progress).
