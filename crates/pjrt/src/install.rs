@@ -225,7 +225,7 @@ fn download(pkg: &PluginPackage, tmp: &Path) -> Result<PathBuf> {
         .arg(tmp)
         .arg(&spec)
         .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
+        .stdout(Stdio::from(std::io::stderr())) // keep stdout for the command's own output (JSON)
         .stderr(Stdio::inherit())
         .status()
         .map_err(|e| fail(format!("cannot run `{python} -m pip` ({e}); install Python 3 with pip, or set MESHTRAIN_PYTHON")))?;
