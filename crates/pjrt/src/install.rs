@@ -131,9 +131,25 @@ pub fn home() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("meshtrain"))
 }
 
+/// The official OpenXLA CPU build (PJRT 0.81): not the default, kept for
+/// the plugin comparison bench (`cargo bench -p meshtrain-pjrt`).
+pub const CPU_OFFICIAL: PluginPackage = PluginPackage {
+    backend: Backend::Cpu,
+    package: "xla-cpu-pjrt",
+    version: "0.0.1",
+    platform: "manylinux_2_27_x86_64",
+    python_version: "3.11",
+    member: "xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so",
+    sha256: "88c3f28c5900f48ad4a82cab9e79bba9537809743395e341485f8794268820dc",
+    licence: "Apache-2.0 (XLA)",
+};
+
 /// Where the pinned plugin of `backend` lives once installed.
 pub fn install_path(backend: Backend) -> PathBuf {
-    let p = backend.package();
+    package_path(backend.package())
+}
+
+fn package_path(p: &PluginPackage) -> PathBuf {
     let file = Path::new(p.member)
         .file_name()
         .expect("member has a file name");
@@ -149,9 +165,13 @@ fn marker(path: &Path) -> PathBuf {
 
 /// The installed plugin of `backend`, if complete and verified.
 pub fn find_installed(backend: Backend) -> Option<PathBuf> {
-    let path = install_path(backend);
+    find_package(backend.package())
+}
+
+fn find_package(pkg: &PluginPackage) -> Option<PathBuf> {
+    let path = package_path(pkg);
     let recorded = fs::read_to_string(marker(&path)).ok()?;
-    (path.is_file() && recorded.trim() == backend.package().sha256).then_some(path)
+    (path.is_file() && recorded.trim() == pkg.sha256).then_some(path)
 }
 
 /// Chooses the plugin: `explicit`, else `$MESHTRAIN_PJRT_PLUGIN`, else the
@@ -182,8 +202,14 @@ pub fn resolve(backend: Backend, explicit: Option<&Path>) -> Result<PathBuf> {
 /// Downloads, verifies and installs the pinned plugin of `backend` (a no-op
 /// if it is already installed). Safe to call from several processes at once.
 pub fn install(backend: Backend) -> Result<PathBuf> {
-    let pkg = backend.package();
-    let dest = install_path(backend);
+    install_package(backend.package())
+}
+
+/// Downloads, verifies and installs one pinned plugin wheel (a no-op if it
+/// is already installed). Safe to call from several processes at once.
+pub fn install_package(pkg: &PluginPackage) -> Result<PathBuf> {
+    let backend = pkg.backend;
+    let dest = package_path(pkg);
     let dir = dest
         .parent()
         .expect("install path has a parent")
@@ -193,7 +219,7 @@ pub fn install(backend: Backend) -> Result<PathBuf> {
     let lock = File::create(&lock_path).map_err(|e| Error::io("creating", &lock_path, e))?;
     lock.lock()
         .map_err(|e| Error::io("locking", &lock_path, e))?;
-    if let Some(done) = find_installed(backend) {
+    if let Some(done) = find_package(pkg) {
         return Ok(done);
     }
     eprintln!(

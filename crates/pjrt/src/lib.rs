@@ -48,7 +48,14 @@
 //! recommend over the older official `xla-cpu-pjrt==0.0.1` build: it refuses
 //! unknown client options with an error instead of ignoring them, it
 //! recovers after a failed execution, it is a Shardy-era XLA, and its bf16
-//! matmuls are 3-4x faster.
+//! matmuls are 3-4x faster. Measured here (`cargo bench -p meshtrain-pjrt
+//! --bench plugins`, 4 chained 1024^3 matmuls + tanh, 1 device, 2 cores,
+//! median of 12; 2026-11-27):
+//!
+//! | plugin | f32 step | bf16 step | bf16 GFLOP/s |
+//! |---|---|---|---|
+//! | lammps-jax-pjrt-cpu 0.11.2 (default) | 0.098 s | 0.026 s | 332 |
+//! | xla-cpu-pjrt 0.0.1 | 0.093 s | 0.096 s | 89 |
 #![deny(missing_docs)]
 
 mod buffer;
