@@ -19,7 +19,10 @@ impl Builder {
             return Err(Error::NonScalarLoss(lt.clone()));
         }
         if self.current_region != NO_REGION {
-            return Err(Error::Invalid { op: "grad", message: "cannot differentiate inside a remat region".into() });
+            return Err(Error::Invalid {
+                op: "grad",
+                message: "cannot differentiate inside a remat region".into(),
+            });
         }
         for &w in wrt {
             self.check("grad", w)?;
@@ -54,7 +57,11 @@ impl Builder {
                 if self.ty(o) != self.ty(c) {
                     return Err(Error::Invalid {
                         op: op.kind(),
-                        message: format!("internal: cotangent {} for operand {}", self.ty(c), self.ty(o)),
+                        message: format!(
+                            "internal: cotangent {} for operand {}",
+                            self.ty(c),
+                            self.ty(o)
+                        ),
                     });
                 }
                 ct[o.index()] = Some(match ct[o.index()] {
@@ -75,7 +82,9 @@ impl Builder {
     /// Nodes on a float path from one of `wrt` to `loss`.
     fn active_nodes(&self, loss: Value, wrt: &[Value]) -> Vec<bool> {
         let n = loss.index() + 1;
-        let carries = |b: &Builder, i: usize| matches!(b.nodes[i].op, Op::Barrier(_)) || b.nodes[i].ty.dtype.is_float();
+        let carries = |b: &Builder, i: usize| {
+            matches!(b.nodes[i].op, Op::Barrier(_)) || b.nodes[i].ty.dtype.is_float()
+        };
         let mut depends = vec![false; n];
         for &w in wrt {
             if w.index() < n && carries(self, w.index()) {
@@ -84,7 +93,11 @@ impl Builder {
         }
         for i in 0..n {
             if !depends[i] && carries(self, i) {
-                depends[i] = self.nodes[i].op.operands().iter().any(|o| depends[o.index()]);
+                depends[i] = self.nodes[i]
+                    .op
+                    .operands()
+                    .iter()
+                    .any(|o| depends[o.index()]);
             }
         }
         let mut reach = vec![false; n];
@@ -101,12 +114,20 @@ impl Builder {
 
     /// Replays remat region `r` for the backward pass: its inputs and the
     /// cotangents flowing into it go through one optimization barrier.
-    fn replay(&mut self, r: usize, ct: &mut [Option<Value>], remap: &mut HashMap<Value, Value>) -> Result<()> {
+    fn replay(
+        &mut self,
+        r: usize,
+        ct: &mut [Option<Value>],
+        remap: &mut HashMap<Value, Value>,
+    ) -> Result<()> {
         let region = self.regions[r].clone();
         let free = |op: &Op| matches!(op, Op::Constant(_) | Op::Iota(_));
         let keep = |b: &Builder, i: usize| {
             let op = &b.nodes[i].op;
-            i < region.start || region.saves(op) || free(op) || matches!(op, Op::Barrier(_) | Op::Project(..))
+            i < region.start
+                || region.saves(op)
+                || free(op)
+                || matches!(op, Op::Barrier(_) | Op::Project(..))
         };
         let mut inputs: Vec<Value> = Vec::new();
         for i in region.start..region.end {
@@ -114,13 +135,16 @@ impl Builder {
                 continue;
             }
             for o in self.nodes[i].op.operands() {
-                if keep(self, o.index()) && !free(&self.nodes[o.index()].op) && !inputs.contains(&o) {
+                if keep(self, o.index()) && !free(&self.nodes[o.index()].op) && !inputs.contains(&o)
+                {
                     inputs.push(o);
                 }
             }
         }
         inputs.sort_unstable();
-        let cts: Vec<usize> = (region.start..region.end.min(ct.len())).filter(|&i| ct[i].is_some()).collect();
+        let cts: Vec<usize> = (region.start..region.end.min(ct.len()))
+            .filter(|&i| ct[i].is_some())
+            .collect();
         let mut through: Vec<Value> = inputs.clone();
         through.extend(cts.iter().map(|&i| ct[i].expect("filtered")));
         let outs = self.optimization_barrier(&through)?;
@@ -135,7 +159,12 @@ impl Builder {
                 continue;
             }
             let node = self.nodes[i].clone();
-            let ops: Vec<Value> = node.op.operands().iter().map(|o| *remap.get(o).unwrap_or(o)).collect();
+            let ops: Vec<Value> = node
+                .op
+                .operands()
+                .iter()
+                .map(|o| *remap.get(o).unwrap_or(o))
+                .collect();
             let saved_scope = self.set_scope_id(node.scope);
             let v = self.push(node.op.with_operands(&ops), node.ty);
             self.set_scope_id(saved_scope);

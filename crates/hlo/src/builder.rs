@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::op::{Literal, Op};
-use crate::remat::{RematPolicy, Region};
+use crate::remat::{Region, RematPolicy};
 use crate::sharding::{Mesh, Sharding};
 use crate::{DType, Error, Result, TensorType};
 
@@ -125,12 +125,21 @@ impl Builder {
     pub fn parameter(&mut self, name: &str, ty: TensorType) -> Value {
         let index = self.params.len();
         let v = self.push_raw(Op::Parameter(index), ty);
-        self.params.push(Param { name: name.to_string(), value: v, sharding: None });
+        self.params.push(Param {
+            name: name.to_string(),
+            value: v,
+            sharding: None,
+        });
         v
     }
 
     /// Declares a sharded program input.
-    pub fn parameter_sharded(&mut self, name: &str, ty: TensorType, sharding: Sharding) -> Result<Value> {
+    pub fn parameter_sharded(
+        &mut self,
+        name: &str,
+        ty: TensorType,
+        sharding: Sharding,
+    ) -> Result<Value> {
         sharding.check(self.mesh.as_ref(), &ty, name)?;
         let v = self.parameter(name, ty);
         self.params.last_mut().expect("just pushed").sharding = Some(sharding);
@@ -156,7 +165,11 @@ impl Builder {
     /// Enters a name scope (see [`Builder::scope`]).
     pub fn push_scope(&mut self, name: &str) {
         let parent = &self.scopes[*self.scope_stack.last().expect("root scope") as usize];
-        let full = if parent.is_empty() { name.to_string() } else { format!("{parent}.{name}") };
+        let full = if parent.is_empty() {
+            name.to_string()
+        } else {
+            format!("{parent}.{name}")
+        };
         let id = match self.scope_ids.get(&full) {
             Some(&id) => id,
             None => {
@@ -182,8 +195,15 @@ impl Builder {
     pub(crate) fn check(&self, op: &'static str, v: Value) -> Result<&TensorType> {
         match self.nodes.get(v.index()) {
             Some(n) if !matches!(n.op, Op::Barrier(_)) => Ok(&n.ty),
-            Some(_) => Err(Error::Invalid { op, message: "a multi-result node is not a tensor".into() }),
-            None => Err(Error::UnknownValue { op, index: v.index(), len: self.nodes.len() }),
+            Some(_) => Err(Error::Invalid {
+                op,
+                message: "a multi-result node is not a tensor".into(),
+            }),
+            None => Err(Error::UnknownValue {
+                op,
+                index: v.index(),
+                len: self.nodes.len(),
+            }),
         }
     }
 
@@ -191,7 +211,12 @@ impl Builder {
     pub(crate) fn push_raw(&mut self, op: Op, ty: TensorType) -> Value {
         let v = Value(self.nodes.len() as u32);
         let scope = *self.scope_stack.last().expect("root scope");
-        self.nodes.push(Node { op, ty, scope, region: self.current_region });
+        self.nodes.push(Node {
+            op,
+            ty,
+            scope,
+            region: self.current_region,
+        });
         v
     }
 
@@ -234,7 +259,11 @@ impl Builder {
     /// `iota` along `dim`: element `[i0, i1, ...]` is `i_dim`.
     pub fn iota(&mut self, ty: TensorType, dim: usize) -> Result<Value> {
         if dim >= ty.rank() || ty.dtype == DType::Bool {
-            return crate::error::shape_err("iota", &[&ty], format!("a numeric type with dimension {dim}"));
+            return crate::error::shape_err(
+                "iota",
+                &[&ty],
+                format!("a numeric type with dimension {dim}"),
+            );
         }
         Ok(self.push(Op::Iota(dim as i64), ty))
     }
@@ -246,10 +275,17 @@ impl Builder {
 
     pub(crate) fn enter_region(&mut self, policy: RematPolicy) -> Result<u32> {
         if self.current_region != NO_REGION {
-            return Err(Error::Invalid { op: "remat", message: "remat regions cannot nest".into() });
+            return Err(Error::Invalid {
+                op: "remat",
+                message: "remat regions cannot nest".into(),
+            });
         }
         let id = self.regions.len() as u32;
-        self.regions.push(Region { policy, start: self.nodes.len(), end: self.nodes.len() });
+        self.regions.push(Region {
+            policy,
+            start: self.nodes.len(),
+            end: self.nodes.len(),
+        });
         self.current_region = id;
         Ok(id)
     }
@@ -275,7 +311,17 @@ pub(crate) fn literal_for(value: f64, dtype: DType) -> Literal {
 pub(crate) fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) { format!("v{s}") } else { s }
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("v{s}")
+    } else {
+        s
+    }
 }

@@ -85,12 +85,18 @@ pub struct TensorType {
 impl TensorType {
     /// A tensor type from an element type and dimensions.
     pub fn new(dtype: DType, dims: impl Into<Vec<i64>>) -> Self {
-        TensorType { dtype, dims: dims.into() }
+        TensorType {
+            dtype,
+            dims: dims.into(),
+        }
     }
 
     /// A scalar (rank 0) type.
     pub fn scalar(dtype: DType) -> Self {
-        TensorType { dtype, dims: Vec::new() }
+        TensorType {
+            dtype,
+            dims: Vec::new(),
+        }
     }
 
     /// `f32` tensor with these dimensions.
@@ -120,7 +126,10 @@ impl TensorType {
 
     /// The same dimensions with another element type.
     pub fn with_dtype(&self, dtype: DType) -> Self {
-        TensorType { dtype, dims: self.dims.clone() }
+        TensorType {
+            dtype,
+            dims: self.dims.clone(),
+        }
     }
 }
 
@@ -142,6 +151,9 @@ mod tests {
     fn displays_as_mlir() {
         assert_eq!(TensorType::f32([2, 3]).to_string(), "tensor<2x3xf32>");
         assert_eq!(TensorType::scalar(DType::Bool).to_string(), "tensor<i1>");
-        assert_eq!(TensorType::new(DType::U32, [4]).to_string(), "tensor<4xui32>");
+        assert_eq!(
+            TensorType::new(DType::U32, [4]).to_string(),
+            "tensor<4xui32>"
+        );
     }
 }

@@ -64,7 +64,10 @@ impl<'a> Emitter<'a> {
             }
             let mut attrs = Vec::new();
             if b.mesh.is_some() {
-                let s = prm.sharding.clone().unwrap_or_else(|| crate::Sharding::replicated(b.ty(prm.value).rank()));
+                let s = prm
+                    .sharding
+                    .clone()
+                    .unwrap_or_else(|| crate::Sharding::replicated(b.ty(prm.value).rank()));
                 attrs.push(format!("sdy.sharding = #sdy.sharding{s}"));
             }
             if let Some(k) = p.aliases[i] {
@@ -83,7 +86,9 @@ impl<'a> Emitter<'a> {
             }
             self.out.push_str(&self.ty(o));
             if b.mesh.is_some() {
-                let s = p.out_shardings[i].clone().unwrap_or_else(|| crate::Sharding::replicated(b.ty(o).rank()));
+                let s = p.out_shardings[i]
+                    .clone()
+                    .unwrap_or_else(|| crate::Sharding::replicated(b.ty(o).rank()));
                 let _ = write!(self.out, " {{sdy.sharding = #sdy.sharding{s}}}");
             }
         }
@@ -98,7 +103,11 @@ impl<'a> Emitter<'a> {
             if let Op::Project(bar, k) = node.op {
                 let base = &self.names[bar.index()];
                 let multi = matches!(&b.nodes[bar.index()].op, Op::Barrier(xs) if xs.len() > 1);
-                self.names[i] = if multi { format!("{base}#{k}") } else { base.clone() };
+                self.names[i] = if multi {
+                    format!("{base}#{k}")
+                } else {
+                    base.clone()
+                };
                 continue;
             }
             if let Op::Constant(lit) = node.op {
@@ -117,12 +126,21 @@ impl<'a> Emitter<'a> {
             }
             self.out.push('\n');
         }
-        let outs: Vec<String> = p.outputs.iter().map(|o| format!("%{}", self.names[o.index()])).collect();
+        let outs: Vec<String> = p
+            .outputs
+            .iter()
+            .map(|o| format!("%{}", self.names[o.index()]))
+            .collect();
         let tys: Vec<String> = p.outputs.iter().map(|&o| self.ty(o)).collect();
         if outs.is_empty() {
             self.out.push_str("    return\n");
         } else {
-            let _ = writeln!(self.out, "    return {} : {}", outs.join(", "), tys.join(", "));
+            let _ = writeln!(
+                self.out,
+                "    return {} : {}",
+                outs.join(", "),
+                tys.join(", ")
+            );
         }
         self.out.push_str("  }\n}\n");
         self.out
@@ -136,7 +154,11 @@ impl<'a> Emitter<'a> {
         }
         let name = format!("c{}", self.n_consts);
         self.n_consts += 1;
-        let _ = writeln!(self.out, "    %{name} = stablehlo.constant dense<{}> : {ty}", literal_text(lit, ty.dtype));
+        let _ = writeln!(
+            self.out,
+            "    %{name} = stablehlo.constant dense<{}> : {ty}",
+            literal_text(lit, ty.dtype)
+        );
         self.consts.insert((lit, ty), name.clone());
         name
     }
@@ -147,12 +169,21 @@ impl<'a> Emitter<'a> {
         let n = |v: &Value| format!("%{}", self.names[v.index()]);
         let t = |v: &Value| b.ty(*v).to_string();
         let ty = node.ty.to_string();
-        let list = |xs: &[i64]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+        let list = |xs: &[i64]| {
+            xs.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let op_text = match &node.op {
             Op::Parameter(_) | Op::Project(..) => unreachable!("handled by the caller"),
             Op::Constant(lit) => {
-                self.consts.insert((*lit, node.ty.clone()), self.names[i].clone());
-                format!("stablehlo.constant dense<{}> : {ty}", literal_text(*lit, node.ty.dtype))
+                self.consts
+                    .insert((*lit, node.ty.clone()), self.names[i].clone());
+                format!(
+                    "stablehlo.constant dense<{}> : {ty}",
+                    literal_text(*lit, node.ty.dtype)
+                )
             }
             Op::Iota(d) => format!("stablehlo.iota dim = {d} : {ty}"),
             Op::Unary(UnaryOp::Erf, x) => format!("\"chlo.erf\"({}) : ({}) -> {ty}", n(x), t(x)),
@@ -167,35 +198,83 @@ impl<'a> Emitter<'a> {
                 } else {
                     "SIGNED"
                 };
-                format!("stablehlo.compare {}, {}, {}, {kind} : ({}, {}) -> {ty}", d.name(), n(x), n(y), t(x), t(y))
+                format!(
+                    "stablehlo.compare {}, {}, {}, {kind} : ({}, {}) -> {ty}",
+                    d.name(),
+                    n(x),
+                    n(y),
+                    t(x),
+                    t(y)
+                )
             }
-            Op::Select(c, x, y) => format!("stablehlo.select {}, {}, {} : {}, {ty}", n(c), n(x), n(y), t(c)),
+            Op::Select(c, x, y) => format!(
+                "stablehlo.select {}, {}, {} : {}, {ty}",
+                n(c),
+                n(x),
+                n(y),
+                t(c)
+            ),
             Op::Convert(x) => format!("stablehlo.convert {} : ({}) -> {ty}", n(x), t(x)),
             Op::Broadcast(x, dims) => {
-                format!("stablehlo.broadcast_in_dim {}, dims = [{}] : ({}) -> {ty}", n(x), list(dims), t(x))
+                format!(
+                    "stablehlo.broadcast_in_dim {}, dims = [{}] : ({}) -> {ty}",
+                    n(x),
+                    list(dims),
+                    t(x)
+                )
             }
             Op::Reshape(x) => format!("stablehlo.reshape {} : ({}) -> {ty}", n(x), t(x)),
-            Op::Transpose(x, perm) => format!("stablehlo.transpose {}, dims = [{}] : ({}) -> {ty}", n(x), list(perm), t(x)),
+            Op::Transpose(x, perm) => format!(
+                "stablehlo.transpose {}, dims = [{}] : ({}) -> {ty}",
+                n(x),
+                list(perm),
+                t(x)
+            ),
             Op::Slice(x, st, li, sr) => {
                 let r: Vec<String> = (0..st.len())
-                    .map(|d| if sr[d] == 1 { format!("{}:{}", st[d], li[d]) } else { format!("{}:{}:{}", st[d], li[d], sr[d]) })
+                    .map(|d| {
+                        if sr[d] == 1 {
+                            format!("{}:{}", st[d], li[d])
+                        } else {
+                            format!("{}:{}:{}", st[d], li[d], sr[d])
+                        }
+                    })
                     .collect();
-                format!("stablehlo.slice {} [{}] : ({}) -> {ty}", n(x), r.join(", "), t(x))
+                format!(
+                    "stablehlo.slice {} [{}] : ({}) -> {ty}",
+                    n(x),
+                    r.join(", "),
+                    t(x)
+                )
             }
             Op::DynamicSlice(x, starts, sizes) => {
                 let s: Vec<String> = starts.iter().map(n).collect();
                 let st: Vec<String> = std::iter::once(x).chain(starts).map(t).collect();
-                format!("stablehlo.dynamic_slice {}, {}, sizes = [{}] : ({}) -> {ty}", n(x), s.join(", "), list(sizes), st.join(", "))
+                format!(
+                    "stablehlo.dynamic_slice {}, {}, sizes = [{}] : ({}) -> {ty}",
+                    n(x),
+                    s.join(", "),
+                    list(sizes),
+                    st.join(", ")
+                )
             }
             Op::DynamicUpdateSlice(x, u, starts) => {
                 let s: Vec<String> = [x, u].into_iter().chain(starts).map(n).collect();
                 let st: Vec<String> = [x, u].into_iter().chain(starts).map(t).collect();
-                format!("stablehlo.dynamic_update_slice {} : ({}) -> {ty}", s.join(", "), st.join(", "))
+                format!(
+                    "stablehlo.dynamic_update_slice {} : ({}) -> {ty}",
+                    s.join(", "),
+                    st.join(", ")
+                )
             }
             Op::Concat(xs, d) => {
                 let s: Vec<String> = xs.iter().map(n).collect();
                 let st: Vec<String> = xs.iter().map(t).collect();
-                format!("stablehlo.concatenate {}, dim = {d} : ({}) -> {ty}", s.join(", "), st.join(", "))
+                format!(
+                    "stablehlo.concatenate {}, dim = {d} : ({}) -> {ty}",
+                    s.join(", "),
+                    st.join(", ")
+                )
             }
             Op::Pad(x, v, lo, hi, int) => format!(
                 "stablehlo.pad {}, {}, low = [{}], high = [{}], interior = [{}] : ({}, {}) -> {ty}",
@@ -211,7 +290,11 @@ impl<'a> Emitter<'a> {
                 let batch = if d.lhs_batch.is_empty() {
                     String::new()
                 } else {
-                    format!("batching_dims = [{}] x [{}], ", list(&d.lhs_batch), list(&d.rhs_batch))
+                    format!(
+                        "batching_dims = [{}] x [{}], ",
+                        list(&d.lhs_batch),
+                        list(&d.rhs_batch)
+                    )
                 };
                 format!(
                     "stablehlo.dot_general {}, {}, {batch}contracting_dims = [{}] x [{}] : ({}, {}) -> {ty}",
@@ -239,7 +322,11 @@ impl<'a> Emitter<'a> {
                 let ri = b.rank(*idx) as i64;
                 let rt = b.rank(*tab) as i64;
                 let offset: Vec<i64> = (ri..ri + rt - 1).collect();
-                let offset = if offset.is_empty() { String::new() } else { format!("offset_dims = [{}], ", list(&offset)) };
+                let offset = if offset.is_empty() {
+                    String::new()
+                } else {
+                    format!("offset_dims = [{}], ", list(&offset))
+                };
                 let mut sizes = b.dims(*tab).to_vec();
                 sizes[0] = 1;
                 format!(
@@ -255,7 +342,11 @@ impl<'a> Emitter<'a> {
                 let ri = b.rank(*idx) as i64;
                 let ro = b.rank(*o) as i64;
                 let win: Vec<i64> = (ri..ri + ro - 1).collect();
-                let win = if win.is_empty() { String::new() } else { format!("update_window_dims = [{}], ", list(&win)) };
+                let win = if win.is_empty() {
+                    String::new()
+                } else {
+                    format!("update_window_dims = [{}], ", list(&win))
+                };
                 let st = format!("tensor<{}>", node.ty.dtype);
                 format!(
                     "\"stablehlo.scatter\"({}, {}, {}) <{{indices_are_sorted = false, scatter_dimension_numbers = #stablehlo.scatter<{win}inserted_window_dims = [0], scatter_dims_to_operand_dims = [0], index_vector_dim = {ri}>, unique_indices = false}}> ({{\n    ^bb0(%sa{i}: {st}, %sb{i}: {st}):\n      %ss{i} = stablehlo.add %sa{i}, %sb{i} : {st}\n      stablehlo.return %ss{i} : {st}\n    }}) : ({}, {}, {}) -> {ty}",
@@ -270,8 +361,17 @@ impl<'a> Emitter<'a> {
             Op::Barrier(xs) => {
                 let s: Vec<String> = xs.iter().map(n).collect();
                 let st: Vec<String> = xs.iter().map(t).collect();
-                let head = if xs.len() > 1 { format!("{}:{}", self.names[i], xs.len()) } else { self.names[i].clone() };
-                let _ = write!(self.out, "    %{head} = stablehlo.optimization_barrier {} : {}", s.join(", "), st.join(", "));
+                let head = if xs.len() > 1 {
+                    format!("{}:{}", self.names[i], xs.len())
+                } else {
+                    self.names[i].clone()
+                };
+                let _ = write!(
+                    self.out,
+                    "    %{head} = stablehlo.optimization_barrier {} : {}",
+                    s.join(", "),
+                    st.join(", ")
+                );
                 return;
             }
             Op::Constraint(x, s) => format!("sdy.sharding_constraint {} {s} : {ty}", n(x)),
@@ -294,8 +394,12 @@ fn reduce_init(kind: ReduceKind, dt: DType) -> (Literal, &'static str) {
         (ReduceKind::Sum, _) => (Literal::Int(0), "add"),
         (ReduceKind::Max, DType::Bool) => (Literal::Bool(false), "or"),
         (ReduceKind::Min, DType::Bool) => (Literal::Bool(true), "and"),
-        (ReduceKind::Max, d) if d.is_float() => (Literal::Float(f64::NEG_INFINITY.to_bits()), "maximum"),
-        (ReduceKind::Min, d) if d.is_float() => (Literal::Float(f64::INFINITY.to_bits()), "minimum"),
+        (ReduceKind::Max, d) if d.is_float() => {
+            (Literal::Float(f64::NEG_INFINITY.to_bits()), "maximum")
+        }
+        (ReduceKind::Min, d) if d.is_float() => {
+            (Literal::Float(f64::INFINITY.to_bits()), "minimum")
+        }
         (ReduceKind::Max, _) => (Literal::Int(lo), "maximum"),
         (ReduceKind::Min, _) => (Literal::Int(hi), "minimum"),
     }
@@ -304,7 +408,11 @@ fn reduce_init(kind: ReduceKind, dt: DType) -> (Literal, &'static str) {
 /// The text of one splat element: exact decimals where they round-trip
 /// plainly (`0.5`), otherwise the element's bits in hex (`0xFF800000`).
 pub(crate) fn literal_text(lit: Literal, dt: DType) -> String {
-    let plain = |s: &str| s.contains('.') && s.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-');
+    let plain = |s: &str| {
+        s.contains('.')
+            && s.chars()
+                .all(|c| c.is_ascii_digit() || c == '.' || c == '-')
+    };
     match lit {
         Literal::Bool(v) => v.to_string(),
         Literal::Int(v) => v.to_string(),
@@ -314,11 +422,19 @@ pub(crate) fn literal_text(lit: Literal, dt: DType) -> String {
                 DType::F32 => {
                     let f = v as f32;
                     let s = format!("{f:?}");
-                    if plain(&s) { s } else { format!("0x{:08X}", f.to_bits()) }
+                    if plain(&s) {
+                        s
+                    } else {
+                        format!("0x{:08X}", f.to_bits())
+                    }
                 }
                 DType::F64 => {
                     let s = format!("{v:?}");
-                    if plain(&s) { s } else { format!("0x{:016X}", v.to_bits()) }
+                    if plain(&s) {
+                        s
+                    } else {
+                        format!("0x{:016X}", v.to_bits())
+                    }
                 }
                 DType::BF16 => format!("0x{:04X}", half::bf16::from_f64(v).to_bits()),
                 DType::F16 => format!("0x{:04X}", half::f16::from_f64(v).to_bits()),

@@ -19,13 +19,20 @@ impl Tensor {
     /// A tensor from dimensions and data (lengths must agree).
     pub fn new(dims: impl Into<Vec<i64>>, data: Vec<f64>) -> Tensor {
         let dims = dims.into();
-        assert_eq!(dims.iter().product::<i64>() as usize, data.len(), "Tensor::new: {dims:?}");
+        assert_eq!(
+            dims.iter().product::<i64>() as usize,
+            data.len(),
+            "Tensor::new: {dims:?}"
+        );
         Tensor { dims, data }
     }
 
     /// A scalar.
     pub fn scalar(v: f64) -> Tensor {
-        Tensor { dims: vec![], data: vec![v] }
+        Tensor {
+            dims: vec![],
+            data: vec![v],
+        }
     }
 }
 
@@ -100,7 +107,14 @@ impl Builder {
     /// Evaluates `outputs` on the host given one tensor per parameter.
     pub fn evaluate(&self, inputs: &[Tensor], outputs: &[Value]) -> Result<Vec<Tensor>> {
         if inputs.len() != self.params.len() {
-            return Err(Error::Invalid { op: "evaluate", message: format!("{} inputs for {} parameters", inputs.len(), self.params.len()) });
+            return Err(Error::Invalid {
+                op: "evaluate",
+                message: format!(
+                    "{} inputs for {} parameters",
+                    inputs.len(),
+                    self.params.len()
+                ),
+            });
         }
         let n = outputs.iter().map(|v| v.index() + 1).max().unwrap_or(0);
         let mut need = vec![false; n];
@@ -122,7 +136,10 @@ impl Builder {
             let t = self.eval_node(i, &vals, inputs)?;
             vals[i] = Some(t);
         }
-        Ok(outputs.iter().map(|o| vals[o.index()].clone().expect("evaluated")).collect())
+        Ok(outputs
+            .iter()
+            .map(|o| vals[o.index()].clone().expect("evaluated"))
+            .collect())
     }
 
     fn eval_node(&self, i: usize, vals: &[Option<Tensor>], inputs: &[Tensor]) -> Result<Tensor> {
@@ -137,7 +154,10 @@ impl Builder {
             Op::Parameter(k) => {
                 let t = &inputs[*k];
                 if t.dims != dims {
-                    return Err(Error::Invalid { op: "evaluate", message: format!("input {k} has dims {:?}, expected {}", t.dims, node.ty) });
+                    return Err(Error::Invalid {
+                        op: "evaluate",
+                        message: format!("input {k} has dims {:?}, expected {}", t.dims, node.ty),
+                    });
                 }
                 out = t.data.iter().map(|&x| round_to(x, dt)).collect();
             }
@@ -150,15 +170,29 @@ impl Builder {
             }
             Op::Unary(u, x) => out = v(x).data.iter().map(|&a| unary(*u, a, dt)).collect(),
             Op::Binary(k, x, y) => {
-                out = v(x).data.iter().zip(&v(y).data).map(|(&a, &b)| binary(*k, a, b, dt)).collect()
+                out = v(x)
+                    .data
+                    .iter()
+                    .zip(&v(y).data)
+                    .map(|(&a, &b)| binary(*k, a, b, dt))
+                    .collect()
             }
             Op::Compare(c, x, y) => {
-                out = v(x).data.iter().zip(&v(y).data).map(|(&a, &b)| compare(*c, a, b) as i64 as f64).collect()
+                out = v(x)
+                    .data
+                    .iter()
+                    .zip(&v(y).data)
+                    .map(|(&a, &b)| compare(*c, a, b) as i64 as f64)
+                    .collect()
             }
             Op::Select(p, x, y) => {
                 let (p, x, y) = (v(p), v(x), v(y));
                 for (f, o) in out.iter_mut().enumerate() {
-                    let c = if p.data.len() == 1 { p.data[0] } else { p.data[f] };
+                    let c = if p.data.len() == 1 {
+                        p.data[0]
+                    } else {
+                        p.data[f]
+                    };
                     *o = if c != 0.0 { x.data[f] } else { y.data[f] };
                 }
             }
@@ -173,8 +207,17 @@ impl Builder {
                 let xs = strides(&xt.dims);
                 for (f, o) in out.iter_mut().enumerate() {
                     unravel(f, &dims, &mut idx);
-                    let src: usize =
-                        bd.iter().enumerate().map(|(k, &d)| if xt.dims[k] == 1 { 0 } else { idx[d as usize] as usize * xs[k] }).sum();
+                    let src: usize = bd
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &d)| {
+                            if xt.dims[k] == 1 {
+                                0
+                            } else {
+                                idx[d as usize] as usize * xs[k]
+                            }
+                        })
+                        .sum();
                     *o = xt.data[src];
                 }
             }
@@ -183,7 +226,11 @@ impl Builder {
                 let xs = strides(&xt.dims);
                 for (f, o) in out.iter_mut().enumerate() {
                     unravel(f, &dims, &mut idx);
-                    *o = xt.data[perm.iter().enumerate().map(|(k, &p)| idx[k] as usize * xs[p as usize]).sum::<usize>()];
+                    *o = xt.data[perm
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &p)| idx[k] as usize * xs[p as usize])
+                        .sum::<usize>()];
                 }
             }
             Op::Slice(x, st, _, sr) => {
@@ -191,27 +238,37 @@ impl Builder {
                 let xs = strides(&xt.dims);
                 for (f, o) in out.iter_mut().enumerate() {
                     unravel(f, &dims, &mut idx);
-                    *o = xt.data[(0..dims.len()).map(|d| (st[d] + idx[d] * sr[d]) as usize * xs[d]).sum::<usize>()];
+                    *o = xt.data[(0..dims.len())
+                        .map(|d| (st[d] + idx[d] * sr[d]) as usize * xs[d])
+                        .sum::<usize>()];
                 }
             }
             Op::DynamicSlice(x, starts, _) => {
                 let xt = v(x);
                 let xs = strides(&xt.dims);
-                let st: Vec<i64> = (0..dims.len()).map(|d| (v(&starts[d]).data[0] as i64).clamp(0, xt.dims[d] - dims[d])).collect();
+                let st: Vec<i64> = (0..dims.len())
+                    .map(|d| (v(&starts[d]).data[0] as i64).clamp(0, xt.dims[d] - dims[d]))
+                    .collect();
                 for (f, o) in out.iter_mut().enumerate() {
                     unravel(f, &dims, &mut idx);
-                    *o = xt.data[(0..dims.len()).map(|d| (st[d] + idx[d]) as usize * xs[d]).sum::<usize>()];
+                    *o = xt.data[(0..dims.len())
+                        .map(|d| (st[d] + idx[d]) as usize * xs[d])
+                        .sum::<usize>()];
                 }
             }
             Op::DynamicUpdateSlice(x, u, starts) => {
                 let (xt, ut) = (v(x), v(u));
                 out = xt.data.clone();
                 let xs = strides(&dims);
-                let st: Vec<i64> = (0..dims.len()).map(|d| (v(&starts[d]).data[0] as i64).clamp(0, dims[d] - ut.dims[d])).collect();
+                let st: Vec<i64> = (0..dims.len())
+                    .map(|d| (v(&starts[d]).data[0] as i64).clamp(0, dims[d] - ut.dims[d]))
+                    .collect();
                 let mut ui = vec![0i64; dims.len()];
                 for (f, &val) in ut.data.iter().enumerate() {
                     unravel(f, &ut.dims, &mut ui);
-                    out[(0..dims.len()).map(|d| (st[d] + ui[d]) as usize * xs[d]).sum::<usize>()] = val;
+                    out[(0..dims.len())
+                        .map(|d| (st[d] + ui[d]) as usize * xs[d])
+                        .sum::<usize>()] = val;
                 }
             }
             Op::Concat(xs, d) => {
@@ -250,7 +307,11 @@ impl Builder {
                 let (ls, rs) = (strides(&lt.dims), strides(&rt.dims));
                 let lfree = crate::ops::free_dims(lt.dims.len(), &dd.lhs_batch, &dd.lhs_contract);
                 let rfree = crate::ops::free_dims(rt.dims.len(), &dd.rhs_batch, &dd.rhs_contract);
-                let cdims: Vec<i64> = dd.lhs_contract.iter().map(|&c| lt.dims[c as usize]).collect();
+                let cdims: Vec<i64> = dd
+                    .lhs_contract
+                    .iter()
+                    .map(|&c| lt.dims[c as usize])
+                    .collect();
                 let ncon: i64 = cdims.iter().product();
                 let mut ci = vec![0i64; cdims.len()];
                 let nb = dd.lhs_batch.len();
@@ -321,7 +382,11 @@ impl Builder {
             Op::ScatterAdd(o, ix, u) => {
                 let (ot, it, ut) = (v(o), v(ix), v(u));
                 out = ot.data.clone();
-                let row = if dims.is_empty() { 1 } else { dims[1..].iter().product::<i64>() as usize };
+                let row = if dims.is_empty() {
+                    1
+                } else {
+                    dims[1..].iter().product::<i64>() as usize
+                };
                 for (k, &r) in it.data.iter().enumerate() {
                     let r = r as i64;
                     if r < 0 || r >= dims[0] {
@@ -404,4 +469,3 @@ fn compare(c: CmpDir, a: f64, b: f64) -> bool {
         CmpDir::Ge => a >= b,
     }
 }
-

@@ -1,7 +1,7 @@
 //! The node kinds of the graph (one per StableHLO op we emit).
 
-use crate::sharding::Sharding;
 use crate::Value;
+use crate::sharding::Sharding;
 
 /// A scalar literal, splatted over a constant's shape. Floats are stored as
 /// the bits of an `f64` so that ops can be hashed and compared exactly.
@@ -198,7 +198,9 @@ impl Op {
             Pad(a, b, ..) => vec![*a, *b],
             Select(a, b, c) | ScatterAdd(a, b, c) => vec![*a, *b, *c],
             DynamicSlice(x, idx, _) => std::iter::once(*x).chain(idx.iter().copied()).collect(),
-            DynamicUpdateSlice(x, u, idx) => [*x, *u].into_iter().chain(idx.iter().copied()).collect(),
+            DynamicUpdateSlice(x, u, idx) => {
+                [*x, *u].into_iter().chain(idx.iter().copied()).collect()
+            }
             Concat(xs, _) | Barrier(xs) => xs.clone(),
         }
     }

@@ -24,7 +24,12 @@ impl Builder {
             self.check("build", v)?;
         }
         let n_params = self.params.len();
-        Ok(Program { b: self, outputs: outputs.to_vec(), out_shardings: vec![None; outputs.len()], aliases: vec![None; n_params] })
+        Ok(Program {
+            b: self,
+            outputs: outputs.to_vec(),
+            out_shardings: vec![None; outputs.len()],
+            aliases: vec![None; n_params],
+        })
     }
 }
 
@@ -41,7 +46,11 @@ impl Program {
 
     /// Types of the parameters, in order.
     pub fn parameter_types(&self) -> Vec<TensorType> {
-        self.b.params.iter().map(|p| self.b.ty(p.value).clone()).collect()
+        self.b
+            .params
+            .iter()
+            .map(|p| self.b.ty(p.value).clone())
+            .collect()
     }
 
     /// Types of the outputs, in order.
@@ -61,7 +70,11 @@ impl Program {
             op: "set_output_sharding",
             message: format!("output {index} of {}", self.outputs.len()),
         })?;
-        sharding.check(self.b.mesh.as_ref(), self.b.ty(v), &format!("output {index}"))?;
+        sharding.check(
+            self.b.mesh.as_ref(),
+            self.b.ty(v),
+            &format!("output {index}"),
+        )?;
         self.out_shardings[index] = Some(sharding);
         Ok(())
     }
@@ -69,8 +82,19 @@ impl Program {
     /// Donates parameter `param`'s buffer to output `output`
     /// (`tf.aliasing_output`): same type required, each used once.
     pub fn donate(&mut self, param: Value, output: usize) -> Result<()> {
-        let err = |message: String| Err(Error::Invalid { op: "donate", message });
-        let Op::Parameter(pi) = self.b.nodes.get(param.index()).map(|n| &n.op).unwrap_or(&Op::Iota(0)) else {
+        let err = |message: String| {
+            Err(Error::Invalid {
+                op: "donate",
+                message,
+            })
+        };
+        let Op::Parameter(pi) = self
+            .b
+            .nodes
+            .get(param.index())
+            .map(|n| &n.op)
+            .unwrap_or(&Op::Iota(0))
+        else {
             return err(format!("value %{} is not a parameter", param.index()));
         };
         let pi = *pi;
@@ -78,9 +102,19 @@ impl Program {
             return err(format!("output {output} of {}", self.outputs.len()));
         };
         if self.b.ty(param) != self.b.ty(out) {
-            return err(format!("parameter {} is {}, output {output} is {}", self.b.params[pi].name, self.b.ty(param), self.b.ty(out)));
+            return err(format!(
+                "parameter {} is {}, output {output} is {}",
+                self.b.params[pi].name,
+                self.b.ty(param),
+                self.b.ty(out)
+            ));
         }
-        if self.aliases.iter().enumerate().any(|(i, a)| *a == Some(output) && i != pi) {
+        if self
+            .aliases
+            .iter()
+            .enumerate()
+            .any(|(i, a)| *a == Some(output) && i != pi)
+        {
             return err(format!("output {output} already has a donor"));
         }
         self.aliases[pi] = Some(output);
@@ -122,7 +156,10 @@ impl Program {
     /// Writes the module to `dir/<name>.mlir` and returns the path.
     pub fn dump_to(&self, dir: &std::path::Path) -> Result<std::path::PathBuf> {
         let path = dir.join(format!("{}.mlir", self.b.name));
-        let io = |source| Error::Io { path: path.display().to_string(), source };
+        let io = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(io)?;
         std::fs::write(&path, self.to_mlir()).map_err(io)?;
         Ok(path)

@@ -50,7 +50,11 @@ impl Builder {
     /// forward computation is unchanged; the backward pass built by
     /// [`Builder::grad`] recomputes what `policy` does not save.
     /// Regions cannot nest.
-    pub fn remat<T>(&mut self, policy: RematPolicy, f: impl FnOnce(&mut Builder) -> Result<T>) -> Result<T> {
+    pub fn remat<T>(
+        &mut self,
+        policy: RematPolicy,
+        f: impl FnOnce(&mut Builder) -> Result<T>,
+    ) -> Result<T> {
         let id = self.enter_region(policy)?;
         let out = f(self);
         self.leave_region(id);
@@ -65,9 +69,16 @@ impl Builder {
             tys.push(self.check("optimization_barrier", x)?.clone());
         }
         let Some(first) = tys.first().cloned() else {
-            return Err(Error::Invalid { op: "optimization_barrier", message: "needs at least one operand".into() });
+            return Err(Error::Invalid {
+                op: "optimization_barrier",
+                message: "needs at least one operand".into(),
+            });
         };
         let node = self.push_raw(Op::Barrier(xs.to_vec()), first);
-        Ok(tys.into_iter().enumerate().map(|(i, t)| self.push_raw(Op::Project(node, i), t)).collect())
+        Ok(tys
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| self.push_raw(Op::Project(node, i), t))
+            .collect())
     }
 }

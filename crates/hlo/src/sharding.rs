@@ -17,11 +17,14 @@ impl Mesh {
     pub fn new<S: Into<String>>(axes: impl IntoIterator<Item = (S, i64)>) -> Result<Mesh> {
         let axes: Vec<(String, i64)> = axes.into_iter().map(|(n, s)| (n.into(), s)).collect();
         for (i, (name, size)) in axes.iter().enumerate() {
-            let bad_name = name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let bad_name =
+                name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if bad_name || *size < 1 || axes[..i].iter().any(|(n, _)| n == name) {
                 return Err(Error::Invalid {
                     op: "Mesh::new",
-                    message: format!("axis {name:?} of size {size}: names must be unique identifiers, sizes >= 1"),
+                    message: format!(
+                        "axis {name:?} of size {size}: names must be unique identifiers, sizes >= 1"
+                    ),
                 });
             }
         }
@@ -64,7 +67,9 @@ pub struct Sharding {
 impl Sharding {
     /// Fully replicated sharding of a rank-`rank` tensor.
     pub fn replicated(rank: usize) -> Sharding {
-        Sharding { dims: vec![Vec::new(); rank] }
+        Sharding {
+            dims: vec![Vec::new(); rank],
+        }
     }
 
     /// One mesh axis (or none, with `""` or `None`-like empty string) per dimension:
@@ -73,7 +78,13 @@ impl Sharding {
         Sharding {
             dims: dims
                 .into_iter()
-                .map(|d| if d.is_empty() { Vec::new() } else { vec![d.to_string()] })
+                .map(|d| {
+                    if d.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![d.to_string()]
+                    }
+                })
                 .collect(),
         }
     }
@@ -81,7 +92,10 @@ impl Sharding {
     /// Several mesh axes per dimension: `Sharding::multi([&["data", "fsdp"][..], &[]])`.
     pub fn multi<'a>(dims: impl IntoIterator<Item = &'a [&'a str]>) -> Sharding {
         Sharding {
-            dims: dims.into_iter().map(|d| d.iter().map(|s| s.to_string()).collect()).collect(),
+            dims: dims
+                .into_iter()
+                .map(|d| d.iter().map(|s| s.to_string()).collect())
+                .collect(),
         }
     }
 
@@ -92,19 +106,30 @@ impl Sharding {
 
     /// Checks the sharding against a mesh and the tensor it annotates.
     pub(crate) fn check(&self, mesh: Option<&Mesh>, ty: &TensorType, what: &str) -> Result<()> {
-        let err = |message: String| Error::Sharding { what: what.to_string(), ty: ty.clone(), message };
+        let err = |message: String| Error::Sharding {
+            what: what.to_string(),
+            ty: ty.clone(),
+            message,
+        };
         let Some(mesh) = mesh else {
             return Err(err("no mesh declared: call Builder::set_mesh first".into()));
         };
         if self.dims.len() != ty.rank() {
-            return Err(err(format!("has {} dimensions, the tensor has rank {}", self.dims.len(), ty.rank())));
+            return Err(err(format!(
+                "has {} dimensions, the tensor has rank {}",
+                self.dims.len(),
+                ty.rank()
+            )));
         }
         let mut used: Vec<&str> = Vec::new();
         for (d, axes) in self.dims.iter().enumerate() {
             let mut parts = 1;
             for a in axes {
                 let Some(size) = mesh.axis_size(a) else {
-                    return Err(err(format!("mesh axis {a:?} is not in the mesh {}", mesh.to_mlir())));
+                    return Err(err(format!(
+                        "mesh axis {a:?} is not in the mesh {}",
+                        mesh.to_mlir()
+                    )));
                 };
                 if used.contains(&a.as_str()) {
                     return Err(err(format!("mesh axis {a:?} is used twice")));
@@ -113,7 +138,10 @@ impl Sharding {
                 parts *= size;
             }
             if ty.dims[d] % parts != 0 {
-                return Err(err(format!("dimension {d} of size {} does not divide over {parts} devices", ty.dims[d])));
+                return Err(err(format!(
+                    "dimension {d} of size {} does not divide over {parts} devices",
+                    ty.dims[d]
+                )));
             }
         }
         Ok(())
@@ -144,7 +172,11 @@ impl fmt::Display for Sharding {
 impl crate::Builder {
     /// `sdy.sharding_constraint`: asks the partitioner to lay `x` out as
     /// `sharding` at this point. Its gradient carries the same constraint.
-    pub fn sharding_constraint(&mut self, x: crate::Value, sharding: &Sharding) -> Result<crate::Value> {
+    pub fn sharding_constraint(
+        &mut self,
+        x: crate::Value,
+        sharding: &Sharding,
+    ) -> Result<crate::Value> {
         let ty = self.check("sharding_constraint", x)?.clone();
         sharding.check(self.mesh.as_ref(), &ty, "sharding_constraint")?;
         Ok(self.push(crate::op::Op::Constraint(x, sharding.clone()), ty))
@@ -168,11 +200,31 @@ mod tests {
     fn rejects_bad_shardings() {
         let mesh = Mesh::new([("data", 2), ("model", 4)]).unwrap();
         let ty = TensorType::f32([6, 8]);
-        assert!(Sharding::new(["data", "model"]).check(Some(&mesh), &ty, "x").is_ok());
-        assert!(Sharding::new(["model", ""]).check(Some(&mesh), &ty, "x").is_err()); // 6 % 4
-        assert!(Sharding::new(["nope", ""]).check(Some(&mesh), &ty, "x").is_err());
-        assert!(Sharding::new(["data", "data"]).check(Some(&mesh), &ty, "x").is_err());
-        assert!(Sharding::new(["data"]).check(Some(&mesh), &ty, "x").is_err());
+        assert!(
+            Sharding::new(["data", "model"])
+                .check(Some(&mesh), &ty, "x")
+                .is_ok()
+        );
+        assert!(
+            Sharding::new(["model", ""])
+                .check(Some(&mesh), &ty, "x")
+                .is_err()
+        ); // 6 % 4
+        assert!(
+            Sharding::new(["nope", ""])
+                .check(Some(&mesh), &ty, "x")
+                .is_err()
+        );
+        assert!(
+            Sharding::new(["data", "data"])
+                .check(Some(&mesh), &ty, "x")
+                .is_err()
+        );
+        assert!(
+            Sharding::new(["data"])
+                .check(Some(&mesh), &ty, "x")
+                .is_err()
+        );
         assert!(Mesh::new([("a", 2), ("a", 2)]).is_err());
     }
 }

@@ -19,8 +19,12 @@ pub(crate) fn vjp(
     let p = |v: Value| *remap.get(&v).unwrap_or(&v);
     let y = p(out);
     Ok(match op {
-        Op::Parameter(_) | Op::Constant(_) | Op::Iota(_) | Op::Compare(..) | Op::Barrier(_) => vec![],
-        Op::Unary(u, x) => unary(b, *u, p(*x), y, g)?.map(|c| vec![(*x, c)]).unwrap_or_default(),
+        Op::Parameter(_) | Op::Constant(_) | Op::Iota(_) | Op::Compare(..) | Op::Barrier(_) => {
+            vec![]
+        }
+        Op::Unary(u, x) => unary(b, *u, p(*x), y, g)?
+            .map(|c| vec![(*x, c)])
+            .unwrap_or_default(),
         Op::Binary(k, x1, x2) => binary(b, *k, *x1, *x2, p(*x1), p(*x2), y, g)?,
         Op::Select(pred, t, f) => {
             let z = b.zeros_like(g);
@@ -53,8 +57,9 @@ pub(crate) fn vjp(
             let xd = b.dims(*x).to_vec();
             let n = b.dims(g).to_vec();
             let zero = b.scalar(0.0, b.dtype(g));
-            let high: Vec<i64> =
-                (0..xd.len()).map(|d| xd[d] - (start[d] + (n[d] - 1).max(0) * stride[d] + n[d].min(1))).collect();
+            let high: Vec<i64> = (0..xd.len())
+                .map(|d| xd[d] - (start[d] + (n[d] - 1).max(0) * stride[d] + n[d].min(1)))
+                .collect();
             let interior: Vec<i64> = stride.iter().map(|s| s - 1).collect();
             vec![(*x, b.pad(g, zero, start, &high, &interior)?)]
         }
@@ -67,7 +72,10 @@ pub(crate) fn vjp(
             let st: Vec<Value> = starts.iter().map(|&s| p(s)).collect();
             let zu = b.zeros_like(*u);
             let ud = b.dims(*u).to_vec();
-            vec![(*x, b.dynamic_update_slice(g, zu, &st)?), (*u, b.dynamic_slice(g, &st, &ud)?)]
+            vec![
+                (*x, b.dynamic_update_slice(g, zu, &st)?),
+                (*u, b.dynamic_slice(g, &st, &ud)?),
+            ]
         }
         Op::Concat(xs, dim) => {
             let mut off = 0;
@@ -206,7 +214,11 @@ fn binary(
         }
         BinaryOp::Max | BinaryOp::Min => {
             // The winner takes g; ties split it in half (as JAX does).
-            let dir = if k == BinaryOp::Max { CmpDir::Gt } else { CmpDir::Lt };
+            let dir = if k == BinaryOp::Max {
+                CmpDir::Gt
+            } else {
+                CmpDir::Lt
+            };
             let w1 = b.compare(dir, x1, x2)?;
             let w2 = b.compare(dir, x2, x1)?;
             let tie = b.eq(x1, x2)?;
@@ -242,7 +254,15 @@ fn binary(
 }
 
 /// Cotangents of `dot_general` (result dims: batch, lhs free, rhs free).
-fn dot(b: &mut Builder, ol: Value, or: Value, l: Value, r: Value, d: &DotDims, g: Value) -> Result<Vec<(Value, Value)>> {
+fn dot(
+    b: &mut Builder,
+    ol: Value,
+    or: Value,
+    l: Value,
+    r: Value,
+    d: &DotDims,
+    g: Value,
+) -> Result<Vec<(Value, Value)>> {
     if !b.is_float(l) {
         return Ok(vec![]);
     }

@@ -29,7 +29,9 @@ impl Builder {
         let ty = self.check(op.name(), x)?.clone();
         let ok = match op {
             UnaryOp::Not => !ty.dtype.is_float(),
-            UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sign => ty.dtype != DType::Bool && !ty.dtype.is_unsigned(),
+            UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sign => {
+                ty.dtype != DType::Bool && !ty.dtype.is_unsigned()
+            }
             _ => ty.dtype.is_float(),
         };
         if !ok {
@@ -77,7 +79,11 @@ impl Builder {
         let ta = self.check(op.name(), a)?.clone();
         let tb = self.check(op.name(), b)?;
         if &ta != tb {
-            return shape_err(op.name(), &[&ta, tb], "two operands of the same shape and dtype");
+            return shape_err(
+                op.name(),
+                &[&ta, tb],
+                "two operands of the same shape and dtype",
+            );
         }
         let ok = match op {
             BinaryOp::And | BinaryOp::Or => !ta.dtype.is_float(),
@@ -85,7 +91,11 @@ impl Builder {
             _ => ta.dtype != DType::Bool,
         };
         if !ok {
-            return shape_err(op.name(), &[&ta, &ta], "operands of a dtype this op supports");
+            return shape_err(
+                op.name(),
+                &[&ta, &ta],
+                "operands of a dtype this op supports",
+            );
         }
         Ok(self.push(Op::Binary(op, a, b), ta))
     }
@@ -118,7 +128,11 @@ impl Builder {
         let ta = self.check("compare", a)?.clone();
         let tb = self.check("compare", b)?;
         if &ta != tb {
-            return shape_err("compare", &[&ta, tb], "two operands of the same shape and dtype");
+            return shape_err(
+                "compare",
+                &[&ta, tb],
+                "two operands of the same shape and dtype",
+            );
         }
         Ok(self.push(Op::Compare(dir, a, b), ta.with_dtype(DType::Bool)))
     }

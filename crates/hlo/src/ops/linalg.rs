@@ -14,7 +14,13 @@ impl Builder {
     }
 
     /// `dot_general` with another result dtype (e.g. bf16 operands, f32 result).
-    pub fn dot_general_to(&mut self, lhs: Value, rhs: Value, dims: DotDims, out: DType) -> Result<Value> {
+    pub fn dot_general_to(
+        &mut self,
+        lhs: Value,
+        rhs: Value,
+        dims: DotDims,
+        out: DType,
+    ) -> Result<Value> {
         let tl = self.check("dot_general", lhs)?.clone();
         let tr = self.check("dot_general", rhs)?.clone();
         let valid = |ds: &[i64], rank: usize| ds.iter().all(|&d| d >= 0 && (d as usize) < rank);
@@ -23,7 +29,8 @@ impl Builder {
             all.sort_unstable();
             all.windows(2).all(|w| w[0] != w[1])
         };
-        let size = |t: &TensorType, ds: &[i64]| ds.iter().map(|&d| t.dims[d as usize]).collect::<Vec<_>>();
+        let size =
+            |t: &TensorType, ds: &[i64]| ds.iter().map(|&d| t.dims[d as usize]).collect::<Vec<_>>();
         let ok = tl.dtype == tr.dtype
             && tl.dtype != DType::Bool
             && dims.lhs_batch.len() == dims.rhs_batch.len()
@@ -47,8 +54,14 @@ impl Builder {
             );
         }
         let mut out_dims = size(&tl, &dims.lhs_batch);
-        out_dims.extend(size(&tl, &free_dims(tl.rank(), &dims.lhs_batch, &dims.lhs_contract)));
-        out_dims.extend(size(&tr, &free_dims(tr.rank(), &dims.rhs_batch, &dims.rhs_contract)));
+        out_dims.extend(size(
+            &tl,
+            &free_dims(tl.rank(), &dims.lhs_batch, &dims.lhs_contract),
+        ));
+        out_dims.extend(size(
+            &tr,
+            &free_dims(tr.rank(), &dims.rhs_batch, &dims.rhs_contract),
+        ));
         Ok(self.push(Op::Dot(lhs, rhs, dims), TensorType::new(out, out_dims)))
     }
 
@@ -62,13 +75,19 @@ impl Builder {
             && sorted.iter().all(|&a| a >= 0 && (a as usize) < ty.rank())
             && (ty.dtype != DType::Bool || kind != ReduceKind::Sum);
         if !ok {
-            return shape_err("reduce", &[ty], format!("distinct axes within the rank, got {axes:?}"));
+            return shape_err(
+                "reduce",
+                &[ty],
+                format!("distinct axes within the rank, got {axes:?}"),
+            );
         }
         if sorted.is_empty() {
             return Ok(x);
         }
-        let dims: Vec<i64> =
-            (0..ty.rank() as i64).filter(|d| !sorted.contains(d)).map(|d| ty.dims[d as usize]).collect();
+        let dims: Vec<i64> = (0..ty.rank() as i64)
+            .filter(|d| !sorted.contains(d))
+            .map(|d| ty.dims[d as usize])
+            .collect();
         let out = TensorType::new(ty.dtype, dims);
         Ok(self.push(Op::Reduce(x, kind, sorted), out))
     }
@@ -76,5 +95,7 @@ impl Builder {
 
 /// Dimensions of a `rank` operand that are neither batch nor contracting, ascending.
 pub(crate) fn free_dims(rank: usize, batch: &[i64], contract: &[i64]) -> Vec<i64> {
-    (0..rank as i64).filter(|d| !batch.contains(d) && !contract.contains(d)).collect()
+    (0..rank as i64)
+        .filter(|d| !batch.contains(d) && !contract.contains(d))
+        .collect()
 }

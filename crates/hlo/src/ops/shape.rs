@@ -18,7 +18,9 @@ impl Builder {
             return shape_err(
                 "broadcast_in_dim",
                 &[ty],
-                format!("dims {dims:?} mapping each operand dimension (size 1 or equal) into output {out_dims:?}"),
+                format!(
+                    "dims {dims:?} mapping each operand dimension (size 1 or equal) into output {out_dims:?}"
+                ),
             );
         }
         if out_dims == ty.dims.as_slice() {
@@ -32,7 +34,11 @@ impl Builder {
     pub fn reshape(&mut self, x: Value, dims: &[i64]) -> Result<Value> {
         let ty = self.check("reshape", x)?;
         if dims.iter().any(|&d| d < 0) || dims.iter().product::<i64>() != ty.numel() {
-            return shape_err("reshape", &[ty], format!("a target {dims:?} with {} elements", ty.numel()));
+            return shape_err(
+                "reshape",
+                &[ty],
+                format!("a target {dims:?} with {} elements", ty.numel()),
+            );
         }
         if dims == ty.dims.as_slice() {
             return Ok(x);
@@ -45,12 +51,21 @@ impl Builder {
     pub fn transpose(&mut self, x: Value, perm: &[i64]) -> Result<Value> {
         let ty = self.check("transpose", x)?;
         if !is_permutation(perm, ty.rank()) {
-            return shape_err("transpose", &[ty], format!("a permutation of 0..{}, got {perm:?}", ty.rank()));
+            return shape_err(
+                "transpose",
+                &[ty],
+                format!("a permutation of 0..{}, got {perm:?}", ty.rank()),
+            );
         }
         if perm.iter().enumerate().all(|(i, &p)| p == i as i64) {
             return Ok(x);
         }
-        let out = TensorType::new(ty.dtype, perm.iter().map(|&p| ty.dims[p as usize]).collect::<Vec<_>>());
+        let out = TensorType::new(
+            ty.dtype,
+            perm.iter()
+                .map(|&p| ty.dims[p as usize])
+                .collect::<Vec<_>>(),
+        );
         Ok(self.push(Op::Transpose(x, perm.to_vec()), out))
     }
 
@@ -71,7 +86,11 @@ impl Builder {
             });
         if !ok {
             let refs: Vec<&TensorType> = tys.iter().collect();
-            return shape_err("concatenate", &refs, format!("same dtype and dimensions except dimension {dim}"));
+            return shape_err(
+                "concatenate",
+                &refs,
+                format!("same dtype and dimensions except dimension {dim}"),
+            );
         }
         if xs.len() == 1 {
             return Ok(xs[0]);
