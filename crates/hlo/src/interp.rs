@@ -71,20 +71,20 @@ pub(crate) fn round_to(x: f64, dt: DType) -> f64 {
     }
 }
 
-/// The error function, accurate to about 1e-15 (series below 3, continued fraction above).
+/// The error function, accurate to about 1e-15 (a positive series below 3, a continued fraction above).
 pub fn erf(x: f64) -> f64 {
     let a = x.abs();
     let r = if a < 3.0 {
+        // erf(a) = 2/sqrt(pi) e^(-a^2) sum 2^n a^(2n+1) / (1 3 5 ... (2n+1)): positive terms, no cancellation.
         let (mut term, mut sum, x2) = (a, a, a * a);
-        for n in 1..200 {
-            term *= -x2 / n as f64;
-            let t = term / (2 * n + 1) as f64;
-            sum += t;
-            if t.abs() < 1e-17 * sum.abs() {
+        for n in 1..400 {
+            term *= 2.0 * x2 / (2 * n + 1) as f64;
+            sum += term;
+            if term < 1e-17 * sum {
                 break;
             }
         }
-        sum * std::f64::consts::FRAC_2_SQRT_PI
+        sum * (-x2).exp() * std::f64::consts::FRAC_2_SQRT_PI
     } else {
         // erfc(a) = exp(-a^2)/sqrt(pi) / (a + 1/2/(a + 1/(a + 3/2/(a + ...))))
         let mut f = a;

@@ -106,12 +106,11 @@ fn select_compare_and_convert() {
     });
     // Integer paths carry no gradient: floor through an int cast.
     let a = f64_in(&mut rng, &[4], 0.1, 0.9);
-    let bld = check_grad("int_path", vec![a], |b, x| {
+    check_grad("int_path", vec![a], |b, x| {
         let i = b.convert(x[0], DType::I32)?;
         let f = b.convert(i, DType::F64)?;
         b.add(f, x[0])
     });
-    assert!(bld.len() > 0);
 }
 
 #[test]
