@@ -192,7 +192,12 @@ impl GemmaConfig {
             head_dim: int("head_dim")?,
             mlp_dim: int("intermediate_size")?,
             max_seq_len: int("max_position_embeddings")?,
-            rope_theta: float("rope_theta", 10_000.0),
+            // transformers 5 moved it under `rope_parameters`.
+            rope_theta: v
+                .get("rope_parameters")
+                .and_then(|r| r.get("rope_theta"))
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or_else(|| float("rope_theta", 10_000.0)),
             norm_eps: float("rms_norm_eps", 1e-6),
             post_norms: false,
         };

@@ -24,6 +24,10 @@ pub enum Error {
     #[error("model.preset = {0:?}: expected one of \"gemma-2b\", \"gemma-7b\", \"tiny\"")]
     Preset(String),
 
+    /// Building the tensor program failed (a shape bug: names the op).
+    #[error("building the Gemma program: {0}")]
+    Program(#[from] hlo::Error),
+
     // ---- checkpoints ----
     /// A tensor the model needs is not in the checkpoint.
     #[error("{dir}: checkpoint has no tensor `{name}` (expected shape {expected:?})")]

@@ -15,8 +15,10 @@
 mod config;
 mod error;
 pub mod hf;
+mod model;
 mod params;
 
 pub use config::GemmaConfig;
 pub use error::{Error, Result};
+pub use model::{ComputeOptions, Constrain, Gemma, Tokens, Unconstrained, token_loss};
 pub use params::{Axis, ParamSpec, param_specs};
