@@ -15,7 +15,7 @@ struct Golden {
     grads: Vec<Vec<f32>>,
 }
 
-fn golden(dir: &PathBuf, names: &[String]) -> Golden {
+fn golden(dir: &std::path::Path, names: &[String]) -> Golden {
     let bytes = std::fs::read(dir.join("golden.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let f32s = |n: &str| -> Vec<f32> {
