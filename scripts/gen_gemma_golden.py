@@ -1,74 +1,70 @@
 #!/usr/bin/env python3
-"""Writes the golden files of meshtrain's Gemma parity tests.
+"""Write the golden Gemma token ids that `crates/data/tests/gemma_tokenizer.rs` compares against.
 
-For three small random Gemma v1 models (multi-query, multi-head, and one
-where heads * head_dim != d_model) it saves, under
-crates/gemma/tests/golden/<name>/:
-  model/                           the model, as a Hugging Face directory (f32)
-  golden.safetensors               input_ids [2, 8] (i32), logits [2, 8, V],
-                                   loss [] and grad.<param name> for every
-                                   parameter, from transformers'
-                                   GemmaForCausalLM in float32 with
-                                   labels = input_ids (mean next-token CE).
+The reference implementation is SentencePiece itself (`pip install sentencepiece`) run on
+`tokenizer.gemma`, the SentencePiece model that ships in the `maxtext` wheel on the Python
+package index. Not run by CI; rerun by hand when the test text changes:
 
-Not run by CI. Needs: pip install torch transformers safetensors numpy
-Usage: python3 scripts/gen_gemma_golden.py
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 maxtext==0.2.5 -d /tmp/mt
+    unzip -o /tmp/mt/maxtext-0.2.5-py3-none-any.whl maxtext/assets/tokenizers/tokenizer.gemma -d /tmp/mt
+    python3 scripts/gen_gemma_golden.py /tmp/mt/maxtext/assets/tokenizers/tokenizer.gemma
+
+It writes crates/data/tests/data/gemma_golden.json: {"model_sha256", "cases": [{"text", "ids", "decoded"}]}.
 """
-import os
+import hashlib
+import json
+import pathlib
 import sys
 
-import torch
-from safetensors.torch import save_file
-from transformers import GemmaConfig, GemmaForCausalLM
+import sentencepiece as spm
 
-SHAPES = {
-    # name: (vocab, d_model, layers, heads, kv_heads, head_dim, mlp)
-    "multi_query": (96, 32, 2, 4, 1, 8, 64),
-    "multi_head": (96, 32, 2, 4, 4, 8, 48),
-    "wide_heads": (80, 24, 2, 3, 3, 16, 40),  # 3 * 16 = 48 != 24
-}
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = ROOT / "crates/data/tests/data/gemma_golden.json"
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "gemma", "tests", "golden")
+CASES = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog. It's 9:45 a.m., isn't it?",
+    "a  b   c    d     e",
+    "  two leading spaces",
+    "trailing spaces   ",
+    "x\n\n\ny\n",
+    "line one\r\nline two\r\n",
+    "1234567890 3.14159 -0.5e-10 0x1F 2026-11-27 1,000,000",
+    "日本語のテキストです。中文文本。한국어 텍스트.",
+    "emoji 😀👍🏽 🇺🇸 👨‍👩‍👧‍👦 ❤️",
+    "def square(x):\n    \"\"\"Return x squared.\"\"\"\n    return x ** 2\n\n\tif x:\n\t\tpass  # tabs\n",
+    "fn main() { let v: Vec<u32> = (0..10).map(|i| i * i).collect(); println!(\"{v:?}\"); }",
+    "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n",
+    "<b>bold</b> <table><tr><td>cell</td></tr></table> <code>x</code>",
+    "literal control text: <bos> <eos> <pad> <unk>",
+    "Ünïcödé façade naïve Ångström Œuvre ß",
+    "\t\t\t three tabs and \t\t two",
+    " ",
+    "\x00\x01 control chars \x7f \x1b[0m",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 mathematical letters and rare CJK 𠀋𡈽",
+    "Привет, мир! Γειά σου Κόσμε! مرحبا بالعالم שלום עולם नमस्ते दुनिया",
+    "                                        forty spaces then text",
+    "\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\nmany newlines",
+    "mixed   \n  \n\t \n whitespace",
+]
 
 
-def main():
-    torch.manual_seed(0)
-    for name, (v, d, layers, h, kv, hd, mlp) in SHAPES.items():
-        cfg = GemmaConfig(
-            vocab_size=v, hidden_size=d, intermediate_size=mlp, num_hidden_layers=layers,
-            num_attention_heads=h, num_key_value_heads=kv, head_dim=hd,
-            max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=10000.0,
-            hidden_activation="gelu_pytorch_tanh", attention_bias=False,
-            attn_implementation="eager", torch_dtype="float32",
-        )
-        model = GemmaForCausalLM(cfg).float()
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                # Random norms too, so that (1 + w) is exercised.
-                std = 0.3 if "norm" in pname else 0.08
-                p.copy_(torch.randn_like(p) * std)
-        d_out = os.path.join(OUT, name)
-        os.makedirs(d_out, exist_ok=True)
-        model.save_pretrained(os.path.join(d_out, "model"), safe_serialization=True)
-        for extra in ("generation_config.json",):
-            p = os.path.join(d_out, "model", extra)
-            if os.path.exists(p):
-                os.remove(p)
-        # Token 0 is <pad>: HF's nn.Embedding(padding_idx=0) gives its row no
-        # gradient from lookups, meshtrain masks padding by segment instead.
-        ids = torch.randint(1, v, (2, 8))
-        out = model(input_ids=ids, labels=ids)
-        out.loss.backward()
-        tensors = {
-            "input_ids": ids.to(torch.int32),
-            "logits": out.logits.detach().contiguous(),
-            "loss": out.loss.detach().reshape([]),
-        }
-        for pname, p in model.named_parameters():
-            tensors["grad." + pname] = p.grad.detach().contiguous()
-        save_file(tensors, os.path.join(d_out, "golden.safetensors"))
-        print(name, "loss", float(out.loss))
+def main() -> None:
+    model = pathlib.Path(sys.argv[1])
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    assert sp.get_piece_size() == 256000, sp.get_piece_size()
+    cases = []
+    for text in CASES:
+        ids = sp.encode(text)
+        cases.append({"text": text, "ids": ids, "decoded": sp.decode(ids)})
+    doc = {
+        "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "reference": f"sentencepiece {spm.__version__}",
+        "cases": cases,
+    }
+    OUT.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+    print(f"wrote {len(cases)} cases to {OUT}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,7 +1,7 @@
 //! Numerical parity with Hugging Face `transformers` `GemmaForCausalLM` in
 //! float32: logits, loss and every parameter's gradient, on three small
 //! random models (multi-query, multi-head, heads x head_dim != d_model).
-//! Golden files come from `scripts/gen_gemma_golden.py`.
+//! Golden files come from `scripts/gen_model_golden.py`.
 
 use std::path::PathBuf;
 
