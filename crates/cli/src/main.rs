@@ -17,17 +17,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install a PJRT plugin (cpu, cuda, cuda12, cuda13, tpu) into the cache.
+    /// Train from a config file (default: the embedded CPU smoke config).
+    Train(cmd::train::Args),
+    /// Score a model on tokenized rows: mean next-token loss and perplexity.
+    Eval(cmd::eval::Args),
+    /// Install a PJRT plugin (cpu, cuda, cuda12, cuda13, tpu) or the Gemma tokenizer.
     Setup(cmd::setup::Args),
     /// List the devices a PJRT plugin exposes.
     Devices(cmd::devices::Args),
+    /// Turn text corpora into token shards.
+    Tokenize(data::cli::TokenizeArgs),
+    /// Encode, decode or train tokenizers.
+    Tokenizer(data::cli::TokenizerArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => cmd::train::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
         Command::Setup(args) => cmd::setup::run(args),
         Command::Devices(args) => cmd::devices::run(args),
+        Command::Tokenize(args) => data::cli::run_tokenize(args),
+        Command::Tokenizer(args) => data::cli::run_tokenizer(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -74,7 +74,7 @@ pub mod tokenizer;
 pub use config::{DataConfig, DataFormat};
 pub use error::{Error, Result};
 pub use ingest::{InputFormat, Issue, OnError, Summary, TextUnit, TokenizeOptions, tokenize};
-pub use loader::{DataInfo, Loader, LoaderState};
+pub use loader::{DataInfo, Loader, LoaderState, read_token_rows};
 pub use pack::Batch;
 pub use setup::{cache_dir, setup_tokenizer};
 pub use tokenizer::{Tokenizer, train_bpe};

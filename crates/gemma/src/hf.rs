@@ -37,11 +37,16 @@ pub fn is_hf_dir(dir: &Path) -> bool {
     dir.join("config.json").is_file()
 }
 
-/// Loads a Hugging Face Gemma checkpoint directory.
-pub fn load(dir: &Path) -> Result<Checkpoint> {
+/// Reads only the model shape of a Hugging Face checkpoint directory.
+pub fn load_config(dir: &Path) -> Result<GemmaConfig> {
     let cfg_path = dir.join("config.json");
     let text = fs::read_to_string(&cfg_path).map_err(|e| Error::io("reading", &cfg_path, e))?;
-    let config = GemmaConfig::from_hf_json(&text, &cfg_path)?;
+    GemmaConfig::from_hf_json(&text, &cfg_path)
+}
+
+/// Loads a Hugging Face Gemma checkpoint directory.
+pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let config = load_config(dir)?;
     let specs = param_specs(&config);
     let mut found: BTreeMap<String, HostTensor> = BTreeMap::new();
     for file in safetensor_files(dir)? {

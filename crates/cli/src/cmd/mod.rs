@@ -1,4 +1,6 @@
 //! One module per subcommand: clap arguments and a `run` function.
 
 pub mod devices;
+pub mod eval;
 pub mod setup;
+pub mod train;

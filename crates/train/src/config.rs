@@ -1,0 +1,409 @@
+//! The training config: typed TOML sections with unknown keys refused,
+//! layered as file -> `--set key=value` overrides, validated before any
+//! device work. The resolved config is saved with every run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use gemma::GemmaConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A whole training job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// `[model]`.
+    pub model: ModelConfig,
+    /// `[data]`.
+    pub data: data::DataConfig,
+    /// `[optimizer]`.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// `[train]`.
+    pub train: TrainSection,
+    /// `[mesh]`.
+    #[serde(default)]
+    pub mesh: MeshSection,
+    /// `[runtime]`.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// `[model]`: a preset and/or explicit shape fields (which override it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `gemma-2b`, `gemma-7b` or `tiny`.
+    pub preset: Option<String>,
+    /// Vocabulary size.
+    pub vocab_size: Option<usize>,
+    /// Residual width.
+    pub d_model: Option<usize>,
+    /// Decoder layers.
+    pub layers: Option<usize>,
+    /// Query heads.
+    pub heads: Option<usize>,
+    /// Key/value heads.
+    pub kv_heads: Option<usize>,
+    /// Head width.
+    pub head_dim: Option<usize>,
+    /// MLP hidden width.
+    pub mlp_dim: Option<usize>,
+    /// Longest sequence.
+    pub max_seq_len: Option<usize>,
+    /// RoPE base.
+    pub rope_theta: Option<f64>,
+    /// RMSNorm epsilon.
+    pub norm_eps: Option<f64>,
+    /// Post-sub-layer norms (off in released v1 checkpoints).
+    pub post_norms: Option<bool>,
+    /// `"random"` or `"hf:DIR"` (a Hugging Face checkpoint directory).
+    #[serde(default = "default_init")]
+    pub init: String,
+    /// Seed of the random initialisation.
+    #[serde(default)]
+    pub seed: u64,
+    /// Compute dtype: `"f32"`, or `"bf16"` (f32 parameters, bf16 matmuls).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// Rematerialisation per layer: `"none"`, `"full"` or `"save_matmuls"`.
+    #[serde(default = "default_remat")]
+    pub remat: String,
+}
+
+fn default_init() -> String {
+    "random".into()
+}
+fn default_dtype() -> String {
+    "f32".into()
+}
+fn default_remat() -> String {
+    "none".into()
+}
+
+/// `[optimizer]`: AdamW with decoupled weight decay (as `torch.optim.AdamW`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Denominator epsilon.
+    pub eps: f64,
+    /// Decoupled weight decay (`p -= lr * wd * p`).
+    pub weight_decay: f64,
+    /// Whether norm scales are decayed.
+    pub decay_norms: bool,
+    /// Whether the embedding is decayed.
+    pub decay_embedding: bool,
+    /// `"constant"`, `"linear"` or `"cosine"` after warmup.
+    pub schedule: String,
+    /// Linear warmup from 0 over this many steps.
+    pub warmup_steps: u64,
+    /// Final learning rate of linear/cosine decay, as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    /// Clip the global gradient norm to this; 0 disables.
+    pub clip_grad_norm: f64,
+    /// Micro-batches per step (gradient accumulation).
+    pub accumulation_steps: usize,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        OptimizerConfig {
+            lr: 3e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decay_norms: true,
+            decay_embedding: true,
+            schedule: "cosine".into(),
+            warmup_steps: 0,
+            min_lr_ratio: 0.1,
+            clip_grad_norm: 1.0,
+            accumulation_steps: 1,
+        }
+    }
+}
+
+/// `[train]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Where metrics, the resolved config, the plot and the final model go.
+    pub run_dir: PathBuf,
+    /// Log every this many steps (and the last).
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// Peak FLOP/s of one device for MFU; measured once at start if unset.
+    #[serde(default)]
+    pub peak_flops_per_device: Option<f64>,
+    /// Export the final model as a Hugging Face directory `run_dir/final`.
+    #[serde(default = "yes")]
+    pub export_final: bool,
+}
+
+fn default_log_every() -> u64 {
+    10
+}
+fn yes() -> bool {
+    true
+}
+
+/// `[mesh]`: axis sizes (`-1` = the rest), rule overrides, torus placement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshSection {
+    /// Data-parallel size.
+    pub data: i64,
+    /// FSDP (ZeRO-3) size.
+    pub fsdp: i64,
+    /// Tensor-parallel size.
+    pub tensor: i64,
+    /// Logical axis -> mesh axes overrides, e.g. `embed = []`.
+    pub rules: BTreeMap<String, Vec<String>>,
+    /// Physical dimension the `tensor` axis runs along: `"x"` or `"y"`.
+    pub tensor_along: String,
+}
+
+impl Default for MeshSection {
+    fn default() -> Self {
+        MeshSection { data: 1, fsdp: -1, tensor: 1, rules: BTreeMap::new(), tensor_along: "x".into() }
+    }
+}
+
+/// `[runtime]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// `cpu`, `cuda`, `cuda12`, `cuda13` or `tpu`.
+    pub backend: String,
+    /// Devices (CPU: the plugin's `cpu_device_count`).
+    pub device_count: usize,
+    /// A plugin `.so` instead of the pinned one.
+    pub plugin: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { backend: "cpu".into(), device_count: 1, plugin: None }
+    }
+}
+
+/// The smoke config that ships inside the binary (`configs/smoke.toml`).
+pub const SMOKE_TOML: &str = include_str!("../../../configs/smoke.toml");
+
+impl TrainConfig {
+    /// Parses TOML text (named `source` in errors), applies `--set`
+    /// overrides (`key.path=value`, each key at most once), and validates.
+    pub fn from_toml(text: &str, source: &str, sets: &[String]) -> Result<TrainConfig> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| Error::config(source, "(file)", format!("not valid TOML: {e}")))?;
+        let mut seen = std::collections::BTreeSet::new();
+        for set in sets {
+            let (key, value) = set
+                .split_once('=')
+                .ok_or_else(|| Error::config("--set", set, "expected key.path=value"))?;
+            let key = key.trim();
+            if !seen.insert(key.to_string()) {
+                return Err(Error::config("--set", key, "set twice"));
+            }
+            apply_set(&mut table, key, parse_value(value.trim()))?;
+        }
+        let de = toml::Value::Table(table);
+        let cfg: TrainConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let origin = if sets.iter().any(|s| s.starts_with(&key)) { "--set" } else { source };
+            Error::config(origin, key, e.inner().to_string())
+        })?;
+        cfg.validate(source)?;
+        Ok(cfg)
+    }
+
+    /// Reads a config file (or the embedded smoke config when `path` is
+    /// `None`) with overrides.
+    pub fn load(path: Option<&Path>, sets: &[String]) -> Result<TrainConfig> {
+        match path {
+            None => {
+                // The embedded config's corpus and tokenizer ship inside the
+                // binary too, unpacked into the cache so any directory works.
+                let (corpus, tokenizer) = smoke_assets()?;
+                let mut all = sets.to_vec();
+                for (key, value) in [("data.path", corpus), ("data.tokenizer", tokenizer)] {
+                    if !sets.iter().any(|s| s.split('=').next().map(str::trim) == Some(key)) {
+                        all.push(format!("{key}={}", toml::Value::String(value.display().to_string())));
+                    }
+                }
+                Self::from_toml(SMOKE_TOML, "configs/smoke.toml (embedded)", &all)
+            }
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::io("reading", p, e))?;
+                Self::from_toml(&text, &p.display().to_string(), sets)
+            }
+        }
+    }
+
+    /// The resolved config as TOML (saved beside the metrics).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+
+    /// Checks every value that does not need a device or the data.
+    pub fn validate(&self, source: &str) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(Error::config(source, key, msg));
+        let model = self.model.resolve()?;
+        let o = &self.optimizer;
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return bad("optimizer.lr", format!("{} must be a positive number", o.lr));
+        }
+        for (k, v) in [("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(k, format!("{v} must be in [0, 1)"));
+            }
+        }
+        if o.eps <= 0.0 {
+            return bad("optimizer.eps", format!("{} must be positive", o.eps));
+        }
+        if o.weight_decay < 0.0 || o.clip_grad_norm < 0.0 {
+            return bad("optimizer", "weight_decay and clip_grad_norm must be >= 0".into());
+        }
+        if !(0.0..=1.0).contains(&o.min_lr_ratio) {
+            return bad("optimizer.min_lr_ratio", format!("{} must be in [0, 1]", o.min_lr_ratio));
+        }
+        if !matches!(o.schedule.as_str(), "constant" | "linear" | "cosine") {
+            return bad("optimizer.schedule", format!("{:?}: expected \"constant\", \"linear\" or \"cosine\"", o.schedule));
+        }
+        if o.accumulation_steps == 0 || self.data.batch_size % o.accumulation_steps != 0 {
+            return bad(
+                "optimizer.accumulation_steps",
+                format!("{} must be at least 1 and divide data.batch_size = {}", o.accumulation_steps, self.data.batch_size),
+            );
+        }
+        if self.train.steps == 0 || self.train.log_every == 0 {
+            return bad("train.steps", "train.steps and train.log_every must be at least 1".into());
+        }
+        if o.warmup_steps > self.train.steps {
+            return bad("optimizer.warmup_steps", format!("{} exceeds train.steps = {}", o.warmup_steps, self.train.steps));
+        }
+        if self.data.seq_len > model.max_seq_len {
+            return bad("data.seq_len", format!("{} exceeds model.max_seq_len = {}", self.data.seq_len, model.max_seq_len));
+        }
+        if self.runtime.device_count == 0 {
+            return bad("runtime.device_count", "must be at least 1".into());
+        }
+        if !matches!(self.mesh.tensor_along.as_str(), "x" | "y") {
+            return bad("mesh.tensor_along", format!("{:?}: expected \"x\" or \"y\"", self.mesh.tensor_along));
+        }
+        let mesh = self.resolved_mesh()?;
+        mesh.check_divides("model.heads", model.heads as i64, &["tensor"])?;
+        let micro = (self.data.batch_size / o.accumulation_steps) as i64;
+        mesh.check_divides("data.batch_size / optimizer.accumulation_steps", micro, &["data", "fsdp"])?;
+        mesh::Rules::with_overrides(&self.mesh.rules)?;
+        self.compute_options()?;
+        Ok(())
+    }
+
+    /// The mesh over `runtime.device_count` devices.
+    pub fn resolved_mesh(&self) -> Result<mesh::Mesh> {
+        let m = mesh::MeshConfig { data: self.mesh.data, fsdp: self.mesh.fsdp, tensor: self.mesh.tensor };
+        Ok(m.resolve(self.runtime.device_count as i64)?)
+    }
+
+    /// Compute dtype and remat policy.
+    pub fn compute_options(&self) -> Result<gemma::ComputeOptions> {
+        let dtype = match self.model.dtype.as_str() {
+            "f32" => hlo::DType::F32,
+            "bf16" => hlo::DType::BF16,
+            other => return Err(Error::config("model", "model.dtype", format!("{other:?}: expected \"f32\" or \"bf16\""))),
+        };
+        let remat = match self.model.remat.as_str() {
+            "none" => hlo::RematPolicy::None,
+            "full" => hlo::RematPolicy::Full,
+            "save_matmuls" => hlo::RematPolicy::SaveMatmuls,
+            other => {
+                return Err(Error::config("model", "model.remat", format!("{other:?}: expected \"none\", \"full\" or \"save_matmuls\"")));
+            }
+        };
+        Ok(gemma::ComputeOptions { dtype, remat })
+    }
+}
+
+impl ModelConfig {
+    /// The model shape: the preset (or the HF checkpoint's config) with the
+    /// explicit fields applied, validated.
+    pub fn resolve(&self) -> Result<GemmaConfig> {
+        let mut c = match (&self.preset, self.init.strip_prefix("hf:")) {
+            (Some(p), _) => GemmaConfig::preset(p)?,
+            (None, Some(dir)) => gemma::hf::load_config(Path::new(dir))?,
+            (None, None) => {
+                return Err(Error::config(
+                    "model",
+                    "model.preset",
+                    "missing: give a preset (\"tiny\", \"gemma-2b\", \"gemma-7b\") and override shape fields, or init = \"hf:DIR\"",
+                ));
+            }
+        };
+        if self.init != "random" && !self.init.starts_with("hf:") {
+            return Err(Error::config("model", "model.init", format!("{:?}: expected \"random\" or \"hf:DIR\"", self.init)));
+        }
+        macro_rules! apply {
+            ($($f:ident),*) => { $(if let Some(v) = self.$f { c.$f = v; })* };
+        }
+        apply!(vocab_size, d_model, layers, heads, kv_heads, head_dim, mlp_dim, max_seq_len, rope_theta, norm_eps, post_norms);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Writes the smoke corpus and tokenizer into the cache (once).
+fn smoke_assets() -> Result<(PathBuf, PathBuf)> {
+    const CORPUS: &[u8] = include_bytes!("../../../configs/data/tinyshakespeare.txt");
+    const TOKENIZER: &[u8] = include_bytes!("../../../configs/data/shakespeare-bpe8k.json");
+    let dir = data::cache_dir().join("smoke");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+    let mut out = Vec::new();
+    for (name, bytes) in [("tinyshakespeare.txt", CORPUS), ("shakespeare-bpe8k.json", TOKENIZER)] {
+        let path = dir.join(name);
+        if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+            let tmp = path.with_extension("partial");
+            std::fs::write(&tmp, bytes).map_err(|e| Error::io("writing", &tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io("renaming into", &path, e))?;
+        }
+        out.push(path);
+    }
+    let tokenizer = out.pop().expect("two assets");
+    Ok((out.pop().expect("two assets"), tokenizer))
+}
+
+/// A `--set` value: TOML if it parses (numbers, booleans, arrays, quoted
+/// strings), else the bare text as a string.
+fn parse_value(text: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
+fn apply_set(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::config("--set", key, "empty key segment"));
+    }
+    let mut t = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::config("--set", key, format!("`{p}` is a value, not a section")))?;
+    }
+    t.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong while configuring or running training.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A config key has an impossible value or is unknown.
+    #[error("{source_name}: {key}: {message}")]
+    Config {
+        /// The file (or `--set`) the bad value came from.
+        source_name: String,
+        /// Dotted key path.
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// The model shape or a checkpoint.
+    #[error(transparent)]
+    Model(#[from] gemma::Error),
+    /// The mesh.
+    #[error(transparent)]
+    Mesh(#[from] mesh::Error),
+    /// The data pipeline.
+    #[error(transparent)]
+    Data(#[from] data::Error),
+    /// Building the step program (a shape bug: names the op).
+    #[error("building the step program: {0}")]
+    Program(#[from] hlo::Error),
+    /// The PJRT runtime.
+    #[error(transparent)]
+    Runtime(#[from] pjrt::Error),
+    /// A file-system operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Training produced a non-finite loss.
+    #[error("step {step}: loss is {loss}; stopping (lower optimizer.lr or enable clipping)")]
+    Diverged {
+        /// Step number.
+        step: u64,
+        /// The loss.
+        loss: f32,
+    },
+}
+
+impl Error {
+    pub(crate) fn config(source_name: impl Into<String>, key: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config { source_name: source_name.into(), key: key.into(), message: message.into() }
+    }
+
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { action, path: path.into(), source }
+    }
+}

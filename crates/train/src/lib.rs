@@ -1,0 +1,23 @@
+//! Training for meshtrain: the layered config ([`TrainConfig`]), the whole
+//! training step as one program ([`step::build_step`]: forward, loss,
+//! backward, global grad norm, clipping, AdamW, schedule, accumulation,
+//! donation), and the loop ([`train`]) that writes metrics, a loss plot and
+//! the final model.
+#![deny(missing_docs)]
+
+pub mod config;
+mod error;
+pub mod eval;
+mod init;
+pub mod mfu;
+mod plot;
+mod run;
+pub mod schedule;
+pub mod shard;
+pub mod step;
+
+pub use config::TrainConfig;
+pub use error::{Error, Result};
+pub use init::init_params;
+pub use plot::loss_svg;
+pub use run::{RunSummary, make_client, train};

@@ -1,0 +1,241 @@
+//! The training loop: mesh -> build the step -> compile (report memory) ->
+//! initialise -> loop over batches -> metrics, plot, final export.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use gemma::param_specs;
+use pjrt::{Buffer, Client};
+
+use crate::config::TrainConfig;
+use crate::shard::{extract, insert, shard_ranges};
+use crate::step::{Plan, Slot, StepProgram, StepShape, build_step};
+use crate::{Error, Result, mfu};
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    /// `(step, loss)` of every step.
+    pub losses: Vec<(u64, f32)>,
+    /// Seconds to compile the step.
+    pub compile_seconds: f64,
+    /// Median seconds per step (after the first).
+    pub median_step_seconds: f64,
+    /// Where metrics, config, plot and the final model are.
+    pub run_dir: PathBuf,
+    /// Per-device peak bytes of the compiled step.
+    pub peak_bytes_per_device: i64,
+}
+
+/// One device's state: params, m, v (3P buffers) and the step counter.
+type DeviceState = Vec<Buffer>;
+
+/// Creates the client the config asks for.
+pub fn make_client(cfg: &TrainConfig) -> Result<Client> {
+    let backend = pjrt::install::Backend::parse(&cfg.runtime.backend)?;
+    let path = pjrt::install::resolve(backend, cfg.runtime.plugin.as_deref())?;
+    let plugin = pjrt::Plugin::load(path)?;
+    let mut options = Vec::new();
+    if backend == pjrt::install::Backend::Cpu {
+        options.push(("cpu_device_count", pjrt::OptionValue::Int(cfg.runtime.device_count as i64)));
+    }
+    let client = Client::new(&plugin, &options)?;
+    if client.devices().len() < cfg.runtime.device_count {
+        return Err(Error::config(
+            "runtime",
+            "runtime.device_count",
+            format!("{} devices asked, the {} plugin has {}", cfg.runtime.device_count, client.platform_name(), client.devices().len()),
+        ));
+    }
+    Ok(client)
+}
+
+/// Splits a host array into one buffer per device.
+pub(crate) fn put<T: pjrt::NativeType>(client: &Client, plan: &Plan, slot: &Slot, data: &[T]) -> Result<Vec<Buffer>> {
+    (0..plan.mesh.devices() as usize)
+        .map(|p| {
+            let r = shard_ranges(&plan.mesh, &slot.shape, &slot.axes, p);
+            let dims: Vec<i64> = r.iter().map(|x| x.len() as i64).collect();
+            Ok(client.buffer_from_host(&extract(data, &slot.shape, &r), &dims, p)?)
+        })
+        .collect()
+}
+
+/// Gathers one buffer per device back into a host array.
+pub(crate) fn get(plan: &Plan, slot: &Slot, shards: &[&Buffer]) -> Result<Vec<f32>> {
+    let n: usize = slot.shape.iter().product();
+    let mut out = vec![0f32; n];
+    for (p, buf) in shards.iter().enumerate() {
+        let r = shard_ranges(&plan.mesh, &slot.shape, &slot.axes, p);
+        insert(&mut out, &slot.shape, &r, &buf.to_host::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// Runs the training job.
+pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
+    let model = cfg.model.resolve()?;
+    let compute = cfg.compute_options()?;
+    let mesh = cfg.resolved_mesh()?;
+    let plan = Plan::new(&model, mesh, mesh::Rules::with_overrides(&cfg.mesh.rules)?);
+    let run_dir = cfg.train.run_dir.clone();
+    std::fs::create_dir_all(&run_dir).map_err(|e| Error::io("creating", &run_dir, e))?;
+    write_file(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+
+    let client = make_client(cfg)?;
+    let mut loader = data::Loader::new(&cfg.data, 0, 1, None)?;
+    if let Some(v) = loader.info().vocab_size {
+        if v > model.vocab_size {
+            return Err(Error::config("data", "data.tokenizer", format!("its vocabulary has {v} pieces, model.vocab_size is {}", model.vocab_size)));
+        }
+    }
+    let a = cfg.optimizer.accumulation_steps;
+    let shape = StepShape { accumulation: a, micro_batch: cfg.data.batch_size / a, seq_len: cfg.data.seq_len, total_steps: cfg.train.steps };
+    let step = build_step(&model, &cfg.optimizer, compute, shape, &plan)?;
+    let mlir = step.program.to_mlir();
+    step.program.dump_if_requested()?;
+    let n = plan.mesh.devices();
+    let options = if n > 1 { pjrt::CompileOptions::spmd(n) } else { pjrt::CompileOptions::single() };
+    let t0 = Instant::now();
+    let exe = client.compile(&mlir, &options)?;
+    let compile_seconds = t0.elapsed().as_secs_f64();
+    let stats = exe.executable().memory_stats()?;
+    eprintln!(
+        "meshtrain: {} parameters, mesh data={} fsdp={} tensor={}, step compiled in {compile_seconds:.1} s, {:.1} MiB peak per device",
+        model.num_params(),
+        plan.mesh.data,
+        plan.mesh.fsdp,
+        plan.mesh.tensor,
+        stats.peak_bytes as f64 / (1 << 20) as f64
+    );
+
+    let mut state = initial_state(cfg, &client, &plan, &step)?;
+    let peak = match cfg.train.peak_flops_per_device {
+        Some(p) => p * n as f64,
+        // Virtual CPU devices share the host's cores: the host is the peak.
+        None => mfu::measure_peak_flops(&client, compute.dtype == hlo::DType::BF16)?,
+    };
+    let tokens_per_step = (cfg.data.batch_size * cfg.data.seq_len) as f64;
+    let flops_per_step = mfu::flops_per_token(&model, cfg.data.seq_len) * tokens_per_step;
+
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let mut metrics = std::fs::File::create(&metrics_path).map_err(|e| Error::io("creating", &metrics_path, e))?;
+    let bar = progress_bar(cfg.train.steps, show_progress);
+    let mut losses = Vec::new();
+    let mut times = Vec::new();
+    for s in 0..cfg.train.steps {
+        let t = Instant::now();
+        let batch = loader.next_batch()?;
+        if let Some(&bad) = batch.tokens.iter().find(|&&id| id < 0 || id as usize >= model.vocab_size) {
+            return Err(Error::config("data", "data.path", format!("step {s}: token id {bad} is outside the vocabulary (model.vocab_size = {})", model.vocab_size)));
+        }
+        let inputs = [
+            put(&client, &plan, &step.batch[0], &batch.tokens)?,
+            put(&client, &plan, &step.batch[1], &batch.targets)?,
+            put(&client, &plan, &step.batch[2], &batch.loss_mask)?,
+            put(&client, &plan, &step.batch[3], &batch.segment_ids)?,
+            put(&client, &plan, &step.batch[4], &batch.positions)?,
+        ];
+        let args: Vec<Vec<&Buffer>> = (0..n as usize)
+            .map(|d| state[d].iter().chain(inputs.iter().map(|x| &x[d])).collect())
+            .collect();
+        let mut outs = exe.execute(&args)?;
+        let k = 3 * step.params.len() + 1;
+        let scalars: Vec<f32> = outs[0][k..k + 3].iter().map(|b| Ok(b.to_host::<f32>()?[0])).collect::<Result<_>>()?;
+        let (loss, grad_norm, lr) = (scalars[0], scalars[1], scalars[2]);
+        state = outs.iter_mut().map(|o| o.drain(..k).collect()).collect();
+        let dt = t.elapsed().as_secs_f64();
+        if !loss.is_finite() {
+            return Err(Error::Diverged { step: s, loss });
+        }
+        losses.push((s, loss));
+        if s > 0 || cfg.train.steps == 1 {
+            times.push(dt);
+        }
+        if s % cfg.train.log_every == 0 || s + 1 == cfg.train.steps {
+            let line = serde_json::json!({
+                "step": s,
+                "loss": loss,
+                "learning_rate": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_second": tokens_per_step / dt,
+                "step_time_s": dt,
+                "mfu": flops_per_step / dt / peak,
+            });
+            writeln!(metrics, "{line}").map_err(|e| Error::io("writing", &metrics_path, e))?;
+        }
+        bar.set_message(format!("loss {loss:.4}  {:.0} tok/s", tokens_per_step / dt));
+        bar.inc(1);
+    }
+    bar.finish();
+    metrics.flush().map_err(|e| Error::io("writing", &metrics_path, e))?;
+    write_file(&run_dir.join("loss.svg"), crate::plot::loss_svg(&losses, "training loss").as_bytes())?;
+    if cfg.train.export_final {
+        let params = gather_params(&plan, &step, &state)?;
+        let tensors = param_specs(&model)
+            .iter()
+            .zip(params)
+            .map(|(s, data)| gemma::hf::HostTensor { shape: s.shape.clone(), data })
+            .collect::<Vec<_>>();
+        gemma::hf::save(&run_dir.join("final"), &model, &tensors, gemma::hf::SaveDtype::F32)?;
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(RunSummary {
+        losses,
+        compile_seconds,
+        median_step_seconds: times.get(times.len() / 2).copied().unwrap_or(0.0),
+        run_dir,
+        peak_bytes_per_device: stats.peak_bytes,
+    })
+}
+
+fn initial_state(cfg: &TrainConfig, client: &Client, plan: &Plan, step: &StepProgram) -> Result<Vec<DeviceState>> {
+    let model = cfg.model.resolve()?;
+    let values = crate::init::init_params(&model, &cfg.model.init, cfg.model.seed)?;
+    let n = plan.mesh.devices() as usize;
+    let mut state: Vec<DeviceState> = (0..n).map(|_| Vec::new()).collect();
+    for part in 0..3 {
+        for (slot, v) in step.params.iter().zip(&values) {
+            let zeros;
+            let data = if part == 0 {
+                v.as_slice()
+            } else {
+                zeros = vec![0f32; v.len()];
+                zeros.as_slice()
+            };
+            for (d, buf) in put(client, plan, slot, data)?.into_iter().enumerate() {
+                state[d].push(buf);
+            }
+        }
+    }
+    for (d, s) in state.iter_mut().enumerate() {
+        s.push(client.buffer_from_host(&[0i32], &[], d)?);
+    }
+    Ok(state)
+}
+
+fn gather_params(plan: &Plan, step: &StepProgram, state: &[DeviceState]) -> Result<Vec<Vec<f32>>> {
+    step.params
+        .iter()
+        .enumerate()
+        .map(|(i, slot)| get(plan, slot, &state.iter().map(|s| &s[i]).collect::<Vec<_>>()))
+        .collect()
+}
+
+fn progress_bar(steps: u64, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(steps);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}").expect("valid template"),
+    );
+    bar
+}
+
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io("writing", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming into", path, e))
+}
