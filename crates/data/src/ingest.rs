@@ -423,97 +423,90 @@ pub fn tokenize(
         ));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut total = 0u64;
-    for f in &files {
-        total += std::fs::metadata(f).map_err(|e| Error::io(f, e))?.len();
-    }
+    let sizes: Vec<u64> = files
+        .iter()
+        .map(|f| Ok(std::fs::metadata(f).map_err(|e| Error::io(f, e))?.len()))
+        .collect::<Result<_>>()?;
+    let total: u64 = sizes.iter().sum();
     let mut summary = Summary {
         files: files.len(),
         threads: rayon::current_num_threads(),
         ..Summary::default()
     };
     let mut shards: Vec<ShardInfo> = Vec::new();
-    let mut writer: Option<ShardWriter> = None;
-    const CHUNK_DOCS: usize = 4096;
-    const CHUNK_BYTES: usize = 8 << 20;
 
-    for file in &files {
-        let handle = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
-        let len = handle.metadata().map_err(|e| Error::io(file, e))?.len();
-        let map;
-        let bytes: &[u8] = if len == 0 {
-            &[]
-        } else {
-            // SAFETY: input files are read-only inputs; a concurrent writer would at worst
-            // produce a garbled document, which the UTF-8/JSON checks report.
-            map = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| Error::io(file, e))?;
-            &map
-        };
-        let docs = split_docs(bytes, opts.format, opts.text_unit);
-        if docs.is_empty() {
-            let issue = Issue {
-                file: file.clone(),
-                line: 1,
-                message: "empty file: no documents".into(),
-            };
-            match opts.on_error {
-                OnError::Fail => return Err(issue_error(issue)),
-                OnError::Skip => summary.issues.push(issue),
-            }
+    let mut sink = Sink {
+        out,
+        opts,
+        tokenizer,
+        files: &files,
+        writer: None,
+        shards: &mut shards,
+        summary: &mut summary,
+    };
+    // Files are taken in groups of about CHUNK_BYTES (so that many small files are tokenized in
+    // parallel), large files in segments of about CHUNK_BYTES cut at document boundaries (so
+    // that memory stays bounded); documents go to the thread pool CHUNK_DOCS at a time.
+    let mut f0 = 0;
+    let mut done = 0u64;
+    while f0 < files.len() {
+        let mut f1 = f0;
+        let mut group_bytes = 0u64;
+        while f1 < files.len()
+            && (f1 == f0 || group_bytes + sizes[f1] <= CHUNK_BYTES as u64)
+            && f1 - f0 < CHUNK_DOCS
+        {
+            group_bytes += sizes[f1];
+            f1 += 1;
         }
-        let mut i = 0;
-        while i < docs.len() {
-            let mut j = i;
-            let mut size = 0;
-            while j < docs.len() && j - i < CHUNK_DOCS && size < CHUNK_BYTES {
-                size += docs[j].bytes.len();
-                j += 1;
-            }
-            let results: Vec<std::result::Result<Vec<u32>, Issue>> = docs[i..j]
-                .par_iter()
-                .map(|d| {
-                    let text = doc_text(file, d, opts.format, &opts.field)?;
-                    tokenizer.encode(&text).map_err(|e| Issue {
-                        file: file.clone(),
-                        line: d.line,
-                        message: e.to_string(),
-                    })
-                })
-                .collect();
-            for r in results {
-                match r {
-                    Ok(ids) => {
-                        if writer.is_none() {
-                            let path = out.join(shard_file_name(shards.len()));
-                            writer = Some(ShardWriter::create(&path)?);
-                        }
-                        let w = writer.as_mut().expect("just created");
-                        w.push(&ids)?;
-                        summary.documents += 1;
-                        summary.tokens += ids.len() as u64;
-                        if w.tokens() >= opts.shard_tokens {
-                            shards.push(writer.take().expect("present").finish()?);
-                        }
+        let maps: Vec<Option<memmap2::Mmap>> = files[f0..f1]
+            .iter()
+            .map(|f| map_file(f))
+            .collect::<Result<_>>()?;
+        let mut pending: Vec<Item<'_>> = Vec::new();
+        let mut pending_bytes = 0usize;
+        for (k, map) in maps.iter().enumerate() {
+            let fi = f0 + k;
+            let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+            let mut start = 0;
+            let mut line_base = 0u64;
+            let mut any = false;
+            while start < bytes.len() {
+                let end = segment_end(bytes, start, opts.format, opts.text_unit, CHUNK_BYTES);
+                let seg = &bytes[start..end];
+                for mut d in split_docs(seg, opts.format, opts.text_unit) {
+                    d.line += line_base;
+                    d.last_unterminated &= end == bytes.len();
+                    any = true;
+                    pending_bytes += d.bytes.len();
+                    pending.push(Item::Doc(fi, d));
+                    if pending.len() >= CHUNK_DOCS || pending_bytes >= CHUNK_BYTES {
+                        sink.flush(&mut pending)?;
+                        pending_bytes = 0;
+                        progress(sink.progress(done + (end - start) as u64 / 2, total));
                     }
-                    Err(issue) => match opts.on_error {
-                        OnError::Fail => return Err(issue_error(issue)),
-                        OnError::Skip => summary.issues.push(issue),
-                    },
                 }
+                line_base += seg.iter().filter(|&&b| b == b'\n').count() as u64;
+                start = end;
             }
-            summary.bytes += size as u64;
-            progress(Progress {
-                bytes_done: summary.bytes,
-                bytes_total: total,
-                documents: summary.documents,
-                tokens: summary.tokens,
-            });
-            i = j;
+            if !any {
+                pending.push(Item::Issue(Issue {
+                    file: files[fi].clone(),
+                    line: 1,
+                    message: "empty file: no documents".into(),
+                }));
+            }
         }
+        sink.flush(&mut pending)?;
+        done += group_bytes;
+        sink.summary.bytes = done;
+        progress(sink.progress(done, total));
+        f0 = f1;
     }
+    let writer = sink.writer.take();
     // Separators (newlines, blank lines) count as read too.
     summary.bytes = total;
-    if let Some(w) = writer.take() {
+    if let Some(w) = writer {
         shards.push(w.finish()?);
     }
     if summary.documents == 0 {
@@ -554,10 +547,158 @@ pub fn tokenize(
     Ok(summary)
 }
 
+const CHUNK_DOCS: usize = 4096;
+const CHUNK_BYTES: usize = 8 << 20;
+
+/// A document waiting for the thread pool, or a problem found while cutting files.
+enum Item<'a> {
+    Doc(usize, RawDoc<'a>),
+    Issue(Issue),
+}
+
+/// Where tokenized documents go, in input order.
+struct Sink<'a> {
+    out: &'a Path,
+    opts: &'a TokenizeOptions,
+    tokenizer: &'a Tokenizer,
+    files: &'a [PathBuf],
+    writer: Option<ShardWriter>,
+    shards: &'a mut Vec<ShardInfo>,
+    summary: &'a mut Summary,
+}
+
+impl Sink<'_> {
+    /// Checks and tokenizes `items` in parallel and writes them in order.
+    fn flush(&mut self, items: &mut Vec<Item<'_>>) -> Result<()> {
+        let (opts, tok, files) = (self.opts, self.tokenizer, self.files);
+        let results: Vec<std::result::Result<Vec<u32>, Issue>> = items
+            .par_iter()
+            .map(|item| match item {
+                Item::Issue(i) => Err(i.clone()),
+                Item::Doc(fi, d) => {
+                    let file = &files[*fi];
+                    let text = doc_text(file, d, opts.format, &opts.field)?;
+                    tok.encode(&text).map_err(|e| Issue {
+                        file: file.clone(),
+                        line: d.line,
+                        message: e.to_string(),
+                    })
+                }
+            })
+            .collect();
+        items.clear();
+        for r in results {
+            match r {
+                Ok(ids) => {
+                    if self.writer.is_none() {
+                        let path = self.out.join(shard_file_name(self.shards.len()));
+                        self.writer = Some(ShardWriter::create(&path)?);
+                    }
+                    let w = self.writer.as_mut().expect("just created");
+                    w.push(&ids)?;
+                    self.summary.documents += 1;
+                    self.summary.tokens += ids.len() as u64;
+                    if w.tokens() >= opts.shard_tokens {
+                        let w = self.writer.take().expect("present");
+                        self.shards.push(w.finish()?);
+                    }
+                }
+                Err(issue) => match opts.on_error {
+                    OnError::Fail => return Err(issue_error(issue)),
+                    OnError::Skip => self.summary.issues.push(issue),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn progress(&self, bytes_done: u64, bytes_total: u64) -> Progress {
+        Progress {
+            bytes_done,
+            bytes_total,
+            documents: self.summary.documents,
+            tokens: self.summary.tokens,
+        }
+    }
+}
+
+/// Memory-maps a file (`None` when empty: empty maps are not portable).
+fn map_file(file: &Path) -> Result<Option<memmap2::Mmap>> {
+    let handle = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+    if handle.metadata().map_err(|e| Error::io(file, e))?.len() == 0 {
+        return Ok(None);
+    }
+    // SAFETY: input files are read-only inputs; a concurrent writer would at worst produce a
+    // garbled document, which the UTF-8/JSON checks report.
+    let map = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| Error::io(file, e))?;
+    Ok(Some(map))
+}
+
+/// End of the segment of `bytes` that starts at `start`: about `target` bytes, cut at a
+/// document boundary (a newline; a blank line for paragraphs; never for whole-file documents).
+fn segment_end(
+    bytes: &[u8],
+    start: usize,
+    format: InputFormat,
+    unit: TextUnit,
+    target: usize,
+) -> usize {
+    let probe = start + target;
+    if probe >= bytes.len() || (format == InputFormat::Text && unit == TextUnit::File) {
+        return bytes.len();
+    }
+    let paragraph = format == InputFormat::Text && unit == TextUnit::Paragraph;
+    let rest = &bytes[probe..];
+    let cut = if paragraph {
+        rest.windows(2).position(|w| w == b"\n\n").map(|i| i + 1)
+    } else {
+        rest.iter().position(|&b| b == b'\n')
+    };
+    cut.map_or(bytes.len(), |i| probe + i + 1)
+}
+
 fn issue_error(issue: Issue) -> Error {
     Error::BadInput {
         file: issue.file,
         line: issue.line,
         message: issue.message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cutting a file into segments gives the same documents and line numbers as not cutting.
+    #[test]
+    fn segments_cut_at_document_boundaries() {
+        let text = b"one\ntwo two\n\nthree\n\n\nfour four four\nfive\n\nsix";
+        for (format, unit) in [
+            (InputFormat::Jsonl, TextUnit::File),
+            (InputFormat::Text, TextUnit::Line),
+            (InputFormat::Text, TextUnit::Paragraph),
+            (InputFormat::Text, TextUnit::File),
+        ] {
+            let whole: Vec<(u64, Vec<u8>, bool)> = split_docs(text, format, unit)
+                .into_iter()
+                .map(|d| (d.line, d.bytes.to_vec(), d.last_unterminated))
+                .collect();
+            for target in [1, 3, 7, 100] {
+                let mut got = Vec::new();
+                let (mut start, mut base) = (0, 0);
+                while start < text.len() {
+                    let end = segment_end(text, start, format, unit, target);
+                    assert!(end > start);
+                    let seg = &text[start..end];
+                    for d in split_docs(seg, format, unit) {
+                        let last = d.last_unterminated && end == text.len();
+                        got.push((d.line + base, d.bytes.to_vec(), last));
+                    }
+                    base += seg.iter().filter(|&&b| b == b'\n').count() as u64;
+                    start = end;
+                }
+                assert_eq!(got, whole, "{format:?} {unit:?} target {target}");
+            }
+        }
     }
 }
