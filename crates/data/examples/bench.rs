@@ -57,20 +57,28 @@ fn main() -> data::Result<()> {
     let dir = tempfile::tempdir().map_err(|e| data::Error::io("tempdir", e))?;
     let input = dir.path().join("corpus.txt");
     std::fs::write(&input, &text).map_err(|e| data::Error::io(&input, e))?;
-    let opts = TokenizeOptions {
+    let mut opts = TokenizeOptions {
         inputs: vec![input.display().to_string()],
         output: dir.path().join("shards"),
         text_unit: TextUnit::Paragraph,
         ..Default::default()
     };
-    let s = data::tokenize(&tok, &opts, &|_| {})?;
-    println!(
-        "| tokenize -> shards, {} threads | {:.2} ({:.2} per thread) | {:.0} |",
-        s.threads,
-        s.mb_per_s(),
-        s.mb_per_s() / s.threads as f64,
-        s.tokens_per_s()
-    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for threads in [1, cores] {
+        opts.output = dir.path().join(format!("shards-{threads}"));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        let s = pool.install(|| data::tokenize(&tok, &opts, &|_| {}))?;
+        println!(
+            "| tokenize -> shards, {} threads | {:.2} ({:.2} per thread) | {:.0} |",
+            s.threads,
+            s.mb_per_s(),
+            s.mb_per_s() / s.threads as f64,
+            s.tokens_per_s()
+        );
+    }
 
     // Loader: packed batches of 8 x 2048 from the shards.
     for (seq_len, batch) in [(256, 4), (2048, 8)] {
