@@ -9,7 +9,9 @@ package index. Not run by CI; rerun by hand when the test text changes:
     unzip -o /tmp/mt/maxtext-0.2.5-py3-none-any.whl maxtext/assets/tokenizers/tokenizer.gemma -d /tmp/mt
     python3 scripts/gen_gemma_golden.py /tmp/mt/maxtext/assets/tokenizers/tokenizer.gemma
 
-It writes crates/data/tests/data/gemma_golden.json: {"model_sha256", "cases": [{"text", "ids", "decoded"}]}.
+It writes crates/data/tests/data/gemma_golden.json: {"model_sha256", "cases": [{"text", "ids",
+"decoded"}], "corpus": {...}}, where "corpus" has the number and sha256 (of the little-endian u32
+bytes) of the ids of every paragraph of configs/data/tinyshakespeare.txt, concatenated.
 """
 import hashlib
 import json
@@ -57,10 +59,21 @@ def main() -> None:
     for text in CASES:
         ids = sp.encode(text)
         cases.append({"text": text, "ids": ids, "decoded": sp.decode(ids)})
+    corpus = ROOT / "configs/data/tinyshakespeare.txt"
+    all_ids = []
+    for para in corpus.read_text(encoding="utf-8").split("\n\n"):
+        all_ids.extend(sp.encode(para))
+    blob = b"".join(i.to_bytes(4, "little") for i in all_ids)
     doc = {
         "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
         "reference": f"sentencepiece {spm.__version__}",
         "cases": cases,
+        "corpus": {
+            "file": "configs/data/tinyshakespeare.txt",
+            "split": "\n\n",
+            "tokens": len(all_ids),
+            "ids_sha256": hashlib.sha256(blob).hexdigest(),
+        },
     }
     OUT.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
     print(f"wrote {len(cases)} cases to {OUT}")

@@ -259,3 +259,103 @@ pub fn run_tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     println!("shards in {}", args.output.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Cmd {
+        Tokenize(TokenizeArgs),
+        Tokenizer(TokenizerArgs),
+    }
+
+    fn smoke() -> String {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../configs/data/shakespeare-bpe8k.json"
+        )
+        .into()
+    }
+
+    #[test]
+    fn tokenize_command_writes_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("a.jsonl");
+        std::fs::write(&input, "{\"body\": \"hello there\"}\n{\"body\": 3}\n").unwrap();
+        let out = dir.path().join("out");
+        let cli = Cli::try_parse_from([
+            "meshtrain",
+            "tokenize",
+            "--tokenizer",
+            &smoke(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--format",
+            "jsonl",
+            "--field",
+            "body",
+            "--threads",
+            "1",
+        ])
+        .unwrap();
+        let Cmd::Tokenize(args) = cli.cmd else {
+            panic!("parsed as tokenize")
+        };
+        run_tokenize(args).unwrap();
+        let m = crate::shard::Manifest::read(&out).unwrap();
+        assert_eq!(m.documents, 1);
+    }
+
+    #[test]
+    fn tokenizer_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "meshtrain",
+            "tokenizer",
+            "encode",
+            "--tokenizer",
+            "gemma",
+            "--json",
+            "--bos",
+        ])
+        .unwrap();
+        let Cmd::Tokenizer(TokenizerArgs {
+            command: TokenizerCommand::Encode(e),
+        }) = cli.cmd
+        else {
+            panic!("parsed as tokenizer encode")
+        };
+        assert!(e.json && e.bos && e.tokenizer == "gemma");
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t.json");
+        let cli = Cli::try_parse_from([
+            "meshtrain",
+            "tokenizer",
+            "train",
+            "--input",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../configs/data/tinyshakespeare.txt"
+            ),
+            "--vocab-size",
+            "600",
+            "--output",
+            out.to_str().unwrap(),
+        ])
+        .unwrap();
+        let Cmd::Tokenizer(args) = cli.cmd else {
+            panic!("parsed as tokenizer")
+        };
+        run_tokenizer(args).unwrap();
+        assert!(Tokenizer::from_file(&out).unwrap().vocab_size() <= 600);
+    }
+}

@@ -39,9 +39,13 @@ pub struct DataConfig {
     /// `tokens`: the JSON/JSONL file; `shards`: the directory; `text`/`jsonl`: files,
     /// directories or glob patterns separated by commas.
     pub path: String,
-    /// Tokens per training sequence.
+    /// Tokens per training sequence. May be left out of the `[data]` table (0) when the
+    /// training crate fills it from its own config before [`crate::Loader::new`].
+    #[serde(default)]
     pub seq_len: usize,
     /// Global batch size in sequences; each of `host_count` hosts gets `batch_size / host_count`.
+    /// May be left out (0) like `seq_len`.
+    #[serde(default)]
     pub batch_size: usize,
     /// Shuffle documents (rows for `tokens`) each epoch; `false` takes them in file order.
     #[serde(default = "default_true")]
@@ -111,7 +115,10 @@ impl DataConfig {
         if self.seq_len < 2 {
             return Err(Error::config(
                 "data.seq_len",
-                format!("{} is too small: at least 2 expected", self.seq_len),
+                format!(
+                    "{} is too small or unset: at least 2 expected",
+                    self.seq_len
+                ),
             ));
         }
         if host_count == 0 || host_index >= host_count {

@@ -5,6 +5,14 @@
 //! batches ahead of the training step into a bounded queue of `data.prefetch` batches. The state
 //! after a batch is where the stream stands (epoch, document, token offset in it): restoring it
 //! reproduces the following batches exactly.
+//!
+//! Why no shuffle buffer: a streaming shuffle buffer mixes only documents that are near each
+//! other in storage, and its contents would have to be saved with every checkpoint for exact
+//! resume. Shards are memory-mapped with a document index, so any document can be read directly;
+//! the order is a keyed permutation of *all* documents across all shards, computed on the fly
+//! (O(1) memory, no table), and the resume state stays five integers. Memory is bounded by the
+//! prefetch queue. The price is random rather than sequential reads within the shards, which
+//! the page cache and local SSDs serve well; on slow network storage, copy shards locally.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

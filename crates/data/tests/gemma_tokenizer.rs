@@ -8,6 +8,15 @@ use serde::Deserialize;
 #[derive(Deserialize)]
 struct Golden {
     cases: Vec<Case>,
+    corpus: Corpus,
+}
+
+#[derive(Deserialize)]
+struct Corpus {
+    file: String,
+    split: String,
+    tokens: usize,
+    ids_sha256: String,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +76,31 @@ fn gemma_ids_equal_sentencepiece_and_round_trip() {
         bad.is_empty(),
         "ids differ from SentencePiece:\n{}",
         bad.join("\n")
+    );
+
+    // The whole smoke corpus, paragraph by paragraph.
+    use sha2::Digest;
+    let path = format!(
+        "{}/../../{}",
+        env!("CARGO_MANIFEST_DIR"),
+        golden.corpus.file
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut hash = sha2::Sha256::new();
+    let mut n = 0;
+    for para in text.split(golden.corpus.split.as_str()) {
+        let ids = tok.encode(para).unwrap();
+        n += ids.len();
+        assert_eq!(tok.decode(&ids).unwrap(), para);
+        for i in ids {
+            hash.update(i.to_le_bytes());
+        }
+    }
+    assert_eq!(n, golden.corpus.tokens);
+    let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        digest, golden.corpus.ids_sha256,
+        "corpus ids differ from SentencePiece"
     );
 }
 

@@ -191,3 +191,30 @@ fn truncated_and_corrupt_shards_are_refused() {
     let err = data::Loader::new(&cfg, 0, 1, None).unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");
 }
+
+#[test]
+fn many_small_files_by_glob_are_documents_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = common::smoke_tokenizer();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..50 {
+        std::fs::write(
+            src.join(format!("f{i:03}.txt")),
+            format!("document number {i}\n"),
+        )
+        .unwrap();
+    }
+    std::fs::write(src.join("skip.md"), "not matched").unwrap();
+    let pattern = src.join("f*.txt").display().to_string();
+    let o = opts(vec![pattern], &dir.path().join("out"));
+    let s = tokenize(&tok, &o, &|_| {}).unwrap();
+    assert_eq!((s.files, s.documents), (50, 50));
+    let m = Manifest::read(&o.output).unwrap();
+    let shard = Shard::open(&o.output.join(&m.shards[0].file)).unwrap();
+    for i in [0u64, 7, 49] {
+        let mut ids = Vec::new();
+        shard.read_doc(i, &mut ids);
+        assert_eq!(tok.decode(&ids).unwrap(), format!("document number {i}\n"));
+    }
+}
