@@ -132,6 +132,13 @@ impl Default for OptimizerConfig {
     }
 }
 
+impl OptimizerConfig {
+    /// Whether weight decay applies to `spec` (norms and the embedding can be excluded).
+    pub fn decays(&self, spec: &gemma::ParamSpec) -> bool {
+        (self.decay_norms || !spec.is_norm()) && (self.decay_embedding || !spec.is_embedding())
+    }
+}
+
 /// `[train]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,7 +183,13 @@ pub struct MeshSection {
 
 impl Default for MeshSection {
     fn default() -> Self {
-        MeshSection { data: 1, fsdp: -1, tensor: 1, rules: BTreeMap::new(), tensor_along: "x".into() }
+        MeshSection {
+            data: 1,
+            fsdp: -1,
+            tensor: 1,
+            rules: BTreeMap::new(),
+            tensor_along: "x".into(),
+        }
     }
 }
 
@@ -194,7 +207,11 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { backend: "cpu".into(), device_count: 1, plugin: None }
+        RuntimeConfig {
+            backend: "cpu".into(),
+            device_count: 1,
+            plugin: None,
+        }
     }
 }
 
@@ -205,8 +222,8 @@ impl TrainConfig {
     /// Parses TOML text (named `source` in errors), applies `--set`
     /// overrides (`key.path=value`, each key at most once), and validates.
     pub fn from_toml(text: &str, source: &str, sets: &[String]) -> Result<TrainConfig> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| Error::config(source, "(file)", format!("not valid TOML: {e}")))?;
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|e| Error::config(source, "(file)", format!("not valid TOML: {e}")))?;
         let mut seen = std::collections::BTreeSet::new();
         for set in sets {
             let (key, value) = set
@@ -221,7 +238,11 @@ impl TrainConfig {
         let de = toml::Value::Table(table);
         let cfg: TrainConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let origin = if sets.iter().any(|s| s.starts_with(&key)) { "--set" } else { source };
+            let origin = if sets.iter().any(|s| s.starts_with(&key)) {
+                "--set"
+            } else {
+                source
+            };
             Error::config(origin, key, e.inner().to_string())
         })?;
         cfg.validate(source)?;
@@ -238,8 +259,14 @@ impl TrainConfig {
                 let (corpus, tokenizer) = smoke_assets()?;
                 let mut all = sets.to_vec();
                 for (key, value) in [("data.path", corpus), ("data.tokenizer", tokenizer)] {
-                    if !sets.iter().any(|s| s.split('=').next().map(str::trim) == Some(key)) {
-                        all.push(format!("{key}={}", toml::Value::String(value.display().to_string())));
+                    if !sets
+                        .iter()
+                        .any(|s| s.split('=').next().map(str::trim) == Some(key))
+                    {
+                        all.push(format!(
+                            "{key}={}",
+                            toml::Value::String(value.display().to_string())
+                        ));
                     }
                 }
                 Self::from_toml(SMOKE_TOML, "configs/smoke.toml (embedded)", &all)
@@ -262,7 +289,10 @@ impl TrainConfig {
         let model = self.model.resolve()?;
         let o = &self.optimizer;
         if !(o.lr > 0.0 && o.lr.is_finite()) {
-            return bad("optimizer.lr", format!("{} must be a positive number", o.lr));
+            return bad(
+                "optimizer.lr",
+                format!("{} must be a positive number", o.lr),
+            );
         }
         for (k, v) in [("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2)] {
             if !(0.0..1.0).contains(&v) {
@@ -273,39 +303,76 @@ impl TrainConfig {
             return bad("optimizer.eps", format!("{} must be positive", o.eps));
         }
         if o.weight_decay < 0.0 || o.clip_grad_norm < 0.0 {
-            return bad("optimizer", "weight_decay and clip_grad_norm must be >= 0".into());
+            return bad(
+                "optimizer",
+                "weight_decay and clip_grad_norm must be >= 0".into(),
+            );
         }
         if !(0.0..=1.0).contains(&o.min_lr_ratio) {
-            return bad("optimizer.min_lr_ratio", format!("{} must be in [0, 1]", o.min_lr_ratio));
+            return bad(
+                "optimizer.min_lr_ratio",
+                format!("{} must be in [0, 1]", o.min_lr_ratio),
+            );
         }
         if !matches!(o.schedule.as_str(), "constant" | "linear" | "cosine") {
-            return bad("optimizer.schedule", format!("{:?}: expected \"constant\", \"linear\" or \"cosine\"", o.schedule));
+            return bad(
+                "optimizer.schedule",
+                format!(
+                    "{:?}: expected \"constant\", \"linear\" or \"cosine\"",
+                    o.schedule
+                ),
+            );
         }
-        if o.accumulation_steps == 0 || self.data.batch_size % o.accumulation_steps != 0 {
+        if o.accumulation_steps == 0 || !self.data.batch_size.is_multiple_of(o.accumulation_steps) {
             return bad(
                 "optimizer.accumulation_steps",
-                format!("{} must be at least 1 and divide data.batch_size = {}", o.accumulation_steps, self.data.batch_size),
+                format!(
+                    "{} must be at least 1 and divide data.batch_size = {}",
+                    o.accumulation_steps, self.data.batch_size
+                ),
             );
         }
         if self.train.steps == 0 || self.train.log_every == 0 {
-            return bad("train.steps", "train.steps and train.log_every must be at least 1".into());
+            return bad(
+                "train.steps",
+                "train.steps and train.log_every must be at least 1".into(),
+            );
         }
         if o.warmup_steps > self.train.steps {
-            return bad("optimizer.warmup_steps", format!("{} exceeds train.steps = {}", o.warmup_steps, self.train.steps));
+            return bad(
+                "optimizer.warmup_steps",
+                format!(
+                    "{} exceeds train.steps = {}",
+                    o.warmup_steps, self.train.steps
+                ),
+            );
         }
         if self.data.seq_len > model.max_seq_len {
-            return bad("data.seq_len", format!("{} exceeds model.max_seq_len = {}", self.data.seq_len, model.max_seq_len));
+            return bad(
+                "data.seq_len",
+                format!(
+                    "{} exceeds model.max_seq_len = {}",
+                    self.data.seq_len, model.max_seq_len
+                ),
+            );
         }
         if self.runtime.device_count == 0 {
             return bad("runtime.device_count", "must be at least 1".into());
         }
         if !matches!(self.mesh.tensor_along.as_str(), "x" | "y") {
-            return bad("mesh.tensor_along", format!("{:?}: expected \"x\" or \"y\"", self.mesh.tensor_along));
+            return bad(
+                "mesh.tensor_along",
+                format!("{:?}: expected \"x\" or \"y\"", self.mesh.tensor_along),
+            );
         }
         let mesh = self.resolved_mesh()?;
         mesh.check_divides("model.heads", model.heads as i64, &["tensor"])?;
         let micro = (self.data.batch_size / o.accumulation_steps) as i64;
-        mesh.check_divides("data.batch_size / optimizer.accumulation_steps", micro, &["data", "fsdp"])?;
+        mesh.check_divides(
+            "data.batch_size / optimizer.accumulation_steps",
+            micro,
+            &["data", "fsdp"],
+        )?;
         mesh::Rules::with_overrides(&self.mesh.rules)?;
         self.compute_options()?;
         Ok(())
@@ -313,7 +380,11 @@ impl TrainConfig {
 
     /// The mesh over `runtime.device_count` devices.
     pub fn resolved_mesh(&self) -> Result<mesh::Mesh> {
-        let m = mesh::MeshConfig { data: self.mesh.data, fsdp: self.mesh.fsdp, tensor: self.mesh.tensor };
+        let m = mesh::MeshConfig {
+            data: self.mesh.data,
+            fsdp: self.mesh.fsdp,
+            tensor: self.mesh.tensor,
+        };
         Ok(m.resolve(self.runtime.device_count as i64)?)
     }
 
@@ -322,14 +393,24 @@ impl TrainConfig {
         let dtype = match self.model.dtype.as_str() {
             "f32" => hlo::DType::F32,
             "bf16" => hlo::DType::BF16,
-            other => return Err(Error::config("model", "model.dtype", format!("{other:?}: expected \"f32\" or \"bf16\""))),
+            other => {
+                return Err(Error::config(
+                    "model",
+                    "model.dtype",
+                    format!("{other:?}: expected \"f32\" or \"bf16\""),
+                ));
+            }
         };
         let remat = match self.model.remat.as_str() {
             "none" => hlo::RematPolicy::None,
             "full" => hlo::RematPolicy::Full,
             "save_matmuls" => hlo::RematPolicy::SaveMatmuls,
             other => {
-                return Err(Error::config("model", "model.remat", format!("{other:?}: expected \"none\", \"full\" or \"save_matmuls\"")));
+                return Err(Error::config(
+                    "model",
+                    "model.remat",
+                    format!("{other:?}: expected \"none\", \"full\" or \"save_matmuls\""),
+                ));
             }
         };
         Ok(gemma::ComputeOptions { dtype, remat })
@@ -352,12 +433,28 @@ impl ModelConfig {
             }
         };
         if self.init != "random" && !self.init.starts_with("hf:") {
-            return Err(Error::config("model", "model.init", format!("{:?}: expected \"random\" or \"hf:DIR\"", self.init)));
+            return Err(Error::config(
+                "model",
+                "model.init",
+                format!("{:?}: expected \"random\" or \"hf:DIR\"", self.init),
+            ));
         }
         macro_rules! apply {
             ($($f:ident),*) => { $(if let Some(v) = self.$f { c.$f = v; })* };
         }
-        apply!(vocab_size, d_model, layers, heads, kv_heads, head_dim, mlp_dim, max_seq_len, rope_theta, norm_eps, post_norms);
+        apply!(
+            vocab_size,
+            d_model,
+            layers,
+            heads,
+            kv_heads,
+            head_dim,
+            mlp_dim,
+            max_seq_len,
+            rope_theta,
+            norm_eps,
+            post_norms
+        );
         c.validate()?;
         Ok(c)
     }
@@ -370,7 +467,10 @@ fn smoke_assets() -> Result<(PathBuf, PathBuf)> {
     let dir = data::cache_dir().join("smoke");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
     let mut out = Vec::new();
-    for (name, bytes) in [("tinyshakespeare.txt", CORPUS), ("shakespeare-bpe8k.json", TOKENIZER)] {
+    for (name, bytes) in [
+        ("tinyshakespeare.txt", CORPUS),
+        ("shakespeare-bpe8k.json", TOKENIZER),
+    ] {
         let path = dir.join(name);
         if std::fs::read(&path).ok().as_deref() != Some(bytes) {
             let tmp = path.with_extension("partial");
@@ -399,10 +499,12 @@ fn apply_set(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(
     }
     let mut t = table;
     for p in &parts[..parts.len() - 1] {
-        let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = entry
-            .as_table_mut()
-            .ok_or_else(|| Error::config("--set", key, format!("`{p}` is a value, not a section")))?;
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry.as_table_mut().ok_or_else(|| {
+            Error::config("--set", key, format!("`{p}` is a value, not a section"))
+        })?;
     }
     t.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())

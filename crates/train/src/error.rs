@@ -55,11 +55,27 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn config(source_name: impl Into<String>, key: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Config { source_name: source_name.into(), key: key.into(), message: message.into() }
+    pub(crate) fn config(
+        source_name: impl Into<String>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Config {
+            source_name: source_name.into(),
+            key: key.into(),
+            message: message.into(),
+        }
     }
 
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { action, path: path.into(), source }
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -22,13 +22,29 @@ pub struct EvalResult {
 /// Scores the Hugging Face checkpoint in `dir` on the `tokens` file (JSON
 /// `{"input_ids": [[...]]}` or JSONL), `batch` rows at a time, on `client`'s
 /// first device.
-pub fn evaluate(client: &pjrt::Client, dir: &Path, tokens: &Path, batch: usize) -> Result<EvalResult> {
+pub fn evaluate(
+    client: &pjrt::Client,
+    dir: &Path,
+    tokens: &Path,
+    batch: usize,
+) -> Result<EvalResult> {
     let ck = gemma::hf::load(dir)?;
     let cfg = ck.config;
     let rows = data::read_token_rows(tokens, cfg.max_seq_len)?;
     let t = rows.iter().map(Vec::len).max().unwrap_or(1).max(2);
-    if let Some((r, id)) = rows.iter().enumerate().find_map(|(r, row)| row.iter().find(|&&id| id as usize >= cfg.vocab_size).map(|&id| (r, id))) {
-        return Err(Error::config(tokens.display().to_string(), format!("row {r}"), format!("token id {id} is outside the vocabulary of {} ids", cfg.vocab_size)));
+    if let Some((r, id)) = rows.iter().enumerate().find_map(|(r, row)| {
+        row.iter()
+            .find(|&&id| id as usize >= cfg.vocab_size)
+            .map(|&id| (r, id))
+    }) {
+        return Err(Error::config(
+            tokens.display().to_string(),
+            format!("row {r}"),
+            format!(
+                "token id {id} is outside the vocabulary of {} ids",
+                cfg.vocab_size
+            ),
+        ));
     }
     let batch = batch.max(1);
     let (b_, t_) = (batch as i64, t as i64);
@@ -37,12 +53,26 @@ pub fn evaluate(client: &pjrt::Client, dir: &Path, tokens: &Path, batch: usize) 
     let specs = param_specs(&cfg);
     let params: Vec<_> = specs
         .iter()
-        .map(|s| b.parameter(&s.name, TensorType::f32(s.shape.iter().map(|&d| d as i64).collect::<Vec<_>>())))
+        .map(|s| {
+            b.parameter(
+                &s.name,
+                TensorType::f32(s.shape.iter().map(|&d| d as i64).collect::<Vec<_>>()),
+            )
+        })
         .collect();
-    let [ids, positions, segment_ids, targets] = ["ids", "positions", "segment_ids", "targets"].map(|n| b.parameter(n, TensorType::i32([b_, t_])));
+    let [ids, positions, segment_ids, targets] = ["ids", "positions", "segment_ids", "targets"]
+        .map(|n| b.parameter(n, TensorType::i32([b_, t_])));
     let mask = b.parameter("mask", TensorType::f32([b_, t_]));
     let model = Gemma::new(&cfg, &params, ComputeOptions::default())?;
-    let logits = model.forward(&mut b, &Tokens { ids, positions, segment_ids }, &Unconstrained)?;
+    let logits = model.forward(
+        &mut b,
+        &Tokens {
+            ids,
+            positions,
+            segment_ids,
+        },
+        &Unconstrained,
+    )?;
     let (sum, count) = token_loss(&mut b, logits, targets, mask)?;
     let program = b.build(&[sum, count])?;
     let exe = client.compile(&program.to_mlir(), &pjrt::CompileOptions::single())?;
@@ -50,11 +80,22 @@ pub fn evaluate(client: &pjrt::Client, dir: &Path, tokens: &Path, batch: usize) 
     let weights = specs
         .iter()
         .zip(&ck.params)
-        .map(|(s, p)| client.buffer_from_host(&p.data, &s.shape.iter().map(|&d| d as i64).collect::<Vec<_>>(), 0))
+        .map(|(s, p)| {
+            client.buffer_from_host(
+                &p.data,
+                &s.shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
+                0,
+            )
+        })
         .collect::<pjrt::Result<Vec<_>>>()?;
     let (mut total, mut n) = (0f64, 0f64);
     for chunk in rows.chunks(batch) {
-        let mut host = [vec![0i32; batch * t], vec![0i32; batch * t], vec![0i32; batch * t], vec![0i32; batch * t]];
+        let mut host = [
+            vec![0i32; batch * t],
+            vec![0i32; batch * t],
+            vec![0i32; batch * t],
+            vec![0i32; batch * t],
+        ];
         let mut m = vec![0f32; batch * t];
         for (r, row) in chunk.iter().enumerate() {
             for (i, &id) in row.iter().enumerate() {
@@ -79,5 +120,9 @@ pub fn evaluate(client: &pjrt::Client, dir: &Path, tokens: &Path, batch: usize) 
         n += out[0][1].to_host::<f32>()?[0] as f64;
     }
     let loss = total / n.max(1.0);
-    Ok(EvalResult { loss, perplexity: loss.exp(), tokens: n as u64 })
+    Ok(EvalResult {
+        loss,
+        perplexity: loss.exp(),
+        tokens: n as u64,
+    })
 }

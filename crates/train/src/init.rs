@@ -28,7 +28,10 @@ pub fn init_params(cfg: &GemmaConfig, init: &str, seed: u64) -> Result<Vec<Vec<f
             return Err(Error::config(
                 "model",
                 "model.init",
-                format!("{dir} holds a model of another shape ({:?}) than the config ({:?})", ck.config, cfg),
+                format!(
+                    "{dir} holds a model of another shape ({:?}) than the config ({:?})",
+                    ck.config, cfg
+                ),
             ));
         }
         return Ok(ck.params.into_iter().map(|t| t.data).collect());
@@ -45,7 +48,8 @@ pub fn init_params(cfg: &GemmaConfig, init: &str, seed: u64) -> Result<Vec<Vec<f
                 .map(|_| {
                     // Box-Muller.
                     let (u1, u2) = (uniform(&mut state), uniform(&mut state));
-                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * 0.02) as f32
+                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * 0.02)
+                        as f32
                 })
                 .collect()
         })
@@ -64,10 +68,17 @@ mod tests {
         let d = init_params(&c, "random", 2).unwrap();
         assert_eq!(a, b);
         assert_ne!(a[0], d[0]);
-        assert!(a[1].iter().all(|&x| x == 0.0), "input_layernorm starts at zero");
+        assert!(
+            a[1].iter().all(|&x| x == 0.0),
+            "input_layernorm starts at zero"
+        );
         let e = &a[0];
         let mean = e.iter().map(|&x| x as f64).sum::<f64>() / e.len() as f64;
-        let std = (e.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / e.len() as f64).sqrt();
-        assert!(mean.abs() < 1e-3 && (std - 0.02).abs() < 1e-3, "mean {mean} std {std}");
+        let std =
+            (e.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / e.len() as f64).sqrt();
+        assert!(
+            mean.abs() < 1e-3 && (std - 0.02).abs() < 1e-3,
+            "mean {mean} std {std}"
+        );
     }
 }

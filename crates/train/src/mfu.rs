@@ -21,17 +21,29 @@ pub fn measure_peak_flops(client: &pjrt::Client, bf16: bool) -> pjrt::Result<f64
     let mut body = String::new();
     let mut prev = "%x".to_string();
     for i in 0..4 {
-        body += &format!("    %d{i} = stablehlo.dot_general {prev}, %w, contracting_dims = [1] x [0] : ({t}, {t}) -> {t}\n");
+        body += &format!(
+            "    %d{i} = stablehlo.dot_general {prev}, %w, contracting_dims = [1] x [0] : ({t}, {t}) -> {t}\n"
+        );
         prev = format!("%d{i}");
     }
-    let mlir = format!("func.func public @main(%x: {t}, %w: {t}) -> {t} {{\n{body}    return {prev} : {t}\n}}");
+    let mlir = format!(
+        "func.func public @main(%x: {t}, %w: {t}) -> {t} {{\n{body}    return {prev} : {t}\n}}"
+    );
     let exe = client.compile(&mlir, &pjrt::CompileOptions::single())?;
-    let vals: Vec<f32> = (0..N * N).map(|i| ((i % 13) as f32 - 6.0) / 1024.0).collect();
+    let vals: Vec<f32> = (0..N * N)
+        .map(|i| ((i % 13) as f32 - 6.0) / 1024.0)
+        .collect();
     let (x, w) = if bf16 {
         let v: Vec<pjrt::bf16> = vals.iter().map(|&f| pjrt::bf16::from_f32(f)).collect();
-        (client.buffer_from_host(&v, &[N as i64, N as i64], 0)?, client.buffer_from_host(&v, &[N as i64, N as i64], 0)?)
+        (
+            client.buffer_from_host(&v, &[N as i64, N as i64], 0)?,
+            client.buffer_from_host(&v, &[N as i64, N as i64], 0)?,
+        )
     } else {
-        (client.buffer_from_host(&vals, &[N as i64, N as i64], 0)?, client.buffer_from_host(&vals, &[N as i64, N as i64], 0)?)
+        (
+            client.buffer_from_host(&vals, &[N as i64, N as i64], 0)?,
+            client.buffer_from_host(&vals, &[N as i64, N as i64], 0)?,
+        )
     };
     let mut best = f64::MAX;
     for _ in 0..6 {

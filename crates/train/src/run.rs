@@ -38,21 +38,34 @@ pub fn make_client(cfg: &TrainConfig) -> Result<Client> {
     let plugin = pjrt::Plugin::load(path)?;
     let mut options = Vec::new();
     if backend == pjrt::install::Backend::Cpu {
-        options.push(("cpu_device_count", pjrt::OptionValue::Int(cfg.runtime.device_count as i64)));
+        options.push((
+            "cpu_device_count",
+            pjrt::OptionValue::Int(cfg.runtime.device_count as i64),
+        ));
     }
     let client = Client::new(&plugin, &options)?;
     if client.devices().len() < cfg.runtime.device_count {
         return Err(Error::config(
             "runtime",
             "runtime.device_count",
-            format!("{} devices asked, the {} plugin has {}", cfg.runtime.device_count, client.platform_name(), client.devices().len()),
+            format!(
+                "{} devices asked, the {} plugin has {}",
+                cfg.runtime.device_count,
+                client.platform_name(),
+                client.devices().len()
+            ),
         ));
     }
     Ok(client)
 }
 
 /// Splits a host array into one buffer per device.
-pub(crate) fn put<T: pjrt::NativeType>(client: &Client, plan: &Plan, slot: &Slot, data: &[T]) -> Result<Vec<Buffer>> {
+pub(crate) fn put<T: pjrt::NativeType>(
+    client: &Client,
+    plan: &Plan,
+    slot: &Slot,
+    data: &[T],
+) -> Result<Vec<Buffer>> {
     (0..plan.mesh.devices() as usize)
         .map(|p| {
             let r = shard_ranges(&plan.mesh, &slot.shape, &slot.axes, p);
@@ -85,18 +98,34 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
 
     let client = make_client(cfg)?;
     let mut loader = data::Loader::new(&cfg.data, 0, 1, None)?;
-    if let Some(v) = loader.info().vocab_size {
-        if v > model.vocab_size {
-            return Err(Error::config("data", "data.tokenizer", format!("its vocabulary has {v} pieces, model.vocab_size is {}", model.vocab_size)));
-        }
+    if let Some(v) = loader.info().vocab_size
+        && v > model.vocab_size
+    {
+        return Err(Error::config(
+            "data",
+            "data.tokenizer",
+            format!(
+                "its vocabulary has {v} pieces, model.vocab_size is {}",
+                model.vocab_size
+            ),
+        ));
     }
     let a = cfg.optimizer.accumulation_steps;
-    let shape = StepShape { accumulation: a, micro_batch: cfg.data.batch_size / a, seq_len: cfg.data.seq_len, total_steps: cfg.train.steps };
+    let shape = StepShape {
+        accumulation: a,
+        micro_batch: cfg.data.batch_size / a,
+        seq_len: cfg.data.seq_len,
+        total_steps: cfg.train.steps,
+    };
     let step = build_step(&model, &cfg.optimizer, compute, shape, &plan)?;
     let mlir = step.program.to_mlir();
     step.program.dump_if_requested()?;
     let n = plan.mesh.devices();
-    let options = if n > 1 { pjrt::CompileOptions::spmd(n) } else { pjrt::CompileOptions::single() };
+    let options = if n > 1 {
+        pjrt::CompileOptions::spmd(n)
+    } else {
+        pjrt::CompileOptions::single()
+    };
     let t0 = Instant::now();
     let exe = client.compile(&mlir, &options)?;
     let compile_seconds = t0.elapsed().as_secs_f64();
@@ -120,15 +149,27 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
     let flops_per_step = mfu::flops_per_token(&model, cfg.data.seq_len) * tokens_per_step;
 
     let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path).map_err(|e| Error::io("creating", &metrics_path, e))?;
+    let mut metrics = std::fs::File::create(&metrics_path)
+        .map_err(|e| Error::io("creating", &metrics_path, e))?;
     let bar = progress_bar(cfg.train.steps, show_progress);
     let mut losses = Vec::new();
     let mut times = Vec::new();
     for s in 0..cfg.train.steps {
         let t = Instant::now();
         let batch = loader.next_batch()?;
-        if let Some(&bad) = batch.tokens.iter().find(|&&id| id < 0 || id as usize >= model.vocab_size) {
-            return Err(Error::config("data", "data.path", format!("step {s}: token id {bad} is outside the vocabulary (model.vocab_size = {})", model.vocab_size)));
+        if let Some(&bad) = batch
+            .tokens
+            .iter()
+            .find(|&&id| id < 0 || id as usize >= model.vocab_size)
+        {
+            return Err(Error::config(
+                "data",
+                "data.path",
+                format!(
+                    "step {s}: token id {bad} is outside the vocabulary (model.vocab_size = {})",
+                    model.vocab_size
+                ),
+            ));
         }
         let inputs = [
             put(&client, &plan, &step.batch[0], &batch.tokens)?,
@@ -138,11 +179,19 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
             put(&client, &plan, &step.batch[4], &batch.positions)?,
         ];
         let args: Vec<Vec<&Buffer>> = (0..n as usize)
-            .map(|d| state[d].iter().chain(inputs.iter().map(|x| &x[d])).collect())
+            .map(|d| {
+                state[d]
+                    .iter()
+                    .chain(inputs.iter().map(|x| &x[d]))
+                    .collect()
+            })
             .collect();
         let mut outs = exe.execute(&args)?;
         let k = 3 * step.params.len() + 1;
-        let scalars: Vec<f32> = outs[0][k..k + 3].iter().map(|b| Ok(b.to_host::<f32>()?[0])).collect::<Result<_>>()?;
+        let scalars: Vec<f32> = outs[0][k..k + 3]
+            .iter()
+            .map(|b| Ok(b.to_host::<f32>()?[0]))
+            .collect::<Result<_>>()?;
         let (loss, grad_norm, lr) = (scalars[0], scalars[1], scalars[2]);
         state = outs.iter_mut().map(|o| o.drain(..k).collect()).collect();
         let dt = t.elapsed().as_secs_f64();
@@ -169,16 +218,29 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
         bar.inc(1);
     }
     bar.finish();
-    metrics.flush().map_err(|e| Error::io("writing", &metrics_path, e))?;
-    write_file(&run_dir.join("loss.svg"), crate::plot::loss_svg(&losses, "training loss").as_bytes())?;
+    metrics
+        .flush()
+        .map_err(|e| Error::io("writing", &metrics_path, e))?;
+    write_file(
+        &run_dir.join("loss.svg"),
+        crate::plot::loss_svg(&losses, "training loss").as_bytes(),
+    )?;
     if cfg.train.export_final {
         let params = gather_params(&plan, &step, &state)?;
         let tensors = param_specs(&model)
             .iter()
             .zip(params)
-            .map(|(s, data)| gemma::hf::HostTensor { shape: s.shape.clone(), data })
+            .map(|(s, data)| gemma::hf::HostTensor {
+                shape: s.shape.clone(),
+                data,
+            })
             .collect::<Vec<_>>();
-        gemma::hf::save(&run_dir.join("final"), &model, &tensors, gemma::hf::SaveDtype::F32)?;
+        gemma::hf::save(
+            &run_dir.join("final"),
+            &model,
+            &tensors,
+            gemma::hf::SaveDtype::F32,
+        )?;
     }
     times.sort_by(f64::total_cmp);
     Ok(RunSummary {
@@ -190,7 +252,12 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
     })
 }
 
-fn initial_state(cfg: &TrainConfig, client: &Client, plan: &Plan, step: &StepProgram) -> Result<Vec<DeviceState>> {
+fn initial_state(
+    cfg: &TrainConfig,
+    client: &Client,
+    plan: &Plan,
+    step: &StepProgram,
+) -> Result<Vec<DeviceState>> {
     let model = cfg.model.resolve()?;
     let values = crate::init::init_params(&model, &cfg.model.init, cfg.model.seed)?;
     let n = plan.mesh.devices() as usize;
@@ -229,7 +296,8 @@ fn progress_bar(steps: u64, show: bool) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(steps);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}").expect("valid template"),
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template"),
     );
     bar
 }

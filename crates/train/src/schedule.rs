@@ -26,7 +26,12 @@ pub fn learning_rate(o: &OptimizerConfig, step: u64, total: u64) -> f64 {
 }
 
 /// The same schedule in the program: `step` is an i32 scalar; returns f32.
-pub fn learning_rate_in_program(b: &mut Builder, o: &OptimizerConfig, step: Value, total: u64) -> hlo::Result<Value> {
+pub fn learning_rate_in_program(
+    b: &mut Builder,
+    o: &OptimizerConfig,
+    step: Value,
+    total: u64,
+) -> hlo::Result<Value> {
     let s = b.convert(step, DType::F32)?;
     let w = o.warmup_steps as f64;
     let warm = {
@@ -65,7 +70,13 @@ mod tests {
     use super::*;
 
     fn opt(schedule: &str, warmup: u64) -> OptimizerConfig {
-        OptimizerConfig { lr: 1.0, schedule: schedule.into(), warmup_steps: warmup, min_lr_ratio: 0.1, ..Default::default() }
+        OptimizerConfig {
+            lr: 1.0,
+            schedule: schedule.into(),
+            warmup_steps: warmup,
+            min_lr_ratio: 0.1,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -74,7 +85,9 @@ mod tests {
         let lrs: Vec<f64> = (0..14).map(|s| learning_rate(&o, s, 14)).collect();
         assert_eq!(&lrs[..4], &[0.25, 0.5, 0.75, 1.0]);
         assert!((lrs[4] - 1.0).abs() < 1e-12);
-        assert!((lrs[9] - (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * 0.5).cos()))).abs() < 1e-12);
+        assert!(
+            (lrs[9] - (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * 0.5).cos()))).abs() < 1e-12
+        );
         assert!(lrs.windows(2).skip(4).all(|w| w[1] <= w[0]));
     }
 

@@ -15,7 +15,12 @@ fn coords(mesh: &Mesh, p: usize) -> [i64; 3] {
 }
 
 /// The index range of every dimension that partition `p` holds.
-pub fn shard_ranges(mesh: &Mesh, shape: &[usize], axes: &[Vec<String>], p: usize) -> Vec<Range<usize>> {
+pub fn shard_ranges(
+    mesh: &Mesh,
+    shape: &[usize],
+    axes: &[Vec<String>],
+    p: usize,
+) -> Vec<Range<usize>> {
     let c = coords(mesh, p);
     let names = mesh.axes();
     shape
@@ -24,7 +29,10 @@ pub fn shard_ranges(mesh: &Mesh, shape: &[usize], axes: &[Vec<String>], p: usize
         .map(|(&dim, dim_axes)| {
             let (mut index, mut count) = (0i64, 1i64);
             for a in dim_axes {
-                let k = names.iter().position(|n| n.0 == a).expect("rules name mesh axes");
+                let k = names
+                    .iter()
+                    .position(|n| n.0 == a)
+                    .expect("rules name mesh axes");
                 index = index * names[k].1 + c[k];
                 count *= names[k].1;
             }
@@ -57,7 +65,10 @@ fn for_each_run(shape: &[usize], ranges: &[Range<usize>], mut f: impl FnMut(usiz
     let total: usize = outer.iter().product();
     let mut idx = vec![0usize; r - 1];
     for n in 0..total {
-        let full: usize = (0..r - 1).map(|i| (ranges[i].start + idx[i]) * st[i]).sum::<usize>() + ranges[r - 1].start;
+        let full: usize = (0..r - 1)
+            .map(|i| (ranges[i].start + idx[i]) * st[i])
+            .sum::<usize>()
+            + ranges[r - 1].start;
         f(full, n * run, run);
         for i in (0..r - 1).rev() {
             idx[i] += 1;
@@ -73,13 +84,17 @@ fn for_each_run(shape: &[usize], ranges: &[Range<usize>], mut f: impl FnMut(usiz
 pub fn extract<T: Copy>(data: &[T], shape: &[usize], ranges: &[Range<usize>]) -> Vec<T> {
     let n: usize = ranges.iter().map(|r| r.len()).product();
     let mut out = Vec::with_capacity(n);
-    for_each_run(shape, ranges, |full, _, len| out.extend_from_slice(&data[full..full + len]));
+    for_each_run(shape, ranges, |full, _, len| {
+        out.extend_from_slice(&data[full..full + len])
+    });
     out
 }
 
 /// Writes `shard` into the box `ranges` of a row-major tensor.
 pub fn insert<T: Copy>(data: &mut [T], shape: &[usize], ranges: &[Range<usize>], shard: &[T]) {
-    for_each_run(shape, ranges, |full, local, len| data[full..full + len].copy_from_slice(&shard[local..local + len]));
+    for_each_run(shape, ranges, |full, local, len| {
+        data[full..full + len].copy_from_slice(&shard[local..local + len])
+    });
 }
 
 #[cfg(test)]
@@ -87,12 +102,20 @@ mod tests {
     use super::*;
 
     fn axes(v: &[&[&str]]) -> Vec<Vec<String>> {
-        v.iter().map(|d| d.iter().map(|s| s.to_string()).collect()).collect()
+        v.iter()
+            .map(|d| d.iter().map(|s| s.to_string()).collect())
+            .collect()
     }
 
     #[test]
     fn shards_tile_the_tensor_exactly_once_per_replica_group() {
-        let m = mesh::MeshConfig { data: 2, fsdp: 2, tensor: 2 }.resolve(8).unwrap();
+        let m = mesh::MeshConfig {
+            data: 2,
+            fsdp: 2,
+            tensor: 2,
+        }
+        .resolve(8)
+        .unwrap();
         let shape = [8, 6];
         let a = axes(&[&["data", "fsdp"], &["tensor"]]);
         let data: Vec<i32> = (0..48).collect();
@@ -111,7 +134,13 @@ mod tests {
 
     #[test]
     fn replicated_dims_are_whole() {
-        let m = mesh::MeshConfig { data: 1, fsdp: 4, tensor: 2 }.resolve(8).unwrap();
+        let m = mesh::MeshConfig {
+            data: 1,
+            fsdp: 4,
+            tensor: 2,
+        }
+        .resolve(8)
+        .unwrap();
         let r = shard_ranges(&m, &[16, 4], &axes(&[&[], &["fsdp"]]), 7);
         assert_eq!(r, vec![0..16, 3..4]);
         assert_eq!(extract(&[7.0f32], &[], &[]), vec![7.0]);

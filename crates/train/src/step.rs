@@ -12,9 +12,9 @@ use gemma::{Axis, Constrain, Gemma, GemmaConfig, ParamSpec, Tokens, param_specs,
 use hlo::{Builder, DType, Sharding, TensorType, Value};
 use mesh::{Mesh, Rules};
 
+use crate::Result;
 use crate::config::OptimizerConfig;
 use crate::schedule::learning_rate_in_program;
-use crate::Result;
 
 /// One program input: shape, dtype and per-dimension mesh axes.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,7 +41,11 @@ pub struct Plan {
 impl Plan {
     /// A plan for `cfg` on `mesh`.
     pub fn new(cfg: &GemmaConfig, mesh: Mesh, rules: Rules) -> Plan {
-        Plan { mesh, rules, cfg: cfg.clone() }
+        Plan {
+            mesh,
+            rules,
+            cfg: cfg.clone(),
+        }
     }
 
     /// Mesh axes of each dimension of a parameter.
@@ -75,7 +79,9 @@ impl Plan {
 }
 
 fn sharding(axes: &[Vec<String>]) -> Sharding {
-    Sharding { dims: axes.to_vec() }
+    Sharding {
+        dims: axes.to_vec(),
+    }
 }
 
 impl Constrain for Plan {
@@ -127,10 +133,18 @@ pub fn build_step(
     let specs = param_specs(cfg);
     let params: Vec<Slot> = specs
         .iter()
-        .map(|s| Slot { name: s.name.clone(), shape: s.shape.clone(), dtype: DType::F32, axes: plan.param_axes(s) })
+        .map(|s| Slot {
+            name: s.name.clone(),
+            shape: s.shape.clone(),
+            dtype: DType::F32,
+            axes: plan.param_axes(s),
+        })
         .collect();
     let (a, mb, t) = (shape.accumulation, shape.micro_batch, shape.seq_len);
-    let batch_axes = plan.rules.shard(&plan.mesh, &[("accum", 1), ("batch", mb as i64), ("seq", t as i64)]);
+    let batch_axes = plan.rules.shard(
+        &plan.mesh,
+        &[("accum", 1), ("batch", mb as i64), ("seq", t as i64)],
+    );
     let batch: Vec<Slot> = [
         ("tokens", DType::I32),
         ("targets", DType::I32),
@@ -139,21 +153,47 @@ pub fn build_step(
         ("positions", DType::I32),
     ]
     .iter()
-    .map(|(n, d)| Slot { name: n.to_string(), shape: vec![a, mb, t], dtype: *d, axes: batch_axes.clone() })
+    .map(|(n, d)| Slot {
+        name: n.to_string(),
+        shape: vec![a, mb, t],
+        dtype: *d,
+        axes: batch_axes.clone(),
+    })
     .collect();
 
     let declare = |b: &mut Builder, slot: &Slot, prefix: &str| -> hlo::Result<Value> {
         let dims: Vec<i64> = slot.shape.iter().map(|&d| d as i64).collect();
         let ty = TensorType::new(slot.dtype, dims);
         let name = format!("{prefix}{}", slot.name);
-        if plan.sharded() { b.parameter_sharded(&name, ty, sharding(&slot.axes)) } else { Ok(b.parameter(&name, ty)) }
+        if plan.sharded() {
+            b.parameter_sharded(&name, ty, sharding(&slot.axes))
+        } else {
+            Ok(b.parameter(&name, ty))
+        }
     };
-    let p: Vec<Value> = params.iter().map(|s| declare(&mut b, s, "")).collect::<hlo::Result<_>>()?;
-    let m: Vec<Value> = params.iter().map(|s| declare(&mut b, s, "m.")).collect::<hlo::Result<_>>()?;
-    let v: Vec<Value> = params.iter().map(|s| declare(&mut b, s, "v.")).collect::<hlo::Result<_>>()?;
-    let step_slot = Slot { name: "step".into(), shape: vec![], dtype: DType::I32, axes: vec![] };
+    let p: Vec<Value> = params
+        .iter()
+        .map(|s| declare(&mut b, s, ""))
+        .collect::<hlo::Result<_>>()?;
+    let m: Vec<Value> = params
+        .iter()
+        .map(|s| declare(&mut b, s, "m."))
+        .collect::<hlo::Result<_>>()?;
+    let v: Vec<Value> = params
+        .iter()
+        .map(|s| declare(&mut b, s, "v."))
+        .collect::<hlo::Result<_>>()?;
+    let step_slot = Slot {
+        name: "step".into(),
+        shape: vec![],
+        dtype: DType::I32,
+        axes: vec![],
+    };
     let step = declare(&mut b, &step_slot, "")?;
-    let inputs: Vec<Value> = batch.iter().map(|s| declare(&mut b, s, "")).collect::<hlo::Result<_>>()?;
+    let inputs: Vec<Value> = batch
+        .iter()
+        .map(|s| declare(&mut b, s, ""))
+        .collect::<hlo::Result<_>>()?;
 
     // Loss over all micro-batches, normalised by the step's total token count.
     let count = b.scope("loss_count", |b| -> hlo::Result<Value> {
@@ -171,83 +211,100 @@ pub fn build_step(
         };
         let [ids, targets, mask, segment_ids, positions] =
             [0, 1, 2, 3, 4].map(|k| micro(&mut b, inputs[k]));
-        let tokens = Tokens { ids: ids?, positions: positions?, segment_ids: segment_ids? };
-        let logits = b.scope(&format!("micro_batch.{i}"), |b| model.forward(b, &tokens, plan))?;
+        let tokens = Tokens {
+            ids: ids?,
+            positions: positions?,
+            segment_ids: segment_ids?,
+        };
+        let logits = b.scope(&format!("micro_batch.{i}"), |b| {
+            model.forward(b, &tokens, plan)
+        })?;
         let (sum, _) = token_loss(&mut b, logits, targets?, mask?)?;
         let l = b.div(sum, count)?;
         let g = b.grad(l, &p)?;
-        loss = Some(match loss { None => l, Some(acc) => b.add(acc, l)? });
+        loss = Some(match loss {
+            None => l,
+            Some(acc) => b.add(acc, l)?,
+        });
         grads = Some(match grads {
             None => g,
-            Some(acc) => acc.iter().zip(&g).map(|(x, y)| b.add(*x, *y)).collect::<hlo::Result<_>>()?,
+            Some(acc) => acc
+                .iter()
+                .zip(&g)
+                .map(|(x, y)| b.add(*x, *y))
+                .collect::<hlo::Result<_>>()?,
         });
     }
     let loss = loss.expect("at least one micro-batch");
     let mut grads = grads.expect("at least one micro-batch");
 
-    let (grad_norm, lr, new_p, new_m, new_v, next_step) = b.scope("optimizer", |b| -> hlo::Result<_> {
-        // Global gradient norm over every parameter.
-        let mut sq = b.scalar(0.0, DType::F32);
-        for g in &grads {
-            let rank = b.rank(*g) as i64;
-            let g2 = b.square(*g)?;
-            let s = b.sum(g2, &(0..rank).collect::<Vec<_>>())?;
-            sq = b.add(sq, s)?;
-        }
-        let grad_norm = b.sqrt(sq)?;
-        // Clipping as torch's clip_grad_norm_: scale = min(1, max_norm / (norm + 1e-6)).
-        if opt.clip_grad_norm > 0.0 {
-            let denom = b.add_scalar(grad_norm, 1e-6)?;
-            let maxn = b.scalar(opt.clip_grad_norm, DType::F32);
-            let ratio = b.div(maxn, denom)?;
-            let one = b.scalar(1.0, DType::F32);
-            let scale = b.min(ratio, one)?;
-            grads = grads.iter().map(|g| b.mul_bcast(*g, scale)).collect::<hlo::Result<_>>()?;
-        }
-        let lr = learning_rate_in_program(b, opt, step, shape.total_steps)?;
-        // AdamW (torch.optim.AdamW): bias-corrected moments, decoupled decay.
-        let next_step = {
-            let one = b.constant(1.0, TensorType::new(DType::I32, Vec::<i64>::new()));
-            b.add(step, one)?
-        };
-        let t = b.convert(next_step, DType::F32)?;
-        let bc = |b: &mut Builder, beta: f64| -> hlo::Result<Value> {
-            let base = b.scalar(beta, DType::F32);
-            let pw = b.pow(base, t)?;
-            let neg = b.neg(pw)?;
-            b.add_scalar(neg, 1.0)
-        };
-        let (bc1, bc2) = (bc(b, opt.beta1)?, bc(b, opt.beta2)?);
-        let (mut np, mut nm, mut nv) = (Vec::new(), Vec::new(), Vec::new());
-        for (k, spec) in specs.iter().enumerate() {
-            let g = grads[k];
-            let m1 = b.mul_scalar(m[k], opt.beta1)?;
-            let g1 = b.mul_scalar(g, 1.0 - opt.beta1)?;
-            let m1 = b.add(m1, g1)?;
-            let v1 = b.mul_scalar(v[k], opt.beta2)?;
-            let g2 = b.square(g)?;
-            let g2 = b.mul_scalar(g2, 1.0 - opt.beta2)?;
-            let v1 = b.add(v1, g2)?;
-            let mhat = b.div_bcast(m1, bc1)?;
-            let vhat = b.div_bcast(v1, bc2)?;
-            let den = b.sqrt(vhat)?;
-            let den = b.add_scalar(den, opt.eps)?;
-            let upd = b.div(mhat, den)?;
-            let decays = !(spec.is_norm() && !opt.decay_norms || spec.is_embedding() && !opt.decay_embedding);
-            let mut p1 = p[k];
-            if decays && opt.weight_decay > 0.0 {
-                // p *= 1 - lr * wd
-                let f = b.mul_scalar(lr, -opt.weight_decay)?;
-                let f = b.add_scalar(f, 1.0)?;
-                p1 = b.mul_bcast(p1, f)?;
+    let (grad_norm, lr, new_p, new_m, new_v, next_step) =
+        b.scope("optimizer", |b| -> hlo::Result<_> {
+            // Global gradient norm over every parameter.
+            let mut sq = b.scalar(0.0, DType::F32);
+            for g in &grads {
+                let rank = b.rank(*g) as i64;
+                let g2 = b.square(*g)?;
+                let s = b.sum(g2, &(0..rank).collect::<Vec<_>>())?;
+                sq = b.add(sq, s)?;
             }
-            let step_size = b.mul_bcast(upd, lr)?;
-            np.push(b.sub(p1, step_size)?);
-            nm.push(m1);
-            nv.push(v1);
-        }
-        Ok((grad_norm, lr, np, nm, nv, next_step))
-    })?;
+            let grad_norm = b.sqrt(sq)?;
+            // Clipping as torch's clip_grad_norm_: scale = min(1, max_norm / (norm + 1e-6)).
+            if opt.clip_grad_norm > 0.0 {
+                let denom = b.add_scalar(grad_norm, 1e-6)?;
+                let maxn = b.scalar(opt.clip_grad_norm, DType::F32);
+                let ratio = b.div(maxn, denom)?;
+                let one = b.scalar(1.0, DType::F32);
+                let scale = b.min(ratio, one)?;
+                grads = grads
+                    .iter()
+                    .map(|g| b.mul_bcast(*g, scale))
+                    .collect::<hlo::Result<_>>()?;
+            }
+            let lr = learning_rate_in_program(b, opt, step, shape.total_steps)?;
+            // AdamW (torch.optim.AdamW): bias-corrected moments, decoupled decay.
+            let next_step = {
+                let one = b.constant(1.0, TensorType::new(DType::I32, Vec::<i64>::new()));
+                b.add(step, one)?
+            };
+            let t = b.convert(next_step, DType::F32)?;
+            let bc = |b: &mut Builder, beta: f64| -> hlo::Result<Value> {
+                let base = b.scalar(beta, DType::F32);
+                let pw = b.pow(base, t)?;
+                let neg = b.neg(pw)?;
+                b.add_scalar(neg, 1.0)
+            };
+            let (bc1, bc2) = (bc(b, opt.beta1)?, bc(b, opt.beta2)?);
+            let (mut np, mut nm, mut nv) = (Vec::new(), Vec::new(), Vec::new());
+            for (k, spec) in specs.iter().enumerate() {
+                let g = grads[k];
+                let m1 = b.mul_scalar(m[k], opt.beta1)?;
+                let g1 = b.mul_scalar(g, 1.0 - opt.beta1)?;
+                let m1 = b.add(m1, g1)?;
+                let v1 = b.mul_scalar(v[k], opt.beta2)?;
+                let g2 = b.square(g)?;
+                let g2 = b.mul_scalar(g2, 1.0 - opt.beta2)?;
+                let v1 = b.add(v1, g2)?;
+                let mhat = b.div_bcast(m1, bc1)?;
+                let vhat = b.div_bcast(v1, bc2)?;
+                let den = b.sqrt(vhat)?;
+                let den = b.add_scalar(den, opt.eps)?;
+                let upd = b.div(mhat, den)?;
+                let decays = opt.decays(spec);
+                let mut p1 = p[k];
+                if decays && opt.weight_decay > 0.0 {
+                    // p *= 1 - lr * wd
+                    let f = b.mul_scalar(lr, -opt.weight_decay)?;
+                    let f = b.add_scalar(f, 1.0)?;
+                    p1 = b.mul_bcast(p1, f)?;
+                }
+                let step_size = b.mul_bcast(upd, lr)?;
+                np.push(b.sub(p1, step_size)?);
+                nm.push(m1);
+                nv.push(v1);
+            }
+            Ok((grad_norm, lr, np, nm, nv, next_step))
+        })?;
 
     let n = params.len();
     let mut outputs = Vec::with_capacity(3 * n + 4);
@@ -261,9 +318,19 @@ pub fn build_step(
             program.set_output_sharding(k, sharding(&params[k % n].axes))?;
         }
     }
-    let donors: Vec<Value> = p.iter().chain(&m).chain(&v).copied().chain([step]).collect();
+    let donors: Vec<Value> = p
+        .iter()
+        .chain(&m)
+        .chain(&v)
+        .copied()
+        .chain([step])
+        .collect();
     for (k, d) in donors.iter().enumerate() {
         program.donate(*d, k)?;
     }
-    Ok(StepProgram { program, params, batch })
+    Ok(StepProgram {
+        program,
+        params,
+        batch,
+    })
 }

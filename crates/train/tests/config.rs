@@ -17,7 +17,16 @@ fn base() -> String {
 
 #[test]
 fn a_valid_config_loads_and_overrides_apply() {
-    let c = load(&base(), &["optimizer.lr=0.5", "train.steps=7", "model.remat=\"full\"", "model.dtype=bf16"]).unwrap();
+    let c = load(
+        &base(),
+        &[
+            "optimizer.lr=0.5",
+            "train.steps=7",
+            "model.remat=\"full\"",
+            "model.dtype=bf16",
+        ],
+    )
+    .unwrap();
     assert_eq!(c.optimizer.lr, 0.5);
     assert_eq!(c.train.steps, 7);
     assert_eq!(c.model.remat, "full");
@@ -29,7 +38,10 @@ fn a_valid_config_loads_and_overrides_apply() {
 #[test]
 fn unknown_keys_are_named() {
     let e = load(&base(), &["optimizer.lrr=1"]).unwrap_err();
-    assert!(e.contains("optimizer.lrr") && e.contains("unknown field"), "{e}");
+    assert!(
+        e.contains("optimizer.lrr") && e.contains("unknown field"),
+        "{e}"
+    );
     let e = load(&format!("{}\n[extra]\nx = 1\n", base()), &[]).unwrap_err();
     assert!(e.contains("test.toml") && e.contains("extra"), "{e}");
 }
@@ -43,15 +55,24 @@ fn wrong_types_are_named() {
 #[test]
 fn impossible_values_are_named_before_compiling() {
     let e = load(&base(), &["model.kv_heads=3"]).unwrap_err();
-    assert!(e.contains("model.kv_heads = 3: must divide heads = 4"), "{e}");
+    assert!(
+        e.contains("model.kv_heads = 3: must divide heads = 4"),
+        "{e}"
+    );
     let e = load(&base(), &["optimizer.beta2=1.5"]).unwrap_err();
     assert!(e.contains("optimizer.beta2"), "{e}");
     let e = load(&base(), &["optimizer.accumulation_steps=3"]).unwrap_err();
-    assert!(e.contains("optimizer.accumulation_steps") && e.contains("data.batch_size = 8"), "{e}");
+    assert!(
+        e.contains("optimizer.accumulation_steps") && e.contains("data.batch_size = 8"),
+        "{e}"
+    );
     let e = load(&base(), &["optimizer.schedule=\"exp\""]).unwrap_err();
     assert!(e.contains("\"constant\", \"linear\" or \"cosine\""), "{e}");
     let e = load(&base(), &["data.seq_len=128"]).unwrap_err();
-    assert!(e.contains("data.seq_len") && e.contains("max_seq_len = 64"), "{e}");
+    assert!(
+        e.contains("data.seq_len") && e.contains("max_seq_len = 64"),
+        "{e}"
+    );
     let e = load(&base(), &["model.preset=\"gemma-3b\""]).unwrap_err();
     assert!(e.contains("gemma-3b"), "{e}");
 }
@@ -60,9 +81,25 @@ fn impossible_values_are_named_before_compiling() {
 fn mesh_errors_name_the_numbers() {
     let e = load(&base(), &["runtime.device_count=8", "mesh.fsdp=3"]).unwrap_err();
     assert!(e.contains("fsdp=3") && e.contains("8 devices"), "{e}");
-    let e = load(&base(), &["runtime.device_count=8", "mesh.tensor=8", "mesh.fsdp=1"]).unwrap_err();
-    assert!(e.contains("model.heads = 4 does not divide over tensor = 8"), "{e}");
-    let e = load(&base(), &["runtime.device_count=8", "mesh.data=8", "mesh.fsdp=1", "data.batch_size=4"]).unwrap_err();
+    let e = load(
+        &base(),
+        &["runtime.device_count=8", "mesh.tensor=8", "mesh.fsdp=1"],
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("model.heads = 4 does not divide over tensor = 8"),
+        "{e}"
+    );
+    let e = load(
+        &base(),
+        &[
+            "runtime.device_count=8",
+            "mesh.data=8",
+            "mesh.fsdp=1",
+            "data.batch_size=4",
+        ],
+    )
+    .unwrap_err();
     assert!(e.contains("does not divide over data*fsdp = 8"), "{e}");
 }
 
@@ -76,5 +113,8 @@ fn setting_a_key_twice_is_refused() {
 fn the_embedded_smoke_config_is_valid() {
     let c = TrainConfig::load(None, &[]).unwrap();
     assert_eq!(c.model.resolve().unwrap().vocab_size, 8192);
-    assert!(std::path::Path::new(&c.data.path).is_file(), "smoke corpus unpacked into the cache");
+    assert!(
+        std::path::Path::new(&c.data.path).is_file(),
+        "smoke corpus unpacked into the cache"
+    );
 }

@@ -25,9 +25,15 @@ pub fn run(args: Args) -> Result<()> {
     let client = pjrt::cpu_client(1)?;
     let r = train::eval::evaluate(&client, &args.checkpoint, &args.tokens, args.batch_size)?;
     if args.json {
-        println!("{}", serde_json::json!({"loss": r.loss, "perplexity": r.perplexity, "tokens": r.tokens}));
+        println!(
+            "{}",
+            serde_json::json!({"loss": r.loss, "perplexity": r.perplexity, "tokens": r.tokens})
+        );
     } else {
-        println!("loss {:.6}  perplexity {:.4}  over {} predicted tokens", r.loss, r.perplexity, r.tokens);
+        println!(
+            "loss {:.6}  perplexity {:.4}  over {} predicted tokens",
+            r.loss, r.perplexity, r.tokens
+        );
     }
     Ok(())
 }

@@ -19,6 +19,12 @@ pub fn run(args: Args) -> Result<()> {
     let backend = Backend::parse(&args.what)?;
     let path = install::install(backend)?;
     let pkg = backend.package();
-    println!("{} plugin {}=={} at {}", args.what, pkg.package, pkg.version, path.display());
+    println!(
+        "{} plugin {}=={} at {}",
+        args.what,
+        pkg.package,
+        pkg.version,
+        path.display()
+    );
     Ok(())
 }

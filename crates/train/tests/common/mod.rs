@@ -1,4 +1,5 @@
 //! Shared helpers: a tiny model config over a generated tokens file.
+#![allow(dead_code)] // each test binary uses a subset
 
 use std::path::Path;
 
@@ -10,8 +11,14 @@ pub fn tokens_file(dir: &Path, rows: usize, len: usize, vocab: u32) -> std::path
         .map(|r| {
             (0..len)
                 .map(|i| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    if (state >> 60) == 0 { ((state >> 33) % vocab as u64) as u32 } else { ((r + i * 3) % vocab as usize) as u32 }
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    if (state >> 60) == 0 {
+                        ((state >> 33) % vocab as u64) as u32
+                    } else {
+                        ((r + i * 3) % vocab as usize) as u32
+                    }
                 })
                 .collect()
         })

@@ -1,0 +1,240 @@
+//! The compiled step against references: one AdamW step equals a host
+//! AdamW (with clipping, schedule and decoupled decay) applied to the
+//! gradients of the parity-tested forward; accumulation equals one big
+//! batch; training lowers the loss.
+
+use std::path::Path;
+
+use gemma::{ComputeOptions, Gemma, Tokens, Unconstrained, param_specs, token_loss};
+use hlo::{Builder, TensorType};
+use train::TrainConfig;
+
+mod common;
+
+fn run(
+    dir: &Path,
+    kv_heads: usize,
+    sets: &[&str],
+) -> (Vec<(u64, f32)>, Vec<Vec<f32>>, TrainConfig) {
+    let data = common::tokens_file(dir, 64, 16, 64);
+    let text = common::config(dir, &data, kv_heads, "");
+    let mut sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    sets.push("train.export_final=true".into());
+    let cfg = TrainConfig::from_toml(&text, "test", &sets).unwrap();
+    let summary = train::train(&cfg, false).unwrap();
+    let ck = gemma::hf::load(&cfg.train.run_dir.join("final")).unwrap();
+    (
+        summary.losses,
+        ck.params.into_iter().map(|t| t.data).collect(),
+        cfg,
+    )
+}
+
+/// Loss and gradients of batch `index`, from a plain grad program.
+fn reference_grads(cfg: &TrainConfig, params: &[Vec<f32>], index: usize) -> (f32, Vec<Vec<f32>>) {
+    let model_cfg = cfg.model.resolve().unwrap();
+    let mut loader = data::Loader::new(&cfg.data, 0, 1, None).unwrap();
+    let mut batch = loader.next_batch().unwrap();
+    for _ in 0..index {
+        batch = loader.next_batch().unwrap();
+    }
+    let (bs, t) = (batch.batch as i64, batch.seq_len as i64);
+    let specs = param_specs(&model_cfg);
+    let mut b = Builder::new("grads");
+    let p: Vec<_> = specs
+        .iter()
+        .map(|s| {
+            b.parameter(
+                &s.name,
+                TensorType::f32(s.shape.iter().map(|&d| d as i64).collect::<Vec<_>>()),
+            )
+        })
+        .collect();
+    let [ids, targets, segment_ids, positions] =
+        ["ids", "targets", "seg", "pos"].map(|n| b.parameter(n, TensorType::i32([bs, t])));
+    let mask = b.parameter("mask", TensorType::f32([bs, t]));
+    let model = Gemma::new(&model_cfg, &p, ComputeOptions::default()).unwrap();
+    let logits = model
+        .forward(
+            &mut b,
+            &Tokens {
+                ids,
+                positions,
+                segment_ids,
+            },
+            &Unconstrained,
+        )
+        .unwrap();
+    let (sum, count) = token_loss(&mut b, logits, targets, mask).unwrap();
+    let loss = b.div(sum, count).unwrap();
+    let grads = b.grad(loss, &p).unwrap();
+    let mut outs = vec![loss];
+    outs.extend(grads);
+    let program = b.build(&outs).unwrap();
+    let client = pjrt::cpu_client(1).unwrap();
+    let exe = client
+        .compile(&program.to_mlir(), &pjrt::CompileOptions::single())
+        .unwrap();
+    let mut bufs = Vec::new();
+    for (s, v) in specs.iter().zip(params) {
+        bufs.push(
+            client
+                .buffer_from_host(v, &s.shape.iter().map(|&d| d as i64).collect::<Vec<_>>(), 0)
+                .unwrap(),
+        );
+    }
+    for v in [
+        &batch.tokens,
+        &batch.targets,
+        &batch.segment_ids,
+        &batch.positions,
+    ] {
+        bufs.push(client.buffer_from_host(v, &[bs, t], 0).unwrap());
+    }
+    bufs.push(
+        client
+            .buffer_from_host(&batch.loss_mask, &[bs, t], 0)
+            .unwrap(),
+    );
+    let out = exe.execute(&[bufs.iter().collect()]).unwrap();
+    let loss = out[0][0].to_host::<f32>().unwrap()[0];
+    (
+        loss,
+        out[0][1..]
+            .iter()
+            .map(|b| b.to_host::<f32>().unwrap())
+            .collect(),
+    )
+}
+
+#[test]
+fn two_steps_equal_host_adamw_on_reference_gradients() {
+    let dir = tempfile::tempdir().unwrap();
+    let sets = [
+        "train.steps=2",
+        "optimizer.warmup_steps=1",
+        "optimizer.clip_grad_norm=0.05",
+        "optimizer.weight_decay=0.5",
+    ];
+    let (losses, after, cfg) = run(dir.path(), 1, &sets);
+    let model_cfg = cfg.model.resolve().unwrap();
+    let specs = param_specs(&model_cfg);
+    let o = cfg.optimizer.clone();
+    let mut p: Vec<Vec<f64>> = train::init_params(&model_cfg, "random", cfg.model.seed)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.into_iter().map(f64::from).collect())
+        .collect();
+    let mut m: Vec<Vec<f64>> = p.iter().map(|v| vec![0.0; v.len()]).collect();
+    let mut v = m.clone();
+    for (step, &(_, step_loss)) in losses.iter().enumerate() {
+        let p32: Vec<Vec<f32>> = p
+            .iter()
+            .map(|v| v.iter().map(|&x| x as f32).collect())
+            .collect();
+        let (loss, grads) = reference_grads(&cfg, &p32, step);
+        assert!(
+            (step_loss - loss).abs() < 1e-5,
+            "step {step} loss {step_loss} vs reference {loss}"
+        );
+        let norm = grads
+            .iter()
+            .flatten()
+            .map(|&g| (g as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(norm > 0.05, "the test must exercise clipping (norm {norm})");
+        let scale = (o.clip_grad_norm / (norm + 1e-6)).min(1.0);
+        let lr = train::schedule::learning_rate(&o, step as u64, cfg.train.steps);
+        let t = (step + 1) as i32;
+        for (k, spec) in specs.iter().enumerate() {
+            let decay =
+                if spec.is_norm() && !o.decay_norms || spec.is_embedding() && !o.decay_embedding {
+                    0.0
+                } else {
+                    o.weight_decay
+                };
+            for i in 0..p[k].len() {
+                let g = grads[k][i] as f64 * scale;
+                m[k][i] = o.beta1 * m[k][i] + (1.0 - o.beta1) * g;
+                v[k][i] = o.beta2 * v[k][i] + (1.0 - o.beta2) * g * g;
+                let (mhat, vhat) = (
+                    m[k][i] / (1.0 - o.beta1.powi(t)),
+                    v[k][i] / (1.0 - o.beta2.powi(t)),
+                );
+                p[k][i] = p[k][i] * (1.0 - lr * decay) - lr * mhat / (vhat.sqrt() + o.eps);
+            }
+        }
+    }
+    let worst = after
+        .iter()
+        .flatten()
+        .zip(p.iter().flatten())
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0f64, f64::max);
+    // Each Adam step moves a weight by up to about lr = 1e-2; decay by lr * 0.5 * |p|.
+    assert!(worst < 2e-5, "largest parameter difference {worst:e}");
+}
+
+#[test]
+fn accumulation_equals_one_large_batch() {
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let (l1, p1, _) = run(d1.path(), 2, &["train.steps=3"]);
+    let (l2, p2, _) = run(
+        d2.path(),
+        2,
+        &["train.steps=3", "optimizer.accumulation_steps=4"],
+    );
+    for (a, b) in l1.iter().zip(&l2) {
+        assert!(
+            (a.1 - b.1).abs() < 2e-5 * a.1.abs(),
+            "step {}: {} vs {}",
+            a.0,
+            a.1,
+            b.1
+        );
+    }
+    let worst = p1
+        .iter()
+        .flatten()
+        .zip(p2.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "parameters differ by {worst}");
+}
+
+#[test]
+fn training_lowers_the_loss_and_writes_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (losses, _, cfg) = run(dir.path(), 1, &["train.steps=12", "model.remat=\"full\""]);
+    let (first, last) = (losses[0].1, losses.last().unwrap().1);
+    assert!(last < first - 0.5, "loss {first} -> {last}");
+    let metrics = std::fs::read_to_string(cfg.train.run_dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 12);
+    for key in [
+        "step",
+        "loss",
+        "learning_rate",
+        "grad_norm",
+        "tokens_per_second",
+        "step_time_s",
+        "mfu",
+    ] {
+        assert!(
+            lines[3][key].is_number(),
+            "metrics lack {key}: {}",
+            lines[3]
+        );
+    }
+    assert!(
+        (lines[1]["learning_rate"].as_f64().unwrap() - 1e-2).abs() < 1e-7,
+        "warmup reaches lr at step 1"
+    );
+    assert!(cfg.train.run_dir.join("loss.svg").is_file());
+    assert!(cfg.train.run_dir.join("config.toml").is_file());
+}
