@@ -72,3 +72,172 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("at least 1"), "{err}");
 }
+
+fn tiny_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let rows: Vec<Vec<u32>> = (0..32)
+        .map(|r| (0..16).map(|i| ((r * 7 + i * 3) % 60) as u32 + 1).collect())
+        .collect();
+    let tokens = dir.join("tokens.json");
+    std::fs::write(
+        &tokens,
+        serde_json::json!({ "input_ids": rows }).to_string(),
+    )
+    .unwrap();
+    let cfg = dir.join("tiny.toml");
+    let text = format!(
+        r#"[model]
+preset = "tiny"
+vocab_size = 64
+d_model = 32
+layers = 2
+heads = 4
+kv_heads = 2
+head_dim = 8
+mlp_dim = 64
+max_seq_len = 32
+[data]
+format = "tokens"
+path = {tokens:?}
+seq_len = 16
+batch_size = 4
+[optimizer]
+lr = 1e-2
+[train]
+steps = 6
+log_every = 2
+run_dir = {run:?}
+peak_flops_per_device = 1e11
+"#,
+        tokens = tokens.display().to_string(),
+        run = dir.join("run").display().to_string()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+#[test]
+fn train_then_eval_the_exported_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    let out = meshtrain(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--quiet",
+        "--set",
+        "optimizer.warmup_steps=2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = dir.path().join("run");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let steps: Vec<i64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, [0, 2, 4, 5], "every log_every steps and the last");
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("warmup_steps = 2"),
+        "the resolved config includes --set values"
+    );
+    let out = meshtrain(&[
+        "eval",
+        "--checkpoint",
+        run.join("final").to_str().unwrap(),
+        "--tokens",
+        dir.path().join("tokens.json").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["tokens"], 32 * 15);
+    let loss = doc["loss"].as_f64().unwrap();
+    assert!(
+        loss > 0.0 && loss < (64f64).ln(),
+        "trained model beats uniform: {loss}"
+    );
+    assert!((doc["perplexity"].as_f64().unwrap() - loss.exp()).abs() < 1e-6 * loss.exp());
+}
+
+#[test]
+fn eval_of_a_transformers_checkpoint_gives_its_loss() {
+    let golden =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gemma/tests/golden/multi_head");
+    let bytes = std::fs::read(golden.join("golden.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids: Vec<i32> = st
+        .tensor("input_ids")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let want = f32::from_le_bytes(st.tensor("loss").unwrap().data().try_into().unwrap()) as f64;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<&[i32]> = ids.chunks(8).collect();
+    let tokens = dir.path().join("rows.jsonl");
+    let text: String = rows
+        .iter()
+        .map(|r| format!("{}\n", serde_json::json!({ "input_ids": r })))
+        .collect();
+    std::fs::write(&tokens, text).unwrap();
+    let out = meshtrain(&[
+        "eval",
+        "--checkpoint",
+        golden.join("model").to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--json",
+        "--batch-size",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = doc["loss"].as_f64().unwrap();
+    assert!(
+        (got - want).abs() < 1e-5 * want,
+        "meshtrain eval {got} vs transformers {want}"
+    );
+    assert_eq!(doc["tokens"], 14);
+}
+
+#[test]
+fn a_bad_config_fails_naming_the_key_and_leaves_no_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    let out = meshtrain(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--set",
+        "model.kv_heads=3",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("model.kv_heads = 3: must divide heads = 4") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("run").exists(),
+        "nothing is written before the config is valid"
+    );
+    let out = meshtrain(&["train", "--config", "/no/such.toml"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such.toml"));
+}

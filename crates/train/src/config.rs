@@ -338,15 +338,6 @@ impl TrainConfig {
                 "train.steps and train.log_every must be at least 1".into(),
             );
         }
-        if o.warmup_steps > self.train.steps {
-            return bad(
-                "optimizer.warmup_steps",
-                format!(
-                    "{} exceeds train.steps = {}",
-                    o.warmup_steps, self.train.steps
-                ),
-            );
-        }
         if self.data.seq_len > model.max_seq_len {
             return bad(
                 "data.seq_len",

@@ -1,0 +1,120 @@
+//! The training-step bench of the project's DESIGN: vocab 32000, d_model 512,
+//! 8 layers, 8 heads, 1 kv head, head_dim 64, MLP 2048, batch 4 x 256, one
+//! CPU device; f32 and bf16 compute. Prints compile time, median step time
+//! and tokens/s, and, when a Python with JAX is given in
+//! `MESHTRAIN_BENCH_PYTHON`, runs `scripts/bench_jax_step.py` on the same
+//! machine for a side-by-side table.
+//!
+//! `cargo bench -p meshtrain-train --bench step`
+//! `MESHTRAIN_BENCH_PYTHON=/path/to/venv/bin/python cargo bench -p meshtrain-train --bench step`
+
+use std::process::Command;
+
+const STEPS: u64 = 12;
+
+fn config(dir: &std::path::Path, dtype: &str, devices: usize, mesh: &str) -> String {
+    let mut state = 1u64;
+    let rows: Vec<Vec<u32>> = (0..64)
+        .map(|_| {
+            (0..256)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 33) % 32000) as u32
+                })
+                .collect()
+        })
+        .collect();
+    let tokens = dir.join("tokens.json");
+    std::fs::write(
+        &tokens,
+        serde_json::json!({ "input_ids": rows }).to_string(),
+    )
+    .unwrap();
+    format!(
+        r#"[model]
+preset = "tiny"
+vocab_size = 32000
+d_model = 512
+layers = 8
+heads = 8
+kv_heads = 1
+head_dim = 64
+mlp_dim = 2048
+max_seq_len = 256
+dtype = "{dtype}"
+[data]
+format = "tokens"
+path = {tokens:?}
+seq_len = 256
+batch_size = 4
+[train]
+steps = {STEPS}
+run_dir = {run:?}
+log_every = 100
+peak_flops_per_device = 1e11
+export_final = false
+[runtime]
+device_count = {devices}
+[mesh]
+{mesh}
+"#,
+        tokens = tokens.display().to_string(),
+        run = dir.join("run").display().to_string(),
+    )
+}
+
+fn main() {
+    let only_ours = std::env::args().any(|a| a == "--ours");
+    let mut rows = Vec::new();
+    for dtype in ["f32", "bf16"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg =
+            train::TrainConfig::from_toml(&config(dir.path(), dtype, 1, "fsdp = 1"), "bench", &[])
+                .unwrap();
+        let s = train::train(&cfg, false).unwrap();
+        rows.push((
+            format!("meshtrain ({dtype})"),
+            s.compile_seconds,
+            s.median_step_seconds,
+        ));
+    }
+    if let (Ok(python), false) = (std::env::var("MESHTRAIN_BENCH_PYTHON"), only_ours) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../scripts/bench_jax_step.py");
+        for dtype in ["f32", "bf16"] {
+            let out = Command::new(&python)
+                .arg(&script)
+                .args(["--dtype", dtype, "--steps", &STEPS.to_string()])
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {
+                    let text = String::from_utf8_lossy(&o.stdout);
+                    let v: Vec<f64> = text
+                        .split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect();
+                    if v.len() == 2 {
+                        rows.push((format!("JAX jit ({dtype})"), v[0], v[1]));
+                    }
+                }
+                Ok(o) => eprintln!("JAX bench failed: {}", String::from_utf8_lossy(&o.stderr)),
+                Err(e) => eprintln!("cannot run {python}: {e}"),
+            }
+        }
+    }
+    println!(
+        "train step: vocab 32000, d_model 512, 8 layers, 8 heads / 1 kv head, head_dim 64, MLP 2048, batch 4 x 256, 1 CPU device"
+    );
+    println!(
+        "{:<22} {:>10} {:>12} {:>10}",
+        "", "compile s", "median s", "tokens/s"
+    );
+    for (name, compile, step) in rows {
+        println!(
+            "{name:<22} {compile:>10.2} {step:>12.3} {:>10.0}",
+            1024.0 / step
+        );
+    }
+}
