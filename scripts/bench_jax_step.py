@@ -101,6 +101,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--export", help="write the step's StableHLO to this file instead of timing it")
     a = ap.parse_args()
     cd = jnp.bfloat16 if a.dtype == "bf16" else jnp.float32
     p = init(jax.random.PRNGKey(0))
@@ -111,6 +112,10 @@ def main():
     targets = jnp.roll(ids, -1, 1)
     mask = jnp.ones((B, T), jnp.float32).at[:, -1].set(0)
     step = make_step(cd)
+    if a.export:
+        with open(a.export, "w") as f:
+            f.write(step.lower(p, m, v, t, ids, targets, mask).as_text())
+        return
     t0 = time.perf_counter()
     compiled = step.lower(p, m, v, t, ids, targets, mask).compile()
     compile_s = time.perf_counter() - t0

@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+
 fn meshtrain(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_meshtrain"))
         .args(args)
@@ -240,4 +241,32 @@ fn a_bad_config_fails_naming_the_key_and_leaves_no_run() {
     );
     let out = meshtrain(&["train", "--config", "/no/such.toml"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such.toml"));
+}
+
+/// The README's first command learns: the smoke run's last loss is well
+/// below the unigram entropy of its corpus. Minutes on 2 cores, so only with
+/// `cargo test -p meshtrain --test cli -- --ignored`.
+#[test]
+#[ignore = "slow: the full 200-step smoke run"]
+fn smoke_run_falls_well_below_the_unigram_entropy() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tok = data::Tokenizer::from_file(&root.join("configs/data/shakespeare-bpe8k.json")).unwrap();
+    let text = std::fs::read_to_string(root.join("configs/data/tinyshakespeare.txt")).unwrap();
+    let mut counts = std::collections::HashMap::new();
+    for para in text.split("\n\n").filter(|p| !p.trim().is_empty()) {
+        for id in tok.encode(para).unwrap() {
+            *counts.entry(id).or_insert(0u64) += 1;
+        }
+    }
+    let n: u64 = counts.values().sum();
+    let entropy: f64 = counts.values().map(|&c| -(c as f64 / n as f64) * (c as f64 / n as f64).ln()).sum();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("smoke");
+    let out = meshtrain(&["train", "--quiet", "--set", &format!("train.run_dir={:?}", run.display().to_string())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    let loss = last["loss"].as_f64().unwrap();
+    assert!(loss < entropy - 1.0, "final loss {loss} vs unigram entropy {entropy}");
+    assert!(run.join("loss.svg").is_file() && run.join("final/model.safetensors").is_file());
 }
