@@ -58,6 +58,21 @@ impl Program {
         self.outputs.iter().map(|&v| self.b.ty(v).clone()).collect()
     }
 
+    /// Names of the parameters, in order.
+    pub fn parameter_names(&self) -> Vec<&str> {
+        self.b.params.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// Shardings of the parameters, in order (`None`: replicated).
+    pub fn parameter_shardings(&self) -> Vec<Option<&Sharding>> {
+        self.b.params.iter().map(|p| p.sharding.as_ref()).collect()
+    }
+
+    /// Shardings of the outputs, in order (`None`: replicated).
+    pub fn output_shardings(&self) -> Vec<Option<&Sharding>> {
+        self.out_shardings.iter().map(|s| s.as_ref()).collect()
+    }
+
     /// Number of partitions (devices) the program is compiled for: the
     /// mesh's size, or 1 without a mesh.
     pub fn num_partitions(&self) -> i64 {
