@@ -11,9 +11,23 @@ impl Program {
     /// The module as StableHLO text, as PJRT plugins compile it. The same
     /// program always gives the same bytes. Ops carry `loc("scope")` with
     /// the name scope they were built in; parameters keep their names.
+    /// With `MESHTRAIN_DUMP_HLO=DIR` set, the text is also written to
+    /// `DIR/<name>.mlir` (a failure to write is reported on stderr).
     pub fn to_mlir(&self) -> String {
-        Emitter::new(self).run()
+        let text = emit(self);
+        if let Some(dir) = Program::dump_dir() {
+            match self.write_module(&dir, &text) {
+                Ok(path) => eprintln!("hlo: wrote {}", path.display()),
+                Err(e) => eprintln!("hlo: MESHTRAIN_DUMP_HLO: {e}"),
+            }
+        }
+        text
     }
+}
+
+/// The module text, without the debug dump.
+pub(crate) fn emit(p: &Program) -> String {
+    Emitter::new(p).run()
 }
 
 struct Emitter<'a> {

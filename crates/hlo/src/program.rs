@@ -170,22 +170,30 @@ impl Program {
 
     /// Writes the module to `dir/<name>.mlir` and returns the path.
     pub fn dump_to(&self, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+        self.write_module(dir, &crate::emit::emit(self))
+    }
+
+    pub(crate) fn write_module(
+        &self,
+        dir: &std::path::Path,
+        text: &str,
+    ) -> Result<std::path::PathBuf> {
         let path = dir.join(format!("{}.mlir", self.b.name));
         let io = |source| Error::Io {
             path: path.display().to_string(),
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        std::fs::write(&path, self.to_mlir()).map_err(io)?;
+        std::fs::write(&path, text).map_err(io)?;
         Ok(path)
     }
 
-    /// If the environment variable `MESHTRAIN_DUMP_HLO` names a directory,
-    /// writes the module there (see [`Program::dump_to`]) and returns the path.
-    pub fn dump_if_requested(&self) -> Result<Option<std::path::PathBuf>> {
-        match std::env::var_os("MESHTRAIN_DUMP_HLO") {
-            Some(dir) if !dir.is_empty() => self.dump_to(std::path::Path::new(&dir)).map(Some),
-            _ => Ok(None),
-        }
+    /// The debug switch: if the environment variable `MESHTRAIN_DUMP_HLO`
+    /// names a directory, [`Program::to_mlir`] also writes each module it
+    /// emits to `DIR/<name>.mlir`. Returns that directory, if set.
+    pub fn dump_dir() -> Option<std::path::PathBuf> {
+        std::env::var_os("MESHTRAIN_DUMP_HLO")
+            .filter(|d| !d.is_empty())
+            .map(std::path::PathBuf::from)
     }
 }
