@@ -124,6 +124,10 @@ impl<'a> Emitter<'a> {
                 };
                 continue;
             }
+            if let Op::StopGradient(x) = node.op {
+                self.names[i] = self.names[x.index()].clone();
+                continue;
+            }
             if let Op::Constant(lit) = node.op {
                 let key = (lit, node.ty.clone());
                 if let Some(name) = self.consts.get(&key) {
@@ -190,7 +194,9 @@ impl<'a> Emitter<'a> {
                 .join(", ")
         };
         let op_text = match &node.op {
-            Op::Parameter(_) | Op::Project(..) => unreachable!("handled by the caller"),
+            Op::Parameter(_) | Op::Project(..) | Op::StopGradient(_) => {
+                unreachable!("handled by the caller")
+            }
             Op::Constant(lit) => {
                 self.consts
                     .insert((*lit, node.ty.clone()), self.names[i].clone());

@@ -197,7 +197,7 @@ impl Builder {
                 }
             }
             Op::Convert(x) => out = v(x).data.clone(),
-            Op::Reshape(x) | Op::Constraint(x, _) => out = v(x).data.clone(),
+            Op::Reshape(x) | Op::Constraint(x, _) | Op::StopGradient(x) => out = v(x).data.clone(),
             Op::Project(bar, k) => match &self.nodes[bar.index()].op {
                 Op::Barrier(xs) => out = v(&xs[*k]).data.clone(),
                 _ => unreachable!("project of a barrier"),

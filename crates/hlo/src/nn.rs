@@ -157,9 +157,12 @@ impl Builder {
         self.reshape(x, &dims)
     }
 
-    /// `log(sum(exp(x)))` over `axis` (removed), shifted by the maximum for stability.
+    /// `log(sum(exp(x)))` over `axis` (removed), shifted by the maximum for
+    /// stability. The shift carries no gradient (it cancels), which keeps the
+    /// backward pass free of max-reduction masks over large logits.
     pub fn logsumexp(&mut self, x: Value, axis: i64) -> Result<Value> {
         let m = self.max_over(x, &[axis])?;
+        let m = self.stop_gradient(m)?;
         let m = self.keep_dims(m, &[axis])?;
         let sh = self.sub_bcast(x, m)?;
         let e = self.exp(sh)?;
@@ -169,9 +172,10 @@ impl Builder {
         self.add(l, m)
     }
 
-    /// Softmax over `axis`, shifted by the maximum for stability.
+    /// Softmax over `axis`, shifted by the maximum (without gradient) for stability.
     pub fn softmax(&mut self, x: Value, axis: i64) -> Result<Value> {
         let m = self.max_over(x, &[axis])?;
+        let m = self.stop_gradient(m)?;
         let m = self.keep_dims(m, &[axis])?;
         let sh = self.sub_bcast(x, m)?;
         let e = self.exp(sh)?;

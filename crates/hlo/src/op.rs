@@ -184,6 +184,8 @@ pub(crate) enum Op {
     Barrier(Vec<Value>),
     Project(Value, usize),
     Constraint(Value, Sharding),
+    /// identity forward, no gradient (emits no instruction)
+    StopGradient(Value),
 }
 
 impl Op {
@@ -193,7 +195,9 @@ impl Op {
         match self {
             Parameter(_) | Constant(_) | Iota(_) => vec![],
             Unary(_, x) | Convert(x) | Broadcast(x, _) | Reshape(x) | Transpose(x, _) => vec![*x],
-            Slice(x, ..) | Reduce(x, ..) | Project(x, _) | Constraint(x, _) => vec![*x],
+            Slice(x, ..) | Reduce(x, ..) | Project(x, _) | Constraint(x, _) | StopGradient(x) => {
+                vec![*x]
+            }
             Binary(_, a, b) | Compare(_, a, b) | Dot(a, b, _) | Gather(a, b) => vec![*a, *b],
             Pad(a, b, ..) => vec![*a, *b],
             Select(a, b, c) | ScatterAdd(a, b, c) => vec![*a, *b, *c],
@@ -220,6 +224,7 @@ impl Op {
             Reduce(_, k, a) => Reduce(n(0), *k, a.clone()),
             Project(_, i) => Project(n(0), *i),
             Constraint(_, s) => Constraint(n(0), s.clone()),
+            StopGradient(_) => StopGradient(n(0)),
             Binary(o, ..) => Binary(*o, n(0), n(1)),
             Compare(c, ..) => Compare(*c, n(0), n(1)),
             Dot(_, _, d) => Dot(n(0), n(1), d.clone()),
@@ -261,6 +266,7 @@ impl Op {
             Barrier(_) => "optimization_barrier",
             Project(..) => "result",
             Constraint(..) => "sharding_constraint",
+            StopGradient(_) => "stop_gradient",
         }
     }
 }

@@ -142,7 +142,7 @@ impl Program {
         let live = self.live();
         let mut m = BTreeMap::new();
         for (i, n) in self.b.nodes.iter().enumerate() {
-            if live[i] && !matches!(n.op, Op::Project(..)) {
+            if live[i] && !matches!(n.op, Op::Project(..) | Op::StopGradient(_)) {
                 *m.entry(n.op.kind()).or_insert(0) += 1;
             }
         }

@@ -61,6 +61,13 @@ impl Builder {
         out
     }
 
+    /// The identity, with no gradient: [`Builder::grad`] treats `x` as a
+    /// constant here (JAX's `stop_gradient`). Emits no instruction.
+    pub fn stop_gradient(&mut self, x: Value) -> Result<Value> {
+        let ty = self.check("stop_gradient", x)?.clone();
+        Ok(self.push(Op::StopGradient(x), ty))
+    }
+
     /// `stablehlo.optimization_barrier`: returns its operands unchanged, but
     /// XLA may not move computation across it or merge values through it.
     pub fn optimization_barrier(&mut self, xs: &[Value]) -> Result<Vec<Value>> {

@@ -188,6 +188,16 @@ fn float_cases(rng: &mut Rng) -> Vec<Case> {
         }),
     ));
     v.push((
+        "scalar_select_stop_gradient",
+        vec![f(rng, &[4], -1.0, 1.0)],
+        Box::new(|b, x| {
+            let t = b.scalar(1.0, DType::Bool);
+            let s = b.stop_gradient(x[0])?;
+            let y = b.mul(x[0], s)?;
+            b.select(t, y, x[0])
+        }),
+    ));
+    v.push((
         "convert_bf16",
         vec![f(rng, &[4], -1.0, 1.0)],
         Box::new(|b, x| {

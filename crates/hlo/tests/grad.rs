@@ -351,3 +351,23 @@ fn convenience_layer_rules() {
         |b, x| b.cross_entropy(x[0], x[1], x[2]),
     );
 }
+
+#[test]
+fn stop_gradient_blocks_the_cotangent() {
+    let mut b = hlo::Builder::new("sg");
+    let x = b.parameter("x", TensorType::f64([3]));
+    let s = b.stop_gradient(x).unwrap();
+    let y = b.mul(x, s).unwrap();
+    let l = b.sum(y, &[0]).unwrap();
+    let g = b.grad(l, &[x]).unwrap();
+    let p = b.build(&[l, g[0]]).unwrap();
+    let out = p
+        .evaluate(&[hlo::Tensor::new([3], vec![1.0, -2.0, 3.0])])
+        .unwrap();
+    assert_eq!(out[0].data, vec![14.0]);
+    assert_eq!(out[1].data, vec![1.0, -2.0, 3.0], "d/dx x * sg(x) = sg(x)");
+    assert!(
+        !p.to_mlir().contains("stop_gradient"),
+        "emits no instruction"
+    );
+}
