@@ -587,13 +587,8 @@ fn block(t: &Tensor, bounds: &[(i64, i64)]) -> Tensor {
     Tensor::new(dims, data)
 }
 
-/// A two-layer Gemma-shaped step with AdamW (the bench's graph at toy size)
-/// on a 2 x 4 (fsdp x tensor) mesh: every output shard on every device
-/// against the interpreter.
-#[test]
-fn gemma_like_step_on_eight_devices() {
-    use common::gemma_like::{Config, build_step};
-    let cfg = Config {
+fn toy_config() -> common::gemma_like::Config {
+    common::gemma_like::Config {
         d: 16,
         layers: 2,
         heads: 4,
@@ -604,22 +599,17 @@ fn gemma_like_step_on_eight_devices() {
         seq: 8,
         mesh: [("fsdp", 2), ("tensor", 4)],
         remat: hlo::RematPolicy::SaveMatmuls,
-    };
-    let (p, _) = build_step(&cfg).unwrap();
-    let mesh = p.builder().mesh().unwrap().clone();
-    let c = client(8);
-    let text = p.to_mlir();
-    let exe = c
-        .compile(&text, &CompileOptions::spmd(p.num_partitions()))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut rng = Rng::new(77);
+    }
+}
+
+/// Random inputs for the toy step (`v_lo`: smallest second moment).
+fn toy_inputs(p: &Program, rng: &mut Rng, v_lo: f64) -> Vec<Tensor> {
     let names = p.parameter_names();
-    let inputs: Vec<Tensor> = p
-        .parameter_types()
+    p.parameter_types()
         .iter()
         .zip(&names)
         .map(|(ty, name)| match *name {
-            "batch.ids" | "batch.labels" => rng.ints(&ty.dims, cfg.vocab),
+            "batch.ids" | "batch.labels" => rng.ints(&ty.dims, 64),
             "batch.mask" => Tensor::new(
                 ty.dims.clone(),
                 (0..ty.numel())
@@ -627,14 +617,19 @@ fn gemma_like_step_on_eight_devices() {
                     .collect(),
             ),
             "opt.lr" => Tensor::scalar(0.01),
-            n if n.starts_with("opt.v.") => rng.tensor(&ty.dims, 0.5, 1.0),
+            n if n.starts_with("opt.v.") => rng.tensor(&ty.dims, v_lo, 1.0),
+            n if n.starts_with("opt.m.") => rng.tensor(&ty.dims, -v_lo, v_lo),
             _ => rng.tensor(&ty.dims, -0.3, 0.3),
         })
-        .collect();
-    let want = p.evaluate(&inputs).unwrap();
+        .collect()
+}
+
+/// One buffer per parameter per device, each holding that device's shard.
+fn shard_inputs(c: &Client, p: &Program, inputs: &[Tensor]) -> Vec<Vec<Buffer>> {
+    let mesh = p.builder().mesh().expect("mesh");
     let shardings = p.parameter_shardings();
     let types = p.parameter_types();
-    let bufs: Vec<Vec<Buffer>> = (0..8)
+    (0..mesh.num_devices())
         .map(|dev| {
             inputs
                 .iter()
@@ -642,14 +637,30 @@ fn gemma_like_step_on_eight_devices() {
                 .zip(&shardings)
                 .map(|((t, ty), s)| {
                     let shard = match s {
-                        Some(s) => block(t, &s.shard_bounds(&mesh, &t.dims, dev)),
+                        Some(s) => block(t, &s.shard_bounds(mesh, &t.dims, dev)),
                         None => t.clone(),
                     };
-                    to_device(&c, &shard, ty.dtype, dev as usize)
+                    to_device(c, &shard, ty.dtype, dev as usize)
                 })
                 .collect()
         })
-        .collect();
+        .collect()
+}
+
+/// A two-layer Gemma-shaped step with AdamW (the bench's graph at toy size)
+/// on a 2 x 4 (fsdp x tensor) mesh: every output shard on every device
+/// against the interpreter.
+#[test]
+fn gemma_like_step_on_eight_devices() {
+    let (p, _) = common::gemma_like::build_step(&toy_config()).unwrap();
+    let mesh = p.builder().mesh().unwrap().clone();
+    let c = client(8);
+    let exe = c
+        .compile(&p.to_mlir(), &CompileOptions::spmd(p.num_partitions()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let inputs = toy_inputs(&p, &mut Rng::new(77), 0.5);
+    let want = p.evaluate(&inputs).unwrap();
+    let bufs = shard_inputs(&c, &p, &inputs);
     let args: Vec<Vec<&Buffer>> = bufs.iter().map(|v| v.iter().collect()).collect();
     let out = exe.execute(&args).unwrap();
     let out_types = p.output_types();
@@ -666,6 +677,7 @@ fn gemma_like_step_on_eight_devices() {
                 None => want[k].clone(),
             };
             let got = to_host(buf, out_types[k].dtype);
+            assert_eq!(got.len(), w.data.len(), "device {dev} output {k}");
             let scale = w.data.iter().fold(0f64, |m, v| m.max(v.abs()));
             for (e, (a, b)) in got.iter().zip(&w.data).enumerate() {
                 assert!(
@@ -673,7 +685,36 @@ fn gemma_like_step_on_eight_devices() {
                     "device {dev} output {k}[{e}]: {a} vs {b} (scale {scale})"
                 );
             }
-            assert_eq!(got.len(), w.data.len(), "device {dev} output {k}");
         }
     }
+}
+
+/// Ten AdamW steps on one batch, the donated state fed back from device to
+/// device without a host round trip: the loss must fall.
+#[test]
+fn toy_training_reduces_the_loss() {
+    let (p, _) = common::gemma_like::build_step(&toy_config()).unwrap();
+    let c = client(8);
+    let exe = c
+        .compile(&p.to_mlir(), &CompileOptions::spmd(p.num_partitions()))
+        .unwrap();
+    let n = (p.parameter_types().len() - 4) / 3; // params, then (m, v) pairs, then 4 batch/lr inputs
+    let mut bufs = shard_inputs(&c, &p, &toy_inputs(&p, &mut Rng::new(5), 0.0));
+    let mut losses = Vec::new();
+    for _ in 0..10 {
+        let args: Vec<Vec<&Buffer>> = bufs.iter().map(|v| v.iter().collect()).collect();
+        let out = exe.execute(&args).unwrap();
+        losses.push(to_host(&out[0][0], DType::F32)[0]);
+        assert!(bufs[0][0].is_deleted().unwrap(), "parameters are donated");
+        for (dev, outs) in out.into_iter().enumerate() {
+            let mut outs: Vec<Option<Buffer>> = outs.into_iter().map(Some).collect();
+            for i in 0..n {
+                bufs[dev][i] = outs[1 + i].take().unwrap();
+                bufs[dev][n + 2 * i] = outs[1 + n + i].take().unwrap();
+                bufs[dev][n + 2 * i + 1] = outs[1 + 2 * n + i].take().unwrap();
+            }
+        }
+    }
+    eprintln!("toy losses: {losses:?}");
+    assert!(losses[9] < losses[0] - 0.5, "losses {losses:?}");
 }
