@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use crate::builder::NO_REGION;
 use crate::op::Op;
 use crate::remat::RematPolicy;
-use crate::{Builder, DType, Error, Result, Value, vjp};
+use crate::{Builder, Error, Result, Value, vjp};
 
 impl Builder {
     /// Gradients of the scalar float `loss` with respect to each of `wrt`,
@@ -173,8 +173,8 @@ impl Builder {
         Ok(())
     }
 
-    /// The dtype of cotangents for `v` (its own float dtype).
+    /// True when `v` can carry a cotangent.
     pub(crate) fn is_float(&self, v: Value) -> bool {
-        self.dtype(v).is_float() && self.dtype(v) != DType::Bool
+        self.dtype(v).is_float()
     }
 }

@@ -297,7 +297,10 @@ impl Builder {
 }
 
 /// The literal a constant of `dtype` holds for `value`.
+/// The value is rounded to the dtype first, so constants that round to
+/// the same element are one node.
 pub(crate) fn literal_for(value: f64, dtype: DType) -> Literal {
+    let value = crate::interp::round_to(value, dtype);
     if dtype.is_float() {
         Literal::Float(value.to_bits())
     } else if dtype == DType::Bool {

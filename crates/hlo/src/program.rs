@@ -103,16 +103,10 @@ impl Program {
                 message,
             })
         };
-        let Op::Parameter(pi) = self
-            .b
-            .nodes
-            .get(param.index())
-            .map(|n| &n.op)
-            .unwrap_or(&Op::Iota(0))
-        else {
-            return err(format!("value %{} is not a parameter", param.index()));
+        let pi = match self.b.nodes.get(param.index()).map(|n| &n.op) {
+            Some(Op::Parameter(pi)) => *pi,
+            _ => return err(format!("value %{} is not a parameter", param.index())),
         };
-        let pi = *pi;
         let Some(&out) = self.outputs.get(output) else {
             return err(format!("output {output} of {}", self.outputs.len()));
         };

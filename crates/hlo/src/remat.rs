@@ -50,6 +50,15 @@ impl Builder {
     /// forward computation is unchanged; the backward pass built by
     /// [`Builder::grad`] recomputes what `policy` does not save.
     /// Regions cannot nest.
+    ///
+    /// When the backward pass reaches the region, the values it reads from
+    /// outside (plus, under [`RematPolicy::SaveMatmuls`], its `dot_general`
+    /// outputs) and the cotangents flowing into it pass through one
+    /// `stablehlo.optimization_barrier`, and the region is replayed from the
+    /// barrier's results. XLA can then neither merge the replay with the
+    /// forward pass nor hoist it there, so only the barrier's inputs stay
+    /// alive between the passes. Replayed nodes that no gradient needs are
+    /// not emitted.
     pub fn remat<T>(
         &mut self,
         policy: RematPolicy,

@@ -72,7 +72,7 @@ impl Sharding {
         }
     }
 
-    /// One mesh axis (or none, with `""` or `None`-like empty string) per dimension:
+    /// One mesh axis per dimension, `""` for a replicated dimension:
     /// `Sharding::new(["data", ""])`.
     pub fn new<'a>(dims: impl IntoIterator<Item = &'a str>) -> Sharding {
         Sharding {

@@ -416,9 +416,11 @@ fn integer_and_boolean_ops_match_the_interpreter() {
     let i8v = b.convert(x, DType::I8).unwrap();
     let i64v = b.convert(x, DType::I64).unwrap();
     let oh = b.one_hot(y, 4, DType::F32).unwrap();
+    let rows = b.take_rows(x, y).unwrap(); // a rank-1 table
+    let added = b.scatter_add_rows(x, y, x).unwrap();
     let p = b
         .build(&[
-            q, r, m, n, lt, both, either, not, s, mx, any, h, i8v, i64v, oh,
+            q, r, m, n, lt, both, either, not, s, mx, any, h, i8v, i64v, oh, rows, added,
         ])
         .unwrap();
     let data = [
