@@ -5,7 +5,8 @@ use std::fmt::Write;
 
 use crate::builder::sanitize;
 use crate::op::{Literal, Op, ReduceKind, UnaryOp};
-use crate::{DType, Program, TensorType, Value};
+use crate::scan::ScanBody;
+use crate::{Builder, DType, Program, TensorType, Value};
 
 impl Program {
     /// The module as StableHLO text, as PJRT plugins compile it. The same
@@ -27,35 +28,59 @@ impl Program {
 
 /// The module text, without the debug dump.
 pub(crate) fn emit(p: &Program) -> String {
-    Emitter::new(p).run()
+    Emitter::new(&p.b, String::new(), "    ".into()).run(p)
 }
 
+/// Marks the nodes of `b` that `roots` (and the parameters) depend on.
+fn live_from(b: &Builder, roots: &[Value]) -> Vec<bool> {
+    let mut live = vec![false; b.nodes.len()];
+    for &o in roots {
+        live[o.index()] = true;
+    }
+    for p in &b.params {
+        live[p.value.index()] = true;
+    }
+    for i in (0..b.nodes.len()).rev() {
+        if live[i] {
+            for o in b.nodes[i].op.operands() {
+                live[o.index()] = true;
+            }
+        }
+    }
+    live
+}
+
+/// Writes the ops of one graph (the function body, or a loop body).
 struct Emitter<'a> {
-    p: &'a Program,
+    b: &'a Builder,
     out: String,
     names: Vec<String>,
     consts: HashMap<(Literal, TensorType), String>,
     n_consts: usize,
+    /// Prefix of every SSA name (empty in the function, `w5_b` in a loop body).
+    prefix: String,
+    indent: String,
 }
 
 impl<'a> Emitter<'a> {
-    fn new(p: &'a Program) -> Self {
+    fn new(b: &'a Builder, prefix: String, indent: String) -> Self {
         Emitter {
-            p,
-            out: String::with_capacity(p.b.nodes.len() * 128),
-            names: vec![String::new(); p.b.nodes.len()],
+            b,
+            out: String::with_capacity(b.nodes.len() * 128),
+            names: vec![String::new(); b.nodes.len()],
             consts: HashMap::new(),
             n_consts: 0,
+            prefix,
+            indent,
         }
     }
 
     fn ty(&self, v: Value) -> String {
-        self.p.b.ty(v).to_string()
+        self.b.ty(v).to_string()
     }
 
-    fn run(mut self) -> String {
-        let p = self.p;
-        let b = &p.b;
+    fn run(mut self, p: &Program) -> String {
+        let b = self.b;
         let _ = writeln!(
             self.out,
             "module @{} attributes {{mhlo.num_partitions = {} : i32, mhlo.num_replicas = 1 : i32}} {{",
@@ -107,43 +132,7 @@ impl<'a> Emitter<'a> {
             }
         }
         self.out.push_str(") {\n");
-        // Body.
-        let live = p.live();
-        let mut counter = 0usize;
-        for (i, node) in b.nodes.iter().enumerate() {
-            if !live[i] || matches!(node.op, Op::Parameter(_)) {
-                continue;
-            }
-            if let Op::Project(bar, k) = node.op {
-                let base = &self.names[bar.index()];
-                let multi = matches!(&b.nodes[bar.index()].op, Op::Barrier(xs) if xs.len() > 1);
-                self.names[i] = if multi {
-                    format!("{base}#{k}")
-                } else {
-                    base.clone()
-                };
-                continue;
-            }
-            if let Op::StopGradient(x) = node.op {
-                self.names[i] = self.names[x.index()].clone();
-                continue;
-            }
-            if let Op::Constant(lit) = node.op {
-                let key = (lit, node.ty.clone());
-                if let Some(name) = self.consts.get(&key) {
-                    self.names[i] = name.clone();
-                    continue;
-                }
-            }
-            self.names[i] = counter.to_string();
-            counter += 1;
-            self.node(i);
-            let scope = &b.scopes[node.scope as usize];
-            if !scope.is_empty() {
-                let _ = write!(self.out, " loc(\"{}\")", scope.replace(['"', '\\'], "_"));
-            }
-            self.out.push('\n');
-        }
+        self.nodes(&live_from(b, &p.outputs));
         let outs: Vec<String> = p
             .outputs
             .iter()
@@ -164,17 +153,218 @@ impl<'a> Emitter<'a> {
         self.out
     }
 
+    /// Writes every live node except parameters (whose names are set).
+    fn nodes(&mut self, live: &[bool]) {
+        let b = self.b;
+        let mut counter = 0usize;
+        for (i, node) in b.nodes.iter().enumerate() {
+            if !live[i] || matches!(node.op, Op::Parameter(_)) {
+                continue;
+            }
+            if let Op::Project(parent, k) = node.op {
+                let base = &self.names[parent.index()];
+                self.names[i] = match &b.nodes[parent.index()].op {
+                    Op::Barrier(xs) if xs.len() > 1 => format!("{base}#{k}"),
+                    Op::Scan(..) => format!("{base}#{}", k + 1),
+                    _ => base.clone(),
+                };
+                continue;
+            }
+            if let Op::StopGradient(x) = node.op {
+                self.names[i] = self.names[x.index()].clone();
+                continue;
+            }
+            if let Op::Constant(lit) = node.op {
+                let key = (lit, node.ty.clone());
+                if let Some(name) = self.consts.get(&key) {
+                    self.names[i] = name.clone();
+                    continue;
+                }
+            }
+            self.names[i] = format!("{}{counter}", self.prefix);
+            counter += 1;
+            self.node(i);
+            let scope = &b.scopes[node.scope as usize];
+            if !scope.is_empty() {
+                let _ = write!(self.out, " loc(\"{}\")", scope.replace(['"', '\\'], "_"));
+            }
+            self.out.push('\n');
+        }
+    }
+
+    /// A `stablehlo.while` running a scan body; results are the counter,
+    /// the carries and the stacked ys (then the xs and consts, unchanged).
+    fn scan(&mut self, i: usize, body: &ScanBody, inputs: &[Value]) {
+        let b = self.b;
+        let w = format!("w{}_", self.names[i]);
+        let ind = self.indent.clone();
+        let (k, m) = (body.n_carry, body.n_xs);
+        let i32t = "tensor<i32>";
+        let zero = self.const_name(Literal::Int(0), TensorType::scalar(DType::I32));
+        let res_tys = body.result_types();
+        let stack_init: Vec<String> = res_tys[k..]
+            .iter()
+            .map(|t| {
+                let lit = crate::builder::literal_for(0.0, t.dtype);
+                self.const_name(lit, t.clone())
+            })
+            .collect();
+        let mut args = vec![format!("%{w}i = %{zero}")];
+        let mut tys = vec![i32t.to_string()];
+        for (j, v) in inputs[..k].iter().enumerate() {
+            args.push(format!("%{w}a{j} = %{}", self.names[v.index()]));
+            tys.push(self.ty(*v));
+        }
+        for (j, name) in stack_init.iter().enumerate() {
+            args.push(format!("%{w}s{j} = %{name}"));
+            tys.push(res_tys[k + j].to_string());
+        }
+        for (j, v) in inputs[k..].iter().enumerate() {
+            let tag = if j < m {
+                format!("x{j}")
+            } else {
+                format!("k{}", j - m)
+            };
+            args.push(format!("%{w}{tag} = %{}", self.names[v.index()]));
+            tys.push(self.ty(*v));
+        }
+        let _ = writeln!(
+            self.out,
+            "{ind}%{}:{} = stablehlo.while({}) : {}",
+            self.names[i],
+            args.len(),
+            args.join(", "),
+            tys.join(", ")
+        );
+        let _ = writeln!(self.out, "{ind}  cond {{");
+        let _ = writeln!(
+            self.out,
+            "{ind}    %{w}n = stablehlo.constant dense<{}> : {i32t}",
+            body.n
+        );
+        let _ = writeln!(
+            self.out,
+            "{ind}    %{w}lt = stablehlo.compare LT, %{w}i, %{w}n, SIGNED : ({i32t}, {i32t}) -> tensor<i1>"
+        );
+        let _ = writeln!(self.out, "{ind}    stablehlo.return %{w}lt : tensor<i1>");
+        let _ = writeln!(self.out, "{ind}  }} do {{");
+        let _ = writeln!(
+            self.out,
+            "{ind}    %{w}z = stablehlo.constant dense<0> : {i32t}"
+        );
+        let _ = writeln!(
+            self.out,
+            "{ind}    %{w}one = stablehlo.constant dense<1> : {i32t}"
+        );
+        let idx = if body.reverse {
+            let _ = writeln!(
+                self.out,
+                "{ind}    %{w}last = stablehlo.constant dense<{}> : {i32t}",
+                body.n - 1
+            );
+            let _ = writeln!(
+                self.out,
+                "{ind}    %{w}idx = stablehlo.subtract %{w}last, %{w}i : {i32t}"
+            );
+            format!("%{w}idx")
+        } else {
+            format!("%{w}i")
+        };
+        let at = |rank: usize| {
+            let mut s = idx.clone();
+            for _ in 1..rank {
+                let _ = write!(s, ", %{w}z");
+            }
+            s
+        };
+        let params = body.body.parameters();
+        let mut inner = Emitter::new(&body.body, format!("{w}b"), format!("{ind}    "));
+        for (j, p) in params[..k].iter().enumerate() {
+            inner.names[p.index()] = format!("{w}a{j}");
+        }
+        for j in 0..m {
+            let full = self.b.ty(inputs[k + j]).clone();
+            let slice_ty = body.body.ty(params[k + j]);
+            let mut one = full.clone();
+            one.dims[0] = 1;
+            let sizes: Vec<String> = one.dims.iter().map(|d| d.to_string()).collect();
+            let idx_tys = vec![i32t; full.rank()].join(", ");
+            let _ = writeln!(
+                self.out,
+                "{ind}    %{w}xs{j} = stablehlo.dynamic_slice %{w}x{j}, {}, sizes = [{}] : ({full}, {idx_tys}) -> {one}",
+                at(full.rank()),
+                sizes.join(", ")
+            );
+            let _ = writeln!(
+                self.out,
+                "{ind}    %{w}xr{j} = stablehlo.reshape %{w}xs{j} : ({one}) -> {slice_ty}"
+            );
+            inner.names[params[k + j].index()] = format!("{w}xr{j}");
+        }
+        for j in 0..body.n_consts {
+            inner.names[params[k + m + j].index()] = format!("{w}k{j}");
+        }
+        inner.nodes(&live_from(&body.body, &body.outputs));
+        let outs: Vec<String> = body
+            .outputs
+            .iter()
+            .map(|o| inner.names[o.index()].clone())
+            .collect();
+        self.out.push_str(&inner.out);
+        let mut rets = vec![format!("%{w}inext")];
+        for o in &outs[..k] {
+            rets.push(format!("%{o}"));
+        }
+        for (j, t) in res_tys[k..].iter().enumerate() {
+            let yt = body.body.ty(body.outputs[k + j]);
+            let mut one = t.clone();
+            one.dims[0] = 1;
+            let idx_tys = vec![i32t; t.rank()].join(", ");
+            let _ = writeln!(
+                self.out,
+                "{ind}    %{w}yr{j} = stablehlo.reshape %{} : ({yt}) -> {one}",
+                outs[k + j]
+            );
+            let _ = writeln!(
+                self.out,
+                "{ind}    %{w}yn{j} = stablehlo.dynamic_update_slice %{w}s{j}, %{w}yr{j}, {} : ({t}, {one}, {idx_tys}) -> {t}",
+                at(t.rank())
+            );
+            rets.push(format!("%{w}yn{j}"));
+        }
+        for j in 0..inputs.len() - k {
+            rets.push(if j < m {
+                format!("%{w}x{j}")
+            } else {
+                format!("%{w}k{}", j - m)
+            });
+        }
+        let _ = writeln!(
+            self.out,
+            "{ind}    %{w}inext = stablehlo.add %{w}i, %{w}one : {i32t}"
+        );
+        let _ = writeln!(
+            self.out,
+            "{ind}    stablehlo.return {} : {}",
+            rets.join(", "),
+            tys.join(", ")
+        );
+        let _ = write!(self.out, "{ind}  }}");
+        let _ = b;
+    }
+
     /// A scalar constant emitted on first use (reduction inits), deduplicated
     /// with the graph's own constants.
     fn const_name(&mut self, lit: Literal, ty: TensorType) -> String {
         if let Some(n) = self.consts.get(&(lit, ty.clone())) {
             return n.clone();
         }
-        let name = format!("c{}", self.n_consts);
+        let name = format!("{}c{}", self.prefix, self.n_consts);
         self.n_consts += 1;
         let _ = writeln!(
             self.out,
-            "    %{name} = stablehlo.constant dense<{}> : {ty}",
+            "{}%{name} = stablehlo.constant dense<{}> : {ty}",
+            self.indent,
             literal_text(lit, ty.dtype)
         );
         self.consts.insert((lit, ty), name.clone());
@@ -182,7 +372,7 @@ impl<'a> Emitter<'a> {
     }
 
     fn node(&mut self, i: usize) {
-        let b = &self.p.b;
+        let b = self.b;
         let node = &b.nodes[i];
         let n = |v: &Value| format!("%{}", self.names[v.index()]);
         let t = |v: &Value| b.ty(*v).to_string();
@@ -388,15 +578,21 @@ impl<'a> Emitter<'a> {
                 };
                 let _ = write!(
                     self.out,
-                    "    %{head} = stablehlo.optimization_barrier {} : {}",
+                    "{}%{head} = stablehlo.optimization_barrier {} : {}",
+                    self.indent,
                     s.join(", "),
                     st.join(", ")
                 );
                 return;
             }
+            Op::Scan(body, inputs) => {
+                let (body, inputs) = (body.0.clone(), inputs.clone());
+                self.scan(i, &body, &inputs);
+                return;
+            }
             Op::Constraint(x, s) => format!("sdy.sharding_constraint {} {s} : {ty}", n(x)),
         };
-        let _ = write!(self.out, "    %{} = {op_text}", self.names[i]);
+        let _ = write!(self.out, "{}%{} = {op_text}", self.indent, self.names[i]);
     }
 }
 

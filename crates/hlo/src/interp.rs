@@ -129,8 +129,24 @@ impl Builder {
             }
         }
         let mut vals: Vec<Option<Tensor>> = vec![None; n];
+        let mut multi: std::collections::HashMap<usize, Vec<Tensor>> =
+            std::collections::HashMap::new();
         for i in 0..n {
             if !need[i] || matches!(self.nodes[i].op, Op::Barrier(_)) {
+                continue;
+            }
+            if let Op::Scan(body, ins) = &self.nodes[i].op {
+                let args: Vec<&Tensor> = ins
+                    .iter()
+                    .map(|x| vals[x.index()].as_ref().expect("evaluated"))
+                    .collect();
+                multi.insert(i, eval_scan(&body.0, &args)?);
+                continue;
+            }
+            if let Op::Project(parent, k) = self.nodes[i].op
+                && let Some(results) = multi.get(&parent.index())
+            {
+                vals[i] = Some(results[k].clone());
                 continue;
             }
             let t = self.eval_node(i, &vals, inputs)?;
@@ -200,7 +216,7 @@ impl Builder {
             Op::Reshape(x) | Op::Constraint(x, _) | Op::StopGradient(x) => out = v(x).data.clone(),
             Op::Project(bar, k) => match &self.nodes[bar.index()].op {
                 Op::Barrier(xs) => out = v(&xs[*k]).data.clone(),
-                _ => unreachable!("project of a barrier"),
+                _ => unreachable!("project of a barrier or scan"),
             },
             Op::Broadcast(x, bd) => {
                 let xt = v(x);
@@ -398,13 +414,51 @@ impl Builder {
                     }
                 }
             }
-            Op::Barrier(_) => unreachable!("barriers are not evaluated"),
+            Op::Barrier(_) | Op::Scan(..) => {
+                unreachable!("multi-result nodes are evaluated by the caller")
+            }
         }
         for o in &mut out {
             *o = round_to(*o, dt);
         }
         Ok(Tensor { dims, data: out })
     }
+}
+
+/// Runs a scan body `n` times on the host: results are the final carries
+/// and the stacked ys.
+fn eval_scan(body: &crate::scan::ScanBody, args: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let (k, m) = (body.n_carry, body.n_xs);
+    let mut carries: Vec<Tensor> = args[..k].iter().map(|t| (*t).clone()).collect();
+    let tys = body.result_types();
+    let mut stacks: Vec<Tensor> = tys[k..]
+        .iter()
+        .map(|t| Tensor::new(t.dims.clone(), vec![0.0; t.numel() as usize]))
+        .collect();
+    for step in 0..body.n {
+        let i = if body.reverse {
+            body.n - 1 - step
+        } else {
+            step
+        } as usize;
+        let mut inputs = carries.clone();
+        for x in &args[k..k + m] {
+            let row = x.data.len() / body.n as usize;
+            inputs.push(Tensor::new(
+                x.dims[1..].to_vec(),
+                x.data[i * row..(i + 1) * row].to_vec(),
+            ));
+        }
+        inputs.extend(args[k + m..].iter().map(|t| (*t).clone()));
+        let outs = body.body.evaluate(&inputs, &body.outputs)?;
+        for (s, y) in stacks.iter_mut().zip(&outs[k..]) {
+            let row = y.data.len();
+            s.data[i * row..(i + 1) * row].copy_from_slice(&y.data);
+        }
+        carries = outs[..k].to_vec();
+    }
+    carries.extend(stacks);
+    Ok(carries)
 }
 
 fn unary(u: UnaryOp, a: f64, dt: DType) -> f64 {

@@ -105,6 +105,7 @@ mod op;
 mod ops;
 mod program;
 mod remat;
+mod scan;
 mod sharding;
 mod vjp;
 

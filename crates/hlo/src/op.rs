@@ -186,6 +186,27 @@ pub(crate) enum Op {
     Constraint(Value, Sharding),
     /// identity forward, no gradient (emits no instruction)
     StopGradient(Value),
+    /// multi-result loop (`stablehlo.while`): carries, xs, consts; its
+    /// results are `Project` nodes (final carries, then stacked ys)
+    Scan(BodyRef, Vec<Value>),
+}
+
+/// A shared scan body, compared and hashed by identity.
+#[derive(Clone, Debug)]
+pub(crate) struct BodyRef(pub std::sync::Arc<crate::scan::ScanBody>);
+
+impl PartialEq for BodyRef {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for BodyRef {}
+
+impl std::hash::Hash for BodyRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::sync::Arc::as_ptr(&self.0).hash(state)
+    }
 }
 
 impl Op {
@@ -205,7 +226,7 @@ impl Op {
             DynamicUpdateSlice(x, u, idx) => {
                 [*x, *u].into_iter().chain(idx.iter().copied()).collect()
             }
-            Concat(xs, _) | Barrier(xs) => xs.clone(),
+            Concat(xs, _) | Barrier(xs) | Scan(_, xs) => xs.clone(),
         }
     }
 
@@ -236,7 +257,13 @@ impl Op {
             DynamicUpdateSlice(..) => DynamicUpdateSlice(n(0), n(1), new[2..].to_vec()),
             Concat(_, d) => Concat(new.to_vec(), *d),
             Barrier(_) => Barrier(new.to_vec()),
+            Scan(body, _) => Scan(body.clone(), new.to_vec()),
         }
+    }
+
+    /// True for nodes with several results (reached through `Project`).
+    pub(crate) fn is_multi(&self) -> bool {
+        matches!(self, Op::Barrier(_) | Op::Scan(..))
     }
 
     /// Short name used in errors and op counts.
@@ -267,6 +294,7 @@ impl Op {
             Project(..) => "result",
             Constraint(..) => "sharding_constraint",
             StopGradient(_) => "stop_gradient",
+            Scan(..) => "while",
         }
     }
 }

@@ -24,6 +24,7 @@ pub(crate) fn vjp(
         | Op::Iota(_)
         | Op::Compare(..)
         | Op::Barrier(_)
+        | Op::Scan(..)
         | Op::StopGradient(_) => {
             vec![]
         }

@@ -720,3 +720,45 @@ fn toy_training_reduces_the_loss() {
     eprintln!("toy losses: {losses:?}");
     assert!(losses[9] < losses[0] - 0.5, "losses {losses:?}");
 }
+
+/// A scanned stack of layers (one `stablehlo.while` forward, one reverse
+/// loop backward) and its gradients against the interpreter.
+#[test]
+fn scan_and_its_gradient_run_on_device() {
+    let c = client(1);
+    let mut b = Builder::new("scan");
+    let h = b.parameter("h", TensorType::f32([2, 3]));
+    let w = b.parameter("w", TensorType::f32([4, 3, 3]));
+    let bias = b.parameter("bias", TensorType::f32([3]));
+    let (fin, ys) = b
+        .scope("layers", |b| {
+            b.scan(4, &[h], &[w], &[bias], |b, c, xs, k| {
+                let z = b.matmul(c[0], xs[0])?;
+                let z = b.add_bcast(z, k[0])?;
+                let h2 = b.tanh(z)?;
+                let s = b.sum(h2, &[1])?;
+                Ok((vec![h2], vec![s]))
+            })
+        })
+        .unwrap();
+    let sq = b.square(fin[0]).unwrap();
+    let l1 = b.sum(sq, &[0, 1]).unwrap();
+    let l2 = b.sum(ys[0], &[0, 1]).unwrap();
+    let loss = b.add(l1, l2).unwrap();
+    let g = b.grad(loss, &[h, w, bias]).unwrap();
+    let p = b.build(&[loss, ys[0], g[0], g[1], g[2]]).unwrap();
+    let mut rng = Rng::new(12);
+    let data = [
+        rng.tensor(&[2, 3], -1.0, 1.0),
+        rng.tensor(&[4, 3, 3], -1.0, 1.0),
+        rng.tensor(&[3], -0.5, 0.5),
+    ];
+    let text = p.to_mlir();
+    assert_eq!(text.matches("stablehlo.while").count(), 2, "{text}");
+    assert_close(
+        "scan",
+        &run(&c, &p, &data),
+        &p.evaluate(&data).unwrap(),
+        1e-4,
+    );
+}
