@@ -145,21 +145,7 @@ impl Program {
 
     /// Marks the nodes the outputs depend on.
     pub(crate) fn live(&self) -> Vec<bool> {
-        let mut live = vec![false; self.b.nodes.len()];
-        for &o in &self.outputs {
-            live[o.index()] = true;
-        }
-        for p in &self.b.params {
-            live[p.value.index()] = true;
-        }
-        for i in (0..self.b.nodes.len()).rev() {
-            if live[i] {
-                for o in self.b.nodes[i].op.operands() {
-                    live[o.index()] = true;
-                }
-            }
-        }
-        live
+        crate::emit::live_from(&self.b, &self.outputs)
     }
 
     /// Writes the module to `dir/<name>.mlir` and returns the path.
