@@ -77,7 +77,10 @@
 //!   boolean values carry none. A sharding constraint's cotangent gets the
 //!   same constraint.
 //! - [`Builder::remat`] marks a region; [`RematPolicy`] says what the
-//!   backward pass keeps (see the `remat` module docs for the barrier).
+//!   backward pass keeps (an `optimization_barrier` keeps XLA from undoing it).
+//! - [`Builder::scan`] runs a body over stacked weights as one
+//!   `stablehlo.while` (MaxText's `scan_layers`); its gradient is a reverse
+//!   loop that replays each iteration from its saved input carry.
 //! - Emission is the pretty StableHLO form with Shardy (`sdy`) shardings;
 //!   only nodes the outputs depend on are emitted; float constants print as
 //!   exact decimals or as hex bit patterns (`0xFF800000`).

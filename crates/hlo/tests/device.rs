@@ -601,6 +601,7 @@ fn toy_config() -> common::gemma_like::Config {
         seq: 8,
         mesh: [("fsdp", 2), ("tensor", 4)],
         remat: hlo::RematPolicy::SaveMatmuls,
+        scan: false,
     }
 }
 
@@ -654,7 +655,20 @@ fn shard_inputs(c: &Client, p: &Program, inputs: &[Tensor]) -> Vec<Vec<Buffer>> 
 /// against the interpreter.
 #[test]
 fn gemma_like_step_on_eight_devices() {
-    let (p, _) = common::gemma_like::build_step(&toy_config()).unwrap();
+    check_toy_step(&toy_config());
+}
+
+/// The same step with the layers scanned (one `stablehlo.while` each way).
+#[test]
+fn gemma_like_scanned_step_on_eight_devices() {
+    check_toy_step(&common::gemma_like::Config {
+        scan: true,
+        ..toy_config()
+    });
+}
+
+fn check_toy_step(cfg: &common::gemma_like::Config) {
+    let (p, _) = common::gemma_like::build_step(cfg).unwrap();
     let mesh = p.builder().mesh().unwrap().clone();
     let c = client(8);
     let exe = c

@@ -17,6 +17,8 @@ pub struct Config {
     pub seq: i64,
     pub mesh: [(&'static str, i64); 2],
     pub remat: RematPolicy,
+    /// Scan over stacked layer weights instead of unrolling the layers.
+    pub scan: bool,
 }
 
 /// Gemma 7B, unrolled, FSDP x tensor over a 16 x 16 mesh.
@@ -31,8 +33,10 @@ pub const GEMMA_7B: Config = Config {
     seq: 8192,
     mesh: [("fsdp", 16), ("tensor", 16)],
     remat: RematPolicy::Full,
+    scan: false,
 };
 
+/// One layer's weights, in the order of the specs in `build_step`.
 struct Layer {
     ln1: Value,
     q: Value,
@@ -43,6 +47,23 @@ struct Layer {
     gate: Value,
     up: Value,
     down: Value,
+}
+
+impl Layer {
+    fn new(w: &[Value]) -> Layer {
+        let [ln1, q, k, v, o, ln2, gate, up, down] = w.try_into().expect("9 layer weights");
+        Layer {
+            ln1,
+            q,
+            k,
+            v,
+            o,
+            ln2,
+            gate,
+            up,
+            down,
+        }
+    }
 }
 
 fn param(
@@ -104,75 +125,67 @@ pub fn build_step(c: &Config) -> Result<(Program, usize)> {
         &[c.vocab, c.d],
         &["tensor", "fsdp"],
     )?;
-    let mut layers = Vec::new();
-    for i in 0..c.layers {
-        let n = |s: &str| format!("model.layers.{i}.{s}");
-        let qkv = c.heads * c.head_dim;
-        layers.push(Layer {
-            ln1: param(
+    // (name, dims, sharding) of each layer weight, in `Layer` order.
+    let qkv = c.heads * c.head_dim;
+    let specs: [(&str, Vec<i64>, [&str; 2]); 9] = [
+        ("input_layernorm.weight", vec![c.d], ["", ""]),
+        (
+            "self_attn.q_proj.weight",
+            vec![qkv, c.d],
+            ["tensor", "fsdp"],
+        ),
+        (
+            "self_attn.k_proj.weight",
+            vec![qkv, c.d],
+            ["tensor", "fsdp"],
+        ),
+        (
+            "self_attn.v_proj.weight",
+            vec![qkv, c.d],
+            ["tensor", "fsdp"],
+        ),
+        (
+            "self_attn.o_proj.weight",
+            vec![c.d, qkv],
+            ["fsdp", "tensor"],
+        ),
+        ("post_attention_layernorm.weight", vec![c.d], ["", ""]),
+        ("mlp.gate_proj.weight", vec![c.mlp, c.d], ["tensor", "fsdp"]),
+        ("mlp.up_proj.weight", vec![c.mlp, c.d], ["tensor", "fsdp"]),
+        ("mlp.down_proj.weight", vec![c.d, c.mlp], ["fsdp", "tensor"]),
+    ];
+    let mut layers: Vec<Vec<Value>> = Vec::new();
+    if c.scan {
+        // One stacked [layers, ...] weight per kind, scanned over.
+        let mut stacked = Vec::new();
+        for (name, dims, s) in &specs {
+            let mut d = vec![c.layers as i64];
+            d.extend(dims);
+            let mut sh = vec![""];
+            sh.extend(&s[..dims.len()]);
+            stacked.push(param(
                 &mut b,
                 &mut params,
-                &n("input_layernorm.weight"),
-                &[c.d],
-                &[""],
-            )?,
-            q: param(
-                &mut b,
-                &mut params,
-                &n("self_attn.q_proj.weight"),
-                &[qkv, c.d],
-                &["tensor", "fsdp"],
-            )?,
-            k: param(
-                &mut b,
-                &mut params,
-                &n("self_attn.k_proj.weight"),
-                &[qkv, c.d],
-                &["tensor", "fsdp"],
-            )?,
-            v: param(
-                &mut b,
-                &mut params,
-                &n("self_attn.v_proj.weight"),
-                &[qkv, c.d],
-                &["tensor", "fsdp"],
-            )?,
-            o: param(
-                &mut b,
-                &mut params,
-                &n("self_attn.o_proj.weight"),
-                &[c.d, qkv],
-                &["fsdp", "tensor"],
-            )?,
-            ln2: param(
-                &mut b,
-                &mut params,
-                &n("post_attention_layernorm.weight"),
-                &[c.d],
-                &[""],
-            )?,
-            gate: param(
-                &mut b,
-                &mut params,
-                &n("mlp.gate_proj.weight"),
-                &[c.mlp, c.d],
-                &["tensor", "fsdp"],
-            )?,
-            up: param(
-                &mut b,
-                &mut params,
-                &n("mlp.up_proj.weight"),
-                &[c.mlp, c.d],
-                &["tensor", "fsdp"],
-            )?,
-            down: param(
-                &mut b,
-                &mut params,
-                &n("mlp.down_proj.weight"),
-                &[c.d, c.mlp],
-                &["fsdp", "tensor"],
-            )?,
-        });
+                &format!("model.layers.{name}"),
+                &d,
+                &sh,
+            )?);
+        }
+        layers.push(stacked);
+    } else {
+        for i in 0..c.layers {
+            let mut ws = Vec::new();
+            for (name, dims, s) in &specs {
+                ws.push(param(
+                    &mut b,
+                    &mut params,
+                    &format!("model.layers.{i}.{name}"),
+                    dims,
+                    &s[..dims.len()],
+                )?);
+            }
+            layers.push(ws);
+        }
     }
     let final_norm = param(&mut b, &mut params, "model.norm.weight", &[c.d], &[""])?;
     // ZeRO-3: both AdamW moments are sharded like their parameter.
@@ -209,10 +222,29 @@ pub fn build_step(c: &Config) -> Result<(Program, usize)> {
         let x = b.take_rows(embed, ids)?; // [B, T, D]
         let mut x = b.mul_scalar(x, (c.d as f64).sqrt())?;
         let pos = b.iota(TensorType::i32([c.batch, c.seq]), 1)?;
-        for (i, l) in layers.iter().enumerate() {
-            x = b.scope(&format!("layers.{i}"), |b| {
-                b.remat(c.remat, |b| layer_forward(b, c, l, x, pos))
+        if c.scan {
+            let (fin, _) = b.scope("layers", |b| {
+                b.scan(
+                    c.layers as i64,
+                    &[x],
+                    &layers[0],
+                    &[pos],
+                    |b, carry, ws, k| {
+                        Ok((
+                            vec![layer_forward(b, c, &Layer::new(ws), carry[0], k[0])?],
+                            vec![],
+                        ))
+                    },
+                )
             })?;
+            x = fin[0];
+        } else {
+            for (i, ws) in layers.iter().enumerate() {
+                let l = Layer::new(ws);
+                x = b.scope(&format!("layers.{i}"), |b| {
+                    b.remat(c.remat, |b| layer_forward(b, c, &l, x, pos))
+                })?;
+            }
         }
         let x = b.rms_norm(x, final_norm, 1e-6)?;
         let logits = b.linear(x, embed)?; // [1, T, V]
