@@ -1,0 +1,261 @@
+//! Clap subcommands and their `run` functions for the `meshtrain` binary (feature `cli`).
+//!
+//! Wire them as:
+//!
+//! ```text
+//! meshtrain setup tokenizer            -> SetupTokenizerArgs, run_setup_tokenizer
+//! meshtrain tokenizer encode|decode|train -> TokenizerArgs,   run_tokenizer
+//! meshtrain tokenize                   -> TokenizeArgs,       run_tokenize
+//! ```
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::ingest::{InputFormat, OnError, TextUnit, TokenizeOptions};
+use crate::{Tokenizer, cache_dir};
+
+/// `meshtrain setup tokenizer`: fetch the official Gemma tokenizer into the cache.
+#[derive(Debug, clap::Args)]
+pub struct SetupTokenizerArgs {
+    /// Cache directory (default: $MESHTRAIN_HOME, else $XDG_CACHE_HOME/meshtrain, else ~/.cache/meshtrain).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Runs `meshtrain setup tokenizer`.
+pub fn run_setup_tokenizer(args: SetupTokenizerArgs) -> anyhow::Result<()> {
+    let dir = args.cache_dir.unwrap_or_else(cache_dir);
+    let path = crate::setup_tokenizer(&dir)?;
+    println!("gemma tokenizer: {}", path.display());
+    Ok(())
+}
+
+/// `meshtrain tokenizer ...`: inspect or train tokenizers.
+#[derive(Debug, clap::Args)]
+pub struct TokenizerArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: TokenizerCommand,
+}
+
+/// The `meshtrain tokenizer` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenizerCommand {
+    /// Read text on stdin, print its token ids.
+    Encode(EncodeArgs),
+    /// Read token ids on stdin (a JSON array or whitespace-separated), print the text.
+    Decode(DecodeArgs),
+    /// Train a byte-fallback BPE tokenizer on text files.
+    Train(TrainArgs),
+}
+
+/// `meshtrain tokenizer encode`.
+#[derive(Debug, clap::Args)]
+pub struct EncodeArgs {
+    /// `gemma` (the official tokenizer) or the path of a tokenizer.json.
+    #[arg(long)]
+    pub tokenizer: String,
+    /// Print one JSON array of integers.
+    #[arg(long)]
+    pub json: bool,
+    /// Put `<bos>` first.
+    #[arg(long)]
+    pub bos: bool,
+}
+
+/// `meshtrain tokenizer decode`.
+#[derive(Debug, clap::Args)]
+pub struct DecodeArgs {
+    /// `gemma` or the path of a tokenizer.json.
+    #[arg(long)]
+    pub tokenizer: String,
+}
+
+/// `meshtrain tokenizer train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Text files to train on.
+    #[arg(long, required = true, num_args = 1..)]
+    pub input: Vec<String>,
+    /// Vocabulary size, special and byte pieces included.
+    #[arg(long, default_value_t = 8192)]
+    pub vocab_size: usize,
+    /// Where to write the tokenizer.json.
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+/// Runs `meshtrain tokenizer ...`.
+pub fn run_tokenizer(args: TokenizerArgs) -> anyhow::Result<()> {
+    match args.command {
+        TokenizerCommand::Encode(a) => {
+            let tok = Tokenizer::load(&a.tokenizer, &cache_dir())?;
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading text from stdin (UTF-8 expected)")?;
+            let mut ids = Vec::new();
+            if a.bos {
+                ids.push(tok.bos_id());
+            }
+            ids.extend(tok.encode(&text)?);
+            let line = if a.json {
+                serde_json::to_string(&ids)?
+            } else {
+                ids.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            println!("{line}");
+        }
+        TokenizerCommand::Decode(a) => {
+            let tok = Tokenizer::load(&a.tokenizer, &cache_dir())?;
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("reading ids from stdin")?;
+            let ids: Vec<u32> = if input.trim_start().starts_with('[') {
+                serde_json::from_str(&input)
+                    .context("ids on stdin: expected a JSON array of integers")?
+            } else {
+                input
+                    .split_whitespace()
+                    .map(|s| {
+                        s.parse::<u32>()
+                            .with_context(|| format!("{s:?} is not a token id"))
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            };
+            let text = tok.decode(&ids)?;
+            std::io::stdout().write_all(text.as_bytes())?;
+        }
+        TokenizerCommand::Train(a) => {
+            let files = crate::ingest::expand_inputs(&a.input)?;
+            let tok = crate::train_bpe(&files, a.vocab_size, &a.output)?;
+            println!(
+                "trained {} pieces on {} files: {}",
+                tok.vocab_size(),
+                files.len(),
+                a.output.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Input format flag.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FormatArg {
+    /// Plain text.
+    Text,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// Text document unit flag.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum UnitArg {
+    /// A whole file.
+    File,
+    /// Blank-line separated paragraphs.
+    Paragraph,
+    /// Each line.
+    Line,
+}
+
+/// `meshtrain tokenize`: corpora to token shards.
+#[derive(Debug, clap::Args)]
+pub struct TokenizeArgs {
+    /// `gemma` or the path of a tokenizer.json.
+    #[arg(long)]
+    pub tokenizer: String,
+    /// Files, directories or glob patterns.
+    #[arg(long, required = true, num_args = 1..)]
+    pub input: Vec<String>,
+    /// Output directory for the shards and manifest.json.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Input format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+    pub format: FormatArg,
+    /// JSONL field that holds the text.
+    #[arg(long, default_value = "text")]
+    pub field: String,
+    /// What one document is in a text file.
+    #[arg(long, value_enum, default_value_t = UnitArg::File)]
+    pub text_unit: UnitArg,
+    /// Tokens per shard before a new one is started.
+    #[arg(long, default_value_t = 1 << 26)]
+    pub shard_tokens: u64,
+    /// Stop at the first bad document instead of skipping and reporting it.
+    #[arg(long)]
+    pub strict: bool,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl From<&TokenizeArgs> for TokenizeOptions {
+    fn from(a: &TokenizeArgs) -> Self {
+        TokenizeOptions {
+            inputs: a.input.clone(),
+            output: a.output.clone(),
+            format: match a.format {
+                FormatArg::Text => InputFormat::Text,
+                FormatArg::Jsonl => InputFormat::Jsonl,
+            },
+            field: a.field.clone(),
+            text_unit: match a.text_unit {
+                UnitArg::File => TextUnit::File,
+                UnitArg::Paragraph => TextUnit::Paragraph,
+                UnitArg::Line => TextUnit::Line,
+            },
+            shard_tokens: a.shard_tokens,
+            on_error: if a.strict {
+                OnError::Fail
+            } else {
+                OnError::Skip
+            },
+        }
+    }
+}
+
+/// Runs `meshtrain tokenize` with a progress bar, then prints the summary and skipped documents.
+pub fn run_tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
+    let tok = Tokenizer::load(&args.tokenizer, &cache_dir())?;
+    let opts = TokenizeOptions::from(&args);
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    let progress = |p: crate::ingest::Progress| {
+        bar.set_length(p.bytes_total);
+        bar.set_position(p.bytes_done);
+        bar.set_message(format!("{} docs, {} tokens", p.documents, p.tokens));
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.unwrap_or(0))
+        .build()?;
+    let summary = pool.install(|| crate::tokenize(&tok, &opts, &progress));
+    bar.finish_and_clear();
+    let summary = summary?;
+    println!("{summary}");
+    const SHOWN: usize = 20;
+    for issue in summary.issues.iter().take(SHOWN) {
+        eprintln!("skipped {issue}");
+    }
+    if summary.issues.len() > SHOWN {
+        eprintln!(
+            "... and {} more skipped documents",
+            summary.issues.len() - SHOWN
+        );
+    }
+    println!("shards in {}", args.output.display());
+    Ok(())
+}

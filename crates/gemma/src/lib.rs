@@ -1,0 +1,24 @@
+//! Gemma v1 for meshtrain: the 2B/7B shapes and any custom one
+//! ([`GemmaConfig`]), the parameter tree with logical axes
+//! ([`param_specs`]), and Hugging Face checkpoint import/export ([`hf`]).
+//!
+//! ```
+//! let c = gemma::GemmaConfig::gemma_2b();
+//! c.validate().unwrap();
+//! let specs = gemma::param_specs(&c);
+//! assert_eq!(specs[0].name, "model.embed_tokens.weight");
+//! assert_eq!(specs[0].shape, [256_000, 2048]);
+//! assert_eq!(c.num_params(), 2_506_172_416);
+//! ```
+#![deny(missing_docs)]
+
+mod config;
+mod error;
+pub mod hf;
+mod model;
+mod params;
+
+pub use config::GemmaConfig;
+pub use error::{Error, Result};
+pub use model::{ComputeOptions, Constrain, Gemma, Tokens, Unconstrained, token_loss};
+pub use params::{Axis, ParamSpec, param_specs};

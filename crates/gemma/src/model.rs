@@ -1,0 +1,299 @@
+//! The Gemma v1 forward pass and loss on the tensor-program builder, exactly
+//! as DESIGN.md states the math. The model names logical axes for its
+//! activations; the caller's [`Constrain`] decides their shardings.
+
+use hlo::{Builder, DType, RematPolicy, TensorType, Value};
+
+use crate::{GemmaConfig, Result};
+
+/// Decides how an activation is sharded, from the logical axes the model
+/// names (`batch`, `seq`, `act_embed`). The model never sees the mesh.
+pub trait Constrain {
+    /// Returns `x` with a sharding constraint for `axes` (or `x` unchanged).
+    fn constrain(&self, b: &mut Builder, x: Value, axes: &[&str]) -> hlo::Result<Value>;
+}
+
+/// No constraints: one device, or let the partitioner propagate.
+pub struct Unconstrained;
+
+impl Constrain for Unconstrained {
+    fn constrain(&self, _: &mut Builder, x: Value, _: &[&str]) -> hlo::Result<Value> {
+        Ok(x)
+    }
+}
+
+/// Token-level inputs of one micro-batch, all `[B, T]` i32.
+#[derive(Clone, Copy, Debug)]
+pub struct Tokens {
+    /// Input token ids.
+    pub ids: Value,
+    /// Position of each token within its document.
+    pub positions: Value,
+    /// Document id per token; attention stays within equal ids (0 = padding).
+    pub segment_ids: Value,
+}
+
+/// How to compute.
+#[derive(Clone, Copy, Debug)]
+pub struct ComputeOptions {
+    /// dtype of matmuls and activations (`F32`, or `BF16` with f32 params);
+    /// norms, softmax and the loss stay in f32.
+    pub dtype: DType,
+    /// What each layer keeps for the backward pass.
+    pub remat: RematPolicy,
+}
+
+impl Default for ComputeOptions {
+    fn default() -> Self {
+        ComputeOptions {
+            dtype: DType::F32,
+            remat: RematPolicy::None,
+        }
+    }
+}
+
+/// The model: a config and its parameter values, in [`crate::param_specs`] order.
+pub struct Gemma<'a> {
+    cfg: &'a GemmaConfig,
+    params: &'a [Value],
+    opts: ComputeOptions,
+}
+
+/// One layer's parameters.
+struct Layer {
+    input_norm: Value,
+    q: Value,
+    k: Value,
+    v: Value,
+    o: Value,
+    post_attn_out_norm: Option<Value>,
+    post_attention_norm: Value,
+    gate: Value,
+    up: Value,
+    down: Value,
+    post_mlp_out_norm: Option<Value>,
+}
+
+impl<'a> Gemma<'a> {
+    /// Binds a config to parameter values (checked against its count).
+    pub fn new(cfg: &'a GemmaConfig, params: &'a [Value], opts: ComputeOptions) -> Result<Self> {
+        let want = crate::param_specs(cfg).len();
+        if params.len() != want {
+            return Err(crate::Error::config(
+                "layers",
+                cfg.layers,
+                format!(
+                    "{} parameter values given, the model has {want}",
+                    params.len()
+                ),
+            ));
+        }
+        Ok(Gemma { cfg, params, opts })
+    }
+
+    fn per_layer(&self) -> usize {
+        if self.cfg.post_norms { 11 } else { 9 }
+    }
+
+    fn layer(&self, i: usize) -> Layer {
+        let p = &self.params[1 + i * self.per_layer()..];
+        let post = self.cfg.post_norms;
+        let mut it = p.iter().copied();
+        let mut next = || it.next().expect("parameter count checked in new");
+        let (input_norm, q, k, v, o) = (next(), next(), next(), next(), next());
+        let post_attn_out_norm = post.then(&mut next);
+        let (post_attention_norm, gate, up, down) = (next(), next(), next(), next());
+        let post_mlp_out_norm = post.then(&mut next);
+        Layer {
+            input_norm,
+            q,
+            k,
+            v,
+            o,
+            post_attn_out_norm,
+            post_attention_norm,
+            gate,
+            up,
+            down,
+            post_mlp_out_norm,
+        }
+    }
+
+    /// Logits `[B, T, V]` in the compute dtype.
+    pub fn forward(&self, b: &mut Builder, t: &Tokens, c: &dyn Constrain) -> Result<Value> {
+        let cfg = self.cfg;
+        let cd = self.opts.dtype;
+        let embed = self.params[0];
+        // x = E[ids] * sqrt(d_model), the factor rounded to the compute dtype as HF does.
+        let x = b.scope("model.embed_tokens", |b| -> hlo::Result<Value> {
+            let rows = b.take_rows(embed, t.ids)?; // [B, T, d]
+            let rows = b.convert(rows, cd)?;
+            b.mul_scalar(rows, (cfg.d_model as f64).sqrt())
+        })?;
+        let mut x = c.constrain(b, x, &["batch", "seq", "act_embed"])?;
+        let mask = b.scope("model.attention_mask", |b| attention_mask(b, t.segment_ids))?;
+        for i in 0..cfg.layers {
+            let layer = self.layer(i);
+            x = b.scope(&format!("model.layers.{i}"), |b| {
+                b.remat(self.opts.remat, |b| {
+                    self.decoder_layer(b, &layer, x, t.positions, mask)
+                })
+            })?;
+            x = c.constrain(b, x, &["batch", "seq", "act_embed"])?;
+        }
+        let final_norm = *self.params.last().expect("final norm");
+        let h = b.scope("model.norm", |b| b.rms_norm(x, final_norm, cfg.norm_eps))?;
+        // Tied output head: logits = h E^T.
+        let logits = b.scope("lm_head", |b| -> hlo::Result<Value> {
+            let e = b.convert(embed, cd)?;
+            b.linear(h, e)
+        })?;
+        Ok(c.constrain(b, logits, &["batch", "seq", "vocab"])?)
+    }
+
+    /// `x + Attn(Norm(x))`, then `x + MLP(Norm(x))`.
+    fn decoder_layer(
+        &self,
+        b: &mut Builder,
+        l: &Layer,
+        x: Value,
+        positions: Value,
+        mask: Value,
+    ) -> hlo::Result<Value> {
+        let eps = self.cfg.norm_eps;
+        let n = b.scope("input_layernorm", |b| b.rms_norm(x, l.input_norm, eps))?;
+        let mut a = b.scope("self_attn", |b| self.attention(b, l, n, positions, mask))?;
+        if let Some(w) = l.post_attn_out_norm {
+            a = b.scope("post_attn_output_norm", |b| b.rms_norm(a, w, eps))?;
+        }
+        let x = b.add(x, a)?;
+        let n = b.scope("post_attention_layernorm", |b| {
+            b.rms_norm(x, l.post_attention_norm, eps)
+        })?;
+        let mut m = b.scope("mlp", |b| self.mlp(b, l, n))?;
+        if let Some(w) = l.post_mlp_out_norm {
+            m = b.scope("post_mlp_output_norm", |b| b.rms_norm(m, w, eps))?;
+        }
+        b.add(x, m)
+    }
+
+    fn attention(
+        &self,
+        b: &mut Builder,
+        l: &Layer,
+        x: Value,
+        positions: Value,
+        mask: Value,
+    ) -> hlo::Result<Value> {
+        let cfg = self.cfg;
+        let [bs, t] = [b.dims(x)[0], b.dims(x)[1]];
+        let (h, kv, hd) = (cfg.heads as i64, cfg.kv_heads as i64, cfg.head_dim as i64);
+        let proj = |b: &mut Builder, w: Value, heads: i64| -> hlo::Result<Value> {
+            let w = b.convert(w, self.opts.dtype)?;
+            let y = b.linear(x, w)?; // [B, T, heads * hd]
+            b.reshape(y, &[bs, t, heads, hd]) // [B, T, heads, hd]
+        };
+        let q = b.scope("q_proj", |b| proj(b, l.q, h))?;
+        let k = b.scope("k_proj", |b| proj(b, l.k, kv))?;
+        let v = b.scope("v_proj", |b| proj(b, l.v, kv))?;
+        let q = b.scope("rotary", |b| b.rope(q, positions, cfg.rope_theta))?;
+        let k = b.scope("rotary", |b| b.rope(k, positions, cfg.rope_theta))?;
+        let o = b.scope("attention", |b| masked_attention(b, q, k, v, mask))?; // [B, T, H, hd]
+        let o = b.reshape(o, &[bs, t, h * hd])?;
+        b.scope("o_proj", |b| {
+            let w = b.convert(l.o, self.opts.dtype)?;
+            b.linear(o, w)
+        })
+    }
+
+    /// GeGLU: `down(gelu_tanh(gate(x)) * up(x))`.
+    fn mlp(&self, b: &mut Builder, l: &Layer, x: Value) -> hlo::Result<Value> {
+        let cd = self.opts.dtype;
+        let (gate, up, down) = (
+            b.convert(l.gate, cd)?,
+            b.convert(l.up, cd)?,
+            b.convert(l.down, cd)?,
+        );
+        let g = b.scope("gate_proj", |b| b.linear(x, gate))?;
+        let g = b.scope("act_fn", |b| b.gelu_tanh(g))?;
+        let u = b.scope("up_proj", |b| b.linear(x, up))?;
+        let gu = b.mul(g, u)?;
+        b.scope("down_proj", |b| b.linear(gu, down))
+    }
+}
+
+/// `[B, T, S]` pred: query `t` may attend key `s` when `s <= t` and both
+/// are in the same document (segment).
+fn attention_mask(b: &mut Builder, segment_ids: Value) -> hlo::Result<Value> {
+    let [bs, t] = [b.dims(segment_ids)[0], b.dims(segment_ids)[1]];
+    let rows = b.iota(TensorType::i32([bs, t, t]), 1)?;
+    let cols = b.iota(TensorType::i32([bs, t, t]), 2)?;
+    let causal = b.le(cols, rows)?;
+    let q_seg = b.broadcast_in_dim(segment_ids, &[bs, t, t], &[0, 1])?;
+    let k_seg = b.broadcast_in_dim(segment_ids, &[bs, t, t], &[0, 2])?;
+    let same = b.eq(q_seg, k_seg)?;
+    b.and(causal, same)
+}
+
+/// Softmax attention with an explicit `[B, T, S]` mask. `q [B, T, H, D]`,
+/// `k`, `v [B, S, KV, D]`; query head `j` uses kv head `j / (H / KV)`;
+/// scores scaled by `D^-0.5` and normalised in f32.
+fn masked_attention(
+    b: &mut Builder,
+    q: Value,
+    k: Value,
+    v: Value,
+    mask: Value,
+) -> hlo::Result<Value> {
+    let [bs, t, h, d] = [b.dims(q)[0], b.dims(q)[1], b.dims(q)[2], b.dims(q)[3]];
+    let kv = b.dims(k)[2];
+    let g = h / kv;
+    let dt = b.dtype(q);
+    let q5 = b.reshape(q, &[bs, t, kv, g, d])?; // [B, T, KV, G, D]
+    let dims = hlo::DotDims {
+        lhs_batch: vec![0, 2],
+        rhs_batch: vec![0, 2],
+        lhs_contract: vec![4],
+        rhs_contract: vec![3],
+    };
+    let s = b.dot_general(q5, k, dims)?; // [B, KV, T, G, S]
+    let s = b.convert(s, DType::F32)?;
+    let s = b.mul_scalar(s, (d as f64).powf(-0.5))?;
+    let shape = [bs, kv, t, g, t];
+    let m = b.broadcast_in_dim(mask, &shape, &[0, 2, 4])?;
+    let neg = b.constant(-1e30, TensorType::new(DType::F32, shape));
+    let s = b.select(m, s, neg)?;
+    let p = b.softmax(s, 4)?;
+    let p = b.convert(p, dt)?;
+    let dims = hlo::DotDims {
+        lhs_batch: vec![0, 1],
+        rhs_batch: vec![0, 2],
+        lhs_contract: vec![4],
+        rhs_contract: vec![1],
+    };
+    let o = b.dot_general(p, v, dims)?; // [B, KV, T, G, D]
+    let o = b.transpose(o, &[0, 2, 1, 3, 4])?; // [B, T, KV, G, D]
+    b.reshape(o, &[bs, t, h, d])
+}
+
+/// Summed next-token cross-entropy (natural log, logsumexp in f32) over the
+/// positions where `mask` is 1, and the number of such positions:
+/// `logits [B, T, V]`, `targets [B, T]` i32, `mask [B, T]` f32.
+pub fn token_loss(
+    b: &mut Builder,
+    logits: Value,
+    targets: Value,
+    mask: Value,
+) -> Result<(Value, Value)> {
+    Ok(b.scope("loss", |b| -> hlo::Result<(Value, Value)> {
+        let lf = b.convert(logits, DType::F32)?;
+        let v = b.dims(lf)[2];
+        let lse = b.logsumexp(lf, 2)?; // [B, T]
+        let hot = b.one_hot(targets, v, DType::F32)?;
+        let picked = b.mul(lf, hot)?;
+        let picked = b.sum(picked, &[2])?;
+        let nll = b.sub(lse, picked)?;
+        let nll = b.mul(nll, mask)?;
+        Ok((b.sum(nll, &[0, 1])?, b.sum(mask, &[0, 1])?))
+    })?)
+}

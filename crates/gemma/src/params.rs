@@ -1,0 +1,126 @@
+//! The parameter tree: every tensor's Hugging Face name, shape (HF layout,
+//! `[out, in]` for projections) and logical axes. Import and export are the
+//! identity on names and layouts; sharding reads the axes.
+
+use crate::GemmaConfig;
+
+/// Logical axis of a parameter dimension. The mesh's rule table maps these
+/// onto mesh axes (`embed` -> fsdp, `heads`/`mlp`/`vocab` -> tensor, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Axis {
+    /// Vocabulary rows of the (tied) embedding.
+    Vocab,
+    /// The residual width.
+    Embed,
+    /// Query heads x head_dim, fused as HF stores them.
+    Heads,
+    /// Key/value heads x head_dim, fused.
+    KvHeads,
+    /// MLP hidden width.
+    Mlp,
+    /// A norm scale vector: never sharded.
+    Norm,
+}
+
+impl Axis {
+    /// The axis name used in configs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Axis::Vocab => "vocab",
+            Axis::Embed => "embed",
+            Axis::Heads => "heads",
+            Axis::KvHeads => "kv_heads",
+            Axis::Mlp => "mlp",
+            Axis::Norm => "norm",
+        }
+    }
+}
+
+/// One parameter tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    /// Hugging Face name, e.g. `model.layers.3.self_attn.q_proj.weight`.
+    pub name: String,
+    /// Shape, HF layout.
+    pub shape: Vec<usize>,
+    /// Logical axis of each dimension.
+    pub axes: Vec<Axis>,
+}
+
+impl ParamSpec {
+    fn new<const N: usize>(name: String, shape: [usize; N], axes: [Axis; N]) -> Self {
+        ParamSpec {
+            name,
+            shape: shape.to_vec(),
+            axes: axes.to_vec(),
+        }
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether this is a norm scale (decay can exclude them).
+    pub fn is_norm(&self) -> bool {
+        self.axes == [Axis::Norm]
+    }
+
+    /// Whether this is the embedding.
+    pub fn is_embedding(&self) -> bool {
+        self.axes.first() == Some(&Axis::Vocab)
+    }
+}
+
+/// Every parameter of the model, in a fixed order: embedding, then each
+/// layer's tensors in the order of the forward pass, then the final norm.
+pub fn param_specs(c: &GemmaConfig) -> Vec<ParamSpec> {
+    use Axis::*;
+    let (d, q, kv, m) = (
+        c.d_model,
+        c.heads * c.head_dim,
+        c.kv_heads * c.head_dim,
+        c.mlp_dim,
+    );
+    let mut out = vec![ParamSpec::new(
+        "model.embed_tokens.weight".into(),
+        [c.vocab_size, d],
+        [Vocab, Embed],
+    )];
+    for i in 0..c.layers {
+        let p = |s: &str| format!("model.layers.{i}.{s}.weight");
+        out.push(ParamSpec::new(p("input_layernorm"), [d], [Norm]));
+        out.push(ParamSpec::new(
+            p("self_attn.q_proj"),
+            [q, d],
+            [Heads, Embed],
+        ));
+        out.push(ParamSpec::new(
+            p("self_attn.k_proj"),
+            [kv, d],
+            [KvHeads, Embed],
+        ));
+        out.push(ParamSpec::new(
+            p("self_attn.v_proj"),
+            [kv, d],
+            [KvHeads, Embed],
+        ));
+        out.push(ParamSpec::new(
+            p("self_attn.o_proj"),
+            [d, q],
+            [Embed, Heads],
+        ));
+        if c.post_norms {
+            out.push(ParamSpec::new(p("post_attn_output_norm"), [d], [Norm]));
+        }
+        out.push(ParamSpec::new(p("post_attention_layernorm"), [d], [Norm]));
+        out.push(ParamSpec::new(p("mlp.gate_proj"), [m, d], [Mlp, Embed]));
+        out.push(ParamSpec::new(p("mlp.up_proj"), [m, d], [Mlp, Embed]));
+        out.push(ParamSpec::new(p("mlp.down_proj"), [d, m], [Embed, Mlp]));
+        if c.post_norms {
+            out.push(ParamSpec::new(p("post_mlp_output_norm"), [d], [Norm]));
+        }
+    }
+    out.push(ParamSpec::new("model.norm.weight".into(), [d], [Norm]));
+    out
+}
