@@ -339,6 +339,21 @@ fn convenience_layer_rules() {
         ],
         |b, x| b.causal_attention(x[0], x[1], x[2]),
     );
+    // An explicit mask (two documents packed in one row) and S != T.
+    check_grad(
+        "masked_attention",
+        vec![
+            f64_in(&mut rng, &[1, 3, 2, 2], -1.0, 1.0),
+            f64_in(&mut rng, &[1, 4, 1, 2], -1.0, 1.0),
+            f64_in(&mut rng, &[1, 4, 1, 2], -1.0, 1.0),
+            int_in(&mut rng, &[1, 3, 4], 2),
+        ],
+        |b, x| {
+            let zero = b.constant(0.0, TensorType::i32([1, 3, 4]));
+            let m = b.ne(x[3], zero)?;
+            b.attention(x[0], x[1], x[2], m)
+        },
+    );
     let labels = int_in(&mut rng, &[2, 3], 5);
     let mask = Input {
         ty: TensorType::f64([2, 3]),
