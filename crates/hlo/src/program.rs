@@ -95,7 +95,9 @@ impl Program {
     }
 
     /// Donates parameter `param`'s buffer to output `output`
-    /// (`tf.aliasing_output`): same type required, each used once.
+    /// (`tf.aliasing_output`): same type required, each output once. With a
+    /// mesh, give the output the parameter's sharding so that the shards
+    /// have the same shape.
     pub fn donate(&mut self, param: Value, output: usize) -> Result<()> {
         let err = |message: String| {
             Err(Error::Invalid {

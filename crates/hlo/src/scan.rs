@@ -57,6 +57,25 @@ impl Builder {
     ///
     /// The body sees only its arguments: values of the enclosing builder
     /// must be passed in `consts` (using one inside is an error).
+    ///
+    /// ```
+    /// use hlo::{Builder, Tensor, TensorType};
+    /// # fn main() -> hlo::Result<()> {
+    /// let mut b = Builder::new("layers");
+    /// let x = b.parameter("x", TensorType::f32([2, 4]));
+    /// let w = b.parameter("w", TensorType::f32([3, 4, 4])); // 3 stacked layers
+    /// let (fin, _) = b.scan(3, &[x], &[w], &[], |b, carry, ws, _| {
+    ///     let h = b.matmul(carry[0], ws[0])?; // [2, 4]
+    ///     Ok((vec![b.tanh(h)?], vec![]))
+    /// })?;
+    /// let loss = b.sum(fin[0], &[0, 1])?;
+    /// let dw = b.grad(loss, &[w])?[0]; // [3, 4, 4], from a reverse loop
+    /// let p = b.build(&[loss, dw])?;
+    /// assert_eq!(p.to_mlir().matches("stablehlo.while").count(), 2);
+    /// let out = p.evaluate(&[Tensor::new([2, 4], vec![0.5; 8]), Tensor::new([3, 4, 4], vec![0.0; 48])])?;
+    /// assert_eq!(out[0].data, vec![0.0]);
+    /// # Ok(()) }
+    /// ```
     pub fn scan<F>(
         &mut self,
         n: i64,
