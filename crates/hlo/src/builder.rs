@@ -102,6 +102,12 @@ impl Builder {
 
     /// The type of a value. Panics if `v` is not from this builder.
     pub fn ty(&self, v: Value) -> &TensorType {
+        assert_eq!(
+            v.owner,
+            self.id,
+            "value %{} belongs to another builder",
+            v.index()
+        );
         &self.nodes[v.index()].ty
     }
 

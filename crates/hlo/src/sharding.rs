@@ -107,6 +107,8 @@ impl Sharding {
     /// The block of a `dims`-shaped tensor that device `device` holds:
     /// `(start, size)` per dimension. Devices are numbered row-major over
     /// the mesh axes (the first axis is the most major), as Shardy does.
+    /// Panics if the sharding names an axis that is not in `mesh` (shardings
+    /// attached to a program were checked against its mesh).
     pub fn shard_bounds(&self, mesh: &Mesh, dims: &[i64], device: i64) -> Vec<(i64, i64)> {
         let mut coord = Vec::with_capacity(mesh.axes.len());
         let mut rest = device;
