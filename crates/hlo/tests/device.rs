@@ -198,6 +198,20 @@ fn float_cases(rng: &mut Rng) -> Vec<Case> {
         }),
     ));
     v.push((
+        "matmul_bf16_to_f32",
+        vec![f(rng, &[3, 4], -1.0, 1.0), f(rng, &[4, 2], -1.0, 1.0)],
+        Box::new(|b, x| {
+            let l = b.convert(x[0], DType::BF16)?;
+            let r = b.convert(x[1], DType::BF16)?;
+            let dims = DotDims {
+                lhs_contract: vec![1],
+                rhs_contract: vec![0],
+                ..DotDims::default()
+            };
+            b.dot_general_to(l, r, dims, DType::F32)
+        }),
+    ));
+    v.push((
         "convert_bf16",
         vec![f(rng, &[4], -1.0, 1.0)],
         Box::new(|b, x| {
