@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use crate::builder::NO_REGION;
 use crate::op::Op;
 use crate::remat::RematPolicy;
-use crate::{Builder, DType, Error, Result, Value, vjp};
+use crate::{Builder, Error, Result, Value, vjp};
 
 impl Builder {
     /// Gradients of the scalar float `loss` with respect to each of `wrt`,
@@ -24,17 +24,38 @@ impl Builder {
                 message: "cannot differentiate inside a remat region".into(),
             });
         }
+        let one = self.constant(1.0, lt.clone());
+        self.backprop(&[(loss, one)], wrt)
+    }
+
+    /// Reverse-mode sweep from several outputs with given cotangents
+    /// (`seeds`: `(output, cotangent)`, same types) to `wrt`.
+    pub(crate) fn backprop(
+        &mut self,
+        seeds: &[(Value, Value)],
+        wrt: &[Value],
+    ) -> Result<Vec<Value>> {
         for &w in wrt {
             self.check("grad", w)?;
         }
-        let n = loss.index() + 1;
-        let active = self.active_nodes(loss, wrt);
+        let roots: Vec<Value> = seeds.iter().map(|s| s.0).collect();
+        let n = roots.iter().map(|r| r.index() + 1).max().unwrap_or(0);
+        let active = self.active_nodes(&roots, wrt);
         let mut ct: Vec<Option<Value>> = vec![None; n];
-        ct[loss.index()] = Some(self.constant(1.0, lt.clone()));
+        for &(r, g) in seeds {
+            if active[r.index()] {
+                ct[r.index()] = Some(match ct[r.index()] {
+                    Some(prev) => self.add(prev, g)?,
+                    None => g,
+                });
+            }
+        }
+        // Cotangents of the results of multi-result nodes (scans), by node.
+        let mut multi: HashMap<usize, Vec<Option<Value>>> = HashMap::new();
         let mut remap: HashMap<Value, Value> = HashMap::new();
         let mut replayed = vec![false; self.regions.len()];
         for i in (0..n).rev() {
-            if !active[i] || ct[i].is_none() {
+            if !active[i] || (ct[i].is_none() && !multi.contains_key(&i)) {
                 continue;
             }
             let region = self.nodes[i].region;
@@ -44,11 +65,32 @@ impl Builder {
                     self.replay(region as usize, &mut ct, &mut remap)?;
                 }
             }
-            let g = ct[i].expect("checked above");
             let op = self.nodes[i].op.clone();
+            if let Op::Project(parent, k) = op
+                && matches!(self.nodes[parent.index()].op, Op::Scan(..))
+            {
+                let n_results = self.scan_results(parent);
+                let slot = multi
+                    .entry(parent.index())
+                    .or_insert_with(|| vec![None; n_results]);
+                slot[k] = ct[i];
+                continue;
+            }
             let scope = self.nodes[i].scope;
             let saved_scope = self.set_scope_id(scope);
-            let contribs = vjp::vjp(self, &op, Value(i as u32), g, &remap);
+            let contribs = match &op {
+                Op::Scan(body, inputs) => {
+                    let cts = multi.remove(&i).unwrap_or_default();
+                    crate::scan::scan_vjp(self, self.value(i), body, inputs, &cts, &remap)
+                }
+                _ => vjp::vjp(
+                    self,
+                    &op,
+                    self.value(i),
+                    ct[i].expect("checked above"),
+                    &remap,
+                ),
+            };
             self.set_scope_id(saved_scope);
             for (o, c) in contribs? {
                 if !active[o.index()] {
@@ -79,12 +121,11 @@ impl Builder {
             .collect())
     }
 
-    /// Nodes on a float path from one of `wrt` to `loss`.
-    fn active_nodes(&self, loss: Value, wrt: &[Value]) -> Vec<bool> {
-        let n = loss.index() + 1;
-        let carries = |b: &Builder, i: usize| {
-            matches!(b.nodes[i].op, Op::Barrier(_)) || b.nodes[i].ty.dtype.is_float()
-        };
+    /// Nodes on a float path from one of `wrt` to one of `roots`.
+    fn active_nodes(&self, roots: &[Value], wrt: &[Value]) -> Vec<bool> {
+        let n = roots.iter().map(|r| r.index() + 1).max().unwrap_or(0);
+        let carries =
+            |b: &Builder, i: usize| b.nodes[i].op.is_multi() || b.nodes[i].ty.dtype.is_float();
         let mut depends = vec![false; n];
         for &w in wrt {
             if w.index() < n && carries(self, w.index()) {
@@ -101,7 +142,9 @@ impl Builder {
             }
         }
         let mut reach = vec![false; n];
-        reach[loss.index()] = true;
+        for r in roots {
+            reach[r.index()] = true;
+        }
         for i in (0..n).rev() {
             if reach[i] && depends[i] {
                 for o in self.nodes[i].op.operands() {
@@ -127,7 +170,7 @@ impl Builder {
             i < region.start
                 || region.saves(op)
                 || free(op)
-                || matches!(op, Op::Barrier(_) | Op::Project(..))
+                || matches!(op, Op::Barrier(_) | Op::Scan(..) | Op::Project(..))
         };
         let mut inputs: Vec<Value> = Vec::new();
         for i in region.start..region.end {
@@ -168,13 +211,13 @@ impl Builder {
             let saved_scope = self.set_scope_id(node.scope);
             let v = self.push(node.op.with_operands(&ops), node.ty);
             self.set_scope_id(saved_scope);
-            remap.insert(Value(i as u32), v);
+            remap.insert(self.value(i), v);
         }
         Ok(())
     }
 
-    /// The dtype of cotangents for `v` (its own float dtype).
+    /// True when `v` can carry a cotangent.
     pub(crate) fn is_float(&self, v: Value) -> bool {
-        self.dtype(v).is_float() && self.dtype(v) != DType::Bool
+        self.dtype(v).is_float()
     }
 }

@@ -9,23 +9,28 @@ use crate::sharding::{Mesh, Sharding};
 use crate::{DType, Error, Result, TensorType};
 
 /// A handle to one tensor in a [`Builder`]'s graph. Small and `Copy`; only
-/// meaningful for the builder that returned it.
+/// meaningful for the builder that returned it (ops check that).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Value(pub(crate) u32);
+pub struct Value {
+    index: u32,
+    owner: u32,
+}
 
 impl Value {
     /// The node index (the order values were created in).
     pub fn index(self) -> usize {
-        self.0 as usize
+        self.index as usize
     }
 }
+
+static NEXT_BUILDER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 pub(crate) const NO_REGION: u32 = u32::MAX;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Node {
     pub op: Op,
-    /// For a `Barrier` node, the type of its first result (unused).
+    /// For a multi-result node, the type of its first result (unused).
     pub ty: TensorType,
     pub scope: u32,
     pub region: u32,
@@ -44,6 +49,7 @@ pub(crate) struct Param {
 /// the graph and the emitted module are free of common subexpressions.
 #[derive(Clone, Debug)]
 pub struct Builder {
+    id: u32,
     pub(crate) name: String,
     pub(crate) nodes: Vec<Node>,
     pub(crate) params: Vec<Param>,
@@ -60,6 +66,7 @@ impl Builder {
     /// A new, empty program called `name` (the MLIR module name).
     pub fn new(name: &str) -> Builder {
         Builder {
+            id: NEXT_BUILDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             name: sanitize(name),
             nodes: Vec::new(),
             params: Vec::new(),
@@ -95,6 +102,12 @@ impl Builder {
 
     /// The type of a value. Panics if `v` is not from this builder.
     pub fn ty(&self, v: Value) -> &TensorType {
+        assert_eq!(
+            v.owner,
+            self.id,
+            "value %{} belongs to another builder",
+            v.index()
+        );
         &self.nodes[v.index()].ty
     }
 
@@ -191,10 +204,32 @@ impl Builder {
 
     // ---- node insertion ----
 
+    /// The handle of node `index`.
+    pub(crate) fn value(&self, index: usize) -> Value {
+        Value {
+            index: index as u32,
+            owner: self.id,
+        }
+    }
+
+    /// The innermost scope's id.
+    pub(crate) fn current_scope_id(&self) -> u32 {
+        *self.scope_stack.last().expect("root scope")
+    }
+
     /// Checks that `v` is a tensor value of this builder.
     pub(crate) fn check(&self, op: &'static str, v: Value) -> Result<&TensorType> {
+        if v.owner != self.id {
+            return Err(Error::Invalid {
+                op,
+                message: format!(
+                    "value %{} belongs to another builder (a scan body sees only its arguments)",
+                    v.index()
+                ),
+            });
+        }
         match self.nodes.get(v.index()) {
-            Some(n) if !matches!(n.op, Op::Barrier(_)) => Ok(&n.ty),
+            Some(n) if !n.op.is_multi() => Ok(&n.ty),
             Some(_) => Err(Error::Invalid {
                 op,
                 message: "a multi-result node is not a tensor".into(),
@@ -209,7 +244,7 @@ impl Builder {
 
     /// Adds a node without interning.
     pub(crate) fn push_raw(&mut self, op: Op, ty: TensorType) -> Value {
-        let v = Value(self.nodes.len() as u32);
+        let v = self.value(self.nodes.len());
         let scope = *self.scope_stack.last().expect("root scope");
         self.nodes.push(Node {
             op,
@@ -230,12 +265,12 @@ impl Builder {
             for &c in cands {
                 let n = &self.nodes[c as usize];
                 if n.op == op && n.ty == ty {
-                    return Value(c);
+                    return self.value(c as usize);
                 }
             }
         }
         let v = self.push_raw(op, ty);
-        self.intern.entry(key).or_default().push(v.0);
+        self.intern.entry(key).or_default().push(v.index);
         v
     }
 
@@ -297,7 +332,10 @@ impl Builder {
 }
 
 /// The literal a constant of `dtype` holds for `value`.
+/// The value is rounded to the dtype first, so constants that round to
+/// the same element are one node.
 pub(crate) fn literal_for(value: f64, dtype: DType) -> Literal {
+    let value = crate::interp::round_to(value, dtype);
     if dtype.is_float() {
         Literal::Float(value.to_bits())
     } else if dtype == DType::Bool {

@@ -157,9 +157,12 @@ impl Builder {
         self.reshape(x, &dims)
     }
 
-    /// `log(sum(exp(x)))` over `axis` (removed), shifted by the maximum for stability.
+    /// `log(sum(exp(x)))` over `axis` (removed), shifted by the maximum for
+    /// stability. The shift carries no gradient (it cancels), which keeps the
+    /// backward pass free of max-reduction masks over large logits.
     pub fn logsumexp(&mut self, x: Value, axis: i64) -> Result<Value> {
         let m = self.max_over(x, &[axis])?;
+        let m = self.stop_gradient(m)?;
         let m = self.keep_dims(m, &[axis])?;
         let sh = self.sub_bcast(x, m)?;
         let e = self.exp(sh)?;
@@ -169,9 +172,10 @@ impl Builder {
         self.add(l, m)
     }
 
-    /// Softmax over `axis`, shifted by the maximum for stability.
+    /// Softmax over `axis`, shifted by the maximum (without gradient) for stability.
     pub fn softmax(&mut self, x: Value, axis: i64) -> Result<Value> {
         let m = self.max_over(x, &[axis])?;
+        let m = self.stop_gradient(m)?;
         let m = self.keep_dims(m, &[axis])?;
         let sh = self.sub_bcast(x, m)?;
         let e = self.exp(sh)?;
@@ -292,34 +296,52 @@ impl Builder {
         self.convert(y, tx.dtype)
     }
 
-    /// Causal softmax attention. `q [B, T, H, D]`, `k`, `v [B, T, KV, D]`
-    /// with `H % KV == 0`; query head `j` uses kv head `j / (H / KV)`.
-    /// Scores are scaled by `D^-0.5`, masked so position `t` sees `s <= t`,
-    /// and normalised in f32. Returns `[B, T, H, D]` in `q`'s dtype.
+    /// Causal softmax attention: [`Builder::attention`] with the mask
+    /// "position `t` sees `s <= t`".
     pub fn causal_attention(&mut self, q: Value, k: Value, v: Value) -> Result<Value> {
+        let tq = self.check("attention", q)?.clone();
+        if tq.rank() != 4 {
+            return shape_err("attention", &[&tq], "q [B, T, H, D]");
+        }
+        let (b, t) = (tq.dims[0], tq.dims[1]);
+        let rows = self.iota(TensorType::i32([b, t, t]), 1)?;
+        let cols = self.iota(TensorType::i32([b, t, t]), 2)?;
+        let mask = self.compare(CmpDir::Le, cols, rows)?; // [B, T, S]
+        self.attention(q, k, v, mask)
+    }
+
+    /// Softmax attention with an explicit `Bool` mask `[B, T, S]` (true:
+    /// query `t` may attend key `s`; e.g. causal and same document).
+    /// `q [B, T, H, D]`, `k`, `v [B, S, KV, D]` with `H % KV == 0`; query
+    /// head `j` uses kv head `j / (H / KV)`. Scores are scaled by `D^-0.5`
+    /// and normalised in f32 (f64 for f64 inputs); fully masked rows give
+    /// the mean of `v`. Returns `[B, T, H, D]` in `q`'s dtype.
+    pub fn attention(&mut self, q: Value, k: Value, v: Value, mask: Value) -> Result<Value> {
         let (tq, tk, tv) = (
             self.check("attention", q)?.clone(),
             self.check("attention", k)?.clone(),
             self.check("attention", v)?.clone(),
         );
+        let tm = self.check("attention", mask)?.clone();
         let ok = tq.rank() == 4
             && tk == tv
             && tk.rank() == 4
             && tk.dims[0] == tq.dims[0]
-            && tk.dims[1] == tq.dims[1]
             && tk.dims[3] == tq.dims[3]
             && tk.dims[2] > 0
             && tq.dims[2] % tk.dims[2] == 0
-            && tq.dtype == tk.dtype;
+            && tq.dtype == tk.dtype
+            && tm.dtype == DType::Bool
+            && tm.dims == [tq.dims[0], tq.dims[1], tk.dims[1]];
         if !ok {
             return shape_err(
                 "attention",
-                &[&tq, &tk, &tv],
-                "q [B, T, H, D], k = v [B, T, KV, D], H % KV == 0",
+                &[&tq, &tk, &tv, &tm],
+                "q [B, T, H, D], k = v [B, S, KV, D] with H % KV == 0, a Bool mask [B, T, S]",
             );
         }
         let [b, t, h, d] = [tq.dims[0], tq.dims[1], tq.dims[2], tq.dims[3]];
-        let kv = tk.dims[2];
+        let (s_len, kv) = (tk.dims[1], tk.dims[2]);
         let g = h / kv;
         let q5 = self.reshape(q, &[b, t, kv, g, d])?; // [B, T, KV, G, D]
         let dims = DotDims {
@@ -332,11 +354,8 @@ impl Builder {
         let cd = compute_dtype(tq.dtype);
         let s = self.convert(s, cd)?;
         let s = self.mul_scalar(s, (d as f64).powf(-0.5))?;
-        let rows = self.iota(TensorType::i32([t, t]), 0)?;
-        let cols = self.iota(TensorType::i32([t, t]), 1)?;
-        let mask = self.compare(CmpDir::Le, cols, rows)?; // [T, S]
-        let shape = [b, kv, t, g, t];
-        let mask = self.broadcast_in_dim(mask, &shape, &[2, 4])?;
+        let shape = [b, kv, t, g, s_len];
+        let mask = self.broadcast_in_dim(mask, &shape, &[0, 2, 4])?;
         let neg = self.constant(-1e30, TensorType::new(cd, shape));
         let s = self.select(mask, s, neg)?;
         let p = self.softmax(s, 4)?;

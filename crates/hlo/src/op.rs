@@ -184,6 +184,29 @@ pub(crate) enum Op {
     Barrier(Vec<Value>),
     Project(Value, usize),
     Constraint(Value, Sharding),
+    /// identity forward, no gradient (emits no instruction)
+    StopGradient(Value),
+    /// multi-result loop (`stablehlo.while`): carries, xs, consts; its
+    /// results are `Project` nodes (final carries, then stacked ys)
+    Scan(BodyRef, Vec<Value>),
+}
+
+/// A shared scan body, compared and hashed by identity.
+#[derive(Clone, Debug)]
+pub(crate) struct BodyRef(pub std::sync::Arc<crate::scan::ScanBody>);
+
+impl PartialEq for BodyRef {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for BodyRef {}
+
+impl std::hash::Hash for BodyRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::sync::Arc::as_ptr(&self.0).hash(state)
+    }
 }
 
 impl Op {
@@ -193,7 +216,9 @@ impl Op {
         match self {
             Parameter(_) | Constant(_) | Iota(_) => vec![],
             Unary(_, x) | Convert(x) | Broadcast(x, _) | Reshape(x) | Transpose(x, _) => vec![*x],
-            Slice(x, ..) | Reduce(x, ..) | Project(x, _) | Constraint(x, _) => vec![*x],
+            Slice(x, ..) | Reduce(x, ..) | Project(x, _) | Constraint(x, _) | StopGradient(x) => {
+                vec![*x]
+            }
             Binary(_, a, b) | Compare(_, a, b) | Dot(a, b, _) | Gather(a, b) => vec![*a, *b],
             Pad(a, b, ..) => vec![*a, *b],
             Select(a, b, c) | ScatterAdd(a, b, c) => vec![*a, *b, *c],
@@ -201,7 +226,7 @@ impl Op {
             DynamicUpdateSlice(x, u, idx) => {
                 [*x, *u].into_iter().chain(idx.iter().copied()).collect()
             }
-            Concat(xs, _) | Barrier(xs) => xs.clone(),
+            Concat(xs, _) | Barrier(xs) | Scan(_, xs) => xs.clone(),
         }
     }
 
@@ -220,6 +245,7 @@ impl Op {
             Reduce(_, k, a) => Reduce(n(0), *k, a.clone()),
             Project(_, i) => Project(n(0), *i),
             Constraint(_, s) => Constraint(n(0), s.clone()),
+            StopGradient(_) => StopGradient(n(0)),
             Binary(o, ..) => Binary(*o, n(0), n(1)),
             Compare(c, ..) => Compare(*c, n(0), n(1)),
             Dot(_, _, d) => Dot(n(0), n(1), d.clone()),
@@ -231,7 +257,13 @@ impl Op {
             DynamicUpdateSlice(..) => DynamicUpdateSlice(n(0), n(1), new[2..].to_vec()),
             Concat(_, d) => Concat(new.to_vec(), *d),
             Barrier(_) => Barrier(new.to_vec()),
+            Scan(body, _) => Scan(body.clone(), new.to_vec()),
         }
+    }
+
+    /// True for nodes with several results (reached through `Project`).
+    pub(crate) fn is_multi(&self) -> bool {
+        matches!(self, Op::Barrier(_) | Op::Scan(..))
     }
 
     /// Short name used in errors and op counts.
@@ -261,6 +293,8 @@ impl Op {
             Barrier(_) => "optimization_barrier",
             Project(..) => "result",
             Constraint(..) => "sharding_constraint",
+            StopGradient(_) => "stop_gradient",
+            Scan(..) => "while",
         }
     }
 }

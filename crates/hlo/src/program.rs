@@ -58,6 +58,21 @@ impl Program {
         self.outputs.iter().map(|&v| self.b.ty(v).clone()).collect()
     }
 
+    /// Names of the parameters, in order.
+    pub fn parameter_names(&self) -> Vec<&str> {
+        self.b.params.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// Shardings of the parameters, in order (`None`: replicated).
+    pub fn parameter_shardings(&self) -> Vec<Option<&Sharding>> {
+        self.b.params.iter().map(|p| p.sharding.as_ref()).collect()
+    }
+
+    /// Shardings of the outputs, in order (`None`: replicated).
+    pub fn output_shardings(&self) -> Vec<Option<&Sharding>> {
+        self.out_shardings.iter().map(|s| s.as_ref()).collect()
+    }
+
     /// Number of partitions (devices) the program is compiled for: the
     /// mesh's size, or 1 without a mesh.
     pub fn num_partitions(&self) -> i64 {
@@ -80,7 +95,9 @@ impl Program {
     }
 
     /// Donates parameter `param`'s buffer to output `output`
-    /// (`tf.aliasing_output`): same type required, each used once.
+    /// (`tf.aliasing_output`): same type required, each output once. With a
+    /// mesh, give the output the parameter's sharding so that the shards
+    /// have the same shape.
     pub fn donate(&mut self, param: Value, output: usize) -> Result<()> {
         let err = |message: String| {
             Err(Error::Invalid {
@@ -88,16 +105,10 @@ impl Program {
                 message,
             })
         };
-        let Op::Parameter(pi) = self
-            .b
-            .nodes
-            .get(param.index())
-            .map(|n| &n.op)
-            .unwrap_or(&Op::Iota(0))
-        else {
-            return err(format!("value %{} is not a parameter", param.index()));
+        let pi = match self.b.nodes.get(param.index()).map(|n| &n.op) {
+            Some(Op::Parameter(pi)) => *pi,
+            _ => return err(format!("value %{} is not a parameter", param.index())),
         };
-        let pi = *pi;
         let Some(&out) = self.outputs.get(output) else {
             return err(format!("output {output} of {}", self.outputs.len()));
         };
@@ -127,7 +138,7 @@ impl Program {
         let live = self.live();
         let mut m = BTreeMap::new();
         for (i, n) in self.b.nodes.iter().enumerate() {
-            if live[i] && !matches!(n.op, Op::Project(..)) {
+            if live[i] && !matches!(n.op, Op::Project(..) | Op::StopGradient(_)) {
                 *m.entry(n.op.kind()).or_insert(0) += 1;
             }
         }
@@ -136,41 +147,35 @@ impl Program {
 
     /// Marks the nodes the outputs depend on.
     pub(crate) fn live(&self) -> Vec<bool> {
-        let mut live = vec![false; self.b.nodes.len()];
-        for &o in &self.outputs {
-            live[o.index()] = true;
-        }
-        for p in &self.b.params {
-            live[p.value.index()] = true;
-        }
-        for i in (0..self.b.nodes.len()).rev() {
-            if live[i] {
-                for o in self.b.nodes[i].op.operands() {
-                    live[o.index()] = true;
-                }
-            }
-        }
-        live
+        crate::emit::live_from(&self.b, &self.outputs)
     }
 
     /// Writes the module to `dir/<name>.mlir` and returns the path.
     pub fn dump_to(&self, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+        self.write_module(dir, &crate::emit::emit(self))
+    }
+
+    pub(crate) fn write_module(
+        &self,
+        dir: &std::path::Path,
+        text: &str,
+    ) -> Result<std::path::PathBuf> {
         let path = dir.join(format!("{}.mlir", self.b.name));
         let io = |source| Error::Io {
             path: path.display().to_string(),
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        std::fs::write(&path, self.to_mlir()).map_err(io)?;
+        std::fs::write(&path, text).map_err(io)?;
         Ok(path)
     }
 
-    /// If the environment variable `MESHTRAIN_DUMP_HLO` names a directory,
-    /// writes the module there (see [`Program::dump_to`]) and returns the path.
-    pub fn dump_if_requested(&self) -> Result<Option<std::path::PathBuf>> {
-        match std::env::var_os("MESHTRAIN_DUMP_HLO") {
-            Some(dir) if !dir.is_empty() => self.dump_to(std::path::Path::new(&dir)).map(Some),
-            _ => Ok(None),
-        }
+    /// The debug switch: if the environment variable `MESHTRAIN_DUMP_HLO`
+    /// names a directory, [`Program::to_mlir`] also writes each module it
+    /// emits to `DIR/<name>.mlir`. Returns that directory, if set.
+    pub fn dump_dir() -> Option<std::path::PathBuf> {
+        std::env::var_os("MESHTRAIN_DUMP_HLO")
+            .filter(|d| !d.is_empty())
+            .map(std::path::PathBuf::from)
     }
 }

@@ -50,6 +50,15 @@ impl Builder {
     /// forward computation is unchanged; the backward pass built by
     /// [`Builder::grad`] recomputes what `policy` does not save.
     /// Regions cannot nest.
+    ///
+    /// When the backward pass reaches the region, the values it reads from
+    /// outside (plus, under [`RematPolicy::SaveMatmuls`], its `dot_general`
+    /// outputs) and the cotangents flowing into it pass through one
+    /// `stablehlo.optimization_barrier`, and the region is replayed from the
+    /// barrier's results. XLA can then neither merge the replay with the
+    /// forward pass nor hoist it there, so only the barrier's inputs stay
+    /// alive between the passes. Replayed nodes that no gradient needs are
+    /// not emitted.
     pub fn remat<T>(
         &mut self,
         policy: RematPolicy,
@@ -59,6 +68,13 @@ impl Builder {
         let out = f(self);
         self.leave_region(id);
         out
+    }
+
+    /// The identity, with no gradient: [`Builder::grad`] treats `x` as a
+    /// constant here (JAX's `stop_gradient`). Emits no instruction.
+    pub fn stop_gradient(&mut self, x: Value) -> Result<Value> {
+        let ty = self.check("stop_gradient", x)?.clone();
+        Ok(self.push(Op::StopGradient(x), ty))
     }
 
     /// `stablehlo.optimization_barrier`: returns its operands unchanged, but

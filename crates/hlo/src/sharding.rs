@@ -72,7 +72,7 @@ impl Sharding {
         }
     }
 
-    /// One mesh axis (or none, with `""` or `None`-like empty string) per dimension:
+    /// One mesh axis per dimension, `""` for a replicated dimension:
     /// `Sharding::new(["data", ""])`.
     pub fn new<'a>(dims: impl IntoIterator<Item = &'a str>) -> Sharding {
         Sharding {
@@ -102,6 +102,40 @@ impl Sharding {
     /// True when no dimension is split.
     pub fn is_replicated(&self) -> bool {
         self.dims.iter().all(|d| d.is_empty())
+    }
+
+    /// The block of a `dims`-shaped tensor that device `device` holds:
+    /// `(start, size)` per dimension. Devices are numbered row-major over
+    /// the mesh axes (the first axis is the most major), as Shardy does.
+    /// Panics if the sharding names an axis that is not in `mesh` (shardings
+    /// attached to a program were checked against its mesh).
+    pub fn shard_bounds(&self, mesh: &Mesh, dims: &[i64], device: i64) -> Vec<(i64, i64)> {
+        let mut coord = Vec::with_capacity(mesh.axes.len());
+        let mut rest = device;
+        for (_, size) in mesh.axes.iter().rev() {
+            coord.push(rest % size);
+            rest /= size;
+        }
+        coord.reverse();
+        let pos = |name: &str| {
+            mesh.axes
+                .iter()
+                .position(|(n, _)| n == name)
+                .expect("axis checked")
+        };
+        dims.iter()
+            .zip(&self.dims)
+            .map(|(&d, axes)| {
+                let (mut index, mut parts) = (0, 1);
+                for a in axes {
+                    let k = pos(a);
+                    index = index * mesh.axes[k].1 + coord[k];
+                    parts *= mesh.axes[k].1;
+                }
+                let size = d / parts;
+                (index * size, size)
+            })
+            .collect()
     }
 
     /// Checks the sharding against a mesh and the tensor it annotates.
@@ -194,6 +228,16 @@ mod tests {
         assert_eq!(mesh.num_devices(), 8);
         let s = Sharding::multi([&["data", "model"][..], &[]]);
         assert_eq!(s.to_string(), "<@mesh, [{\"data\", \"model\"}, {}]>");
+    }
+
+    #[test]
+    fn shard_bounds_follow_the_mesh_order() {
+        let mesh = Mesh::new([("data", 2), ("model", 4)]).unwrap();
+        let s = Sharding::new(["data", "model"]);
+        assert_eq!(s.shard_bounds(&mesh, &[8, 8], 0), vec![(0, 4), (0, 2)]);
+        assert_eq!(s.shard_bounds(&mesh, &[8, 8], 6), vec![(4, 4), (4, 2)]);
+        let both = Sharding::multi([&["model", "data"][..], &[]]);
+        assert_eq!(both.shard_bounds(&mesh, &[16, 3], 1), vec![(4, 2), (0, 3)]); // data 0, model 1: block 1 * 2 + 0
     }
 
     #[test]

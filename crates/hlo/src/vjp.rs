@@ -19,7 +19,13 @@ pub(crate) fn vjp(
     let p = |v: Value| *remap.get(&v).unwrap_or(&v);
     let y = p(out);
     Ok(match op {
-        Op::Parameter(_) | Op::Constant(_) | Op::Iota(_) | Op::Compare(..) | Op::Barrier(_) => {
+        Op::Parameter(_)
+        | Op::Constant(_)
+        | Op::Iota(_)
+        | Op::Compare(..)
+        | Op::Barrier(_)
+        | Op::Scan(..)
+        | Op::StopGradient(_) => {
             vec![]
         }
         Op::Unary(u, x) => unary(b, *u, p(*x), y, g)?

@@ -339,6 +339,21 @@ fn convenience_layer_rules() {
         ],
         |b, x| b.causal_attention(x[0], x[1], x[2]),
     );
+    // An explicit mask (two documents packed in one row) and S != T.
+    check_grad(
+        "masked_attention",
+        vec![
+            f64_in(&mut rng, &[1, 3, 2, 2], -1.0, 1.0),
+            f64_in(&mut rng, &[1, 4, 1, 2], -1.0, 1.0),
+            f64_in(&mut rng, &[1, 4, 1, 2], -1.0, 1.0),
+            int_in(&mut rng, &[1, 3, 4], 2),
+        ],
+        |b, x| {
+            let zero = b.constant(0.0, TensorType::i32([1, 3, 4]));
+            let m = b.ne(x[3], zero)?;
+            b.attention(x[0], x[1], x[2], m)
+        },
+    );
     let labels = int_in(&mut rng, &[2, 3], 5);
     let mask = Input {
         ty: TensorType::f64([2, 3]),
@@ -349,5 +364,25 @@ fn convenience_layer_rules() {
         "cross_entropy",
         vec![f64_in(&mut rng, &[2, 3, 5], -2.0, 2.0), labels, mask],
         |b, x| b.cross_entropy(x[0], x[1], x[2]),
+    );
+}
+
+#[test]
+fn stop_gradient_blocks_the_cotangent() {
+    let mut b = hlo::Builder::new("sg");
+    let x = b.parameter("x", TensorType::f64([3]));
+    let s = b.stop_gradient(x).unwrap();
+    let y = b.mul(x, s).unwrap();
+    let l = b.sum(y, &[0]).unwrap();
+    let g = b.grad(l, &[x]).unwrap();
+    let p = b.build(&[l, g[0]]).unwrap();
+    let out = p
+        .evaluate(&[hlo::Tensor::new([3], vec![1.0, -2.0, 3.0])])
+        .unwrap();
+    assert_eq!(out[0].data, vec![14.0]);
+    assert_eq!(out[1].data, vec![1.0, -2.0, 3.0], "d/dx x * sg(x) = sg(x)");
+    assert!(
+        !p.to_mlir().contains("stop_gradient"),
+        "emits no instruction"
     );
 }

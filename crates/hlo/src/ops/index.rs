@@ -151,7 +151,8 @@ impl Builder {
 
     /// Takes rows of `table` (`[V, D...]`) at integer `indices` (`[I...]`):
     /// the result is `[I..., D...]` (an embedding lookup, `stablehlo.gather`).
-    /// Out-of-range indices are clamped, as XLA does.
+    /// Out-of-range indices are clamped, as XLA does (their gradient, a
+    /// scatter, drops them instead: keep indices in range).
     pub fn take_rows(&mut self, table: Value, indices: Value) -> Result<Value> {
         let tt = self.check("gather", table)?.clone();
         let ti = self.check("gather", indices)?;

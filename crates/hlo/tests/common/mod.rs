@@ -2,6 +2,8 @@
 //! gradient check.
 #![allow(dead_code)]
 
+pub mod gemma_like;
+
 use hlo::{Builder, DType, Result, Tensor, TensorType, Value};
 
 /// A small deterministic generator (xorshift), so tests need no `rand`.

@@ -1,170 +1,14 @@
-//! StableHLO text emission (pretty form, Shardy attributes), deterministic.
+//! One StableHLO op per graph node.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
-use crate::builder::sanitize;
+use super::Emitter;
 use crate::op::{Literal, Op, ReduceKind, UnaryOp};
-use crate::{DType, Program, TensorType, Value};
+use crate::{DType, TensorType, Value};
 
-impl Program {
-    /// The module as StableHLO text, as PJRT plugins compile it. The same
-    /// program always gives the same bytes. Ops carry `loc("scope")` with
-    /// the name scope they were built in; parameters keep their names.
-    pub fn to_mlir(&self) -> String {
-        Emitter::new(self).run()
-    }
-}
-
-struct Emitter<'a> {
-    p: &'a Program,
-    out: String,
-    names: Vec<String>,
-    consts: HashMap<(Literal, TensorType), String>,
-    n_consts: usize,
-}
-
-impl<'a> Emitter<'a> {
-    fn new(p: &'a Program) -> Self {
-        Emitter {
-            p,
-            out: String::with_capacity(p.b.nodes.len() * 128),
-            names: vec![String::new(); p.b.nodes.len()],
-            consts: HashMap::new(),
-            n_consts: 0,
-        }
-    }
-
-    fn ty(&self, v: Value) -> String {
-        self.p.b.ty(v).to_string()
-    }
-
-    fn run(mut self) -> String {
-        let p = self.p;
-        let b = &p.b;
-        let _ = writeln!(
-            self.out,
-            "module @{} attributes {{mhlo.num_partitions = {} : i32, mhlo.num_replicas = 1 : i32}} {{",
-            b.name,
-            p.num_partitions()
-        );
-        if let Some(m) = &b.mesh {
-            let _ = writeln!(self.out, "  sdy.mesh @mesh = {}", m.to_mlir());
-        }
-        // Signature.
-        let mut used = HashSet::new();
-        self.out.push_str("  func.func public @main(");
-        for (i, prm) in b.params.iter().enumerate() {
-            let mut name = sanitize(&prm.name);
-            while !used.insert(name.clone()) {
-                name.push('_');
-            }
-            if i > 0 {
-                self.out.push_str(", ");
-            }
-            let mut attrs = Vec::new();
-            if b.mesh.is_some() {
-                let s = prm
-                    .sharding
-                    .clone()
-                    .unwrap_or_else(|| crate::Sharding::replicated(b.ty(prm.value).rank()));
-                attrs.push(format!("sdy.sharding = #sdy.sharding{s}"));
-            }
-            if let Some(k) = p.aliases[i] {
-                attrs.push(format!("tf.aliasing_output = {k} : i32"));
-            }
-            let _ = write!(self.out, "%{name}: {}", self.ty(prm.value));
-            if !attrs.is_empty() {
-                let _ = write!(self.out, " {{{}}}", attrs.join(", "));
-            }
-            self.names[prm.value.index()] = name;
-        }
-        self.out.push_str(") -> (");
-        for (i, &o) in p.outputs.iter().enumerate() {
-            if i > 0 {
-                self.out.push_str(", ");
-            }
-            self.out.push_str(&self.ty(o));
-            if b.mesh.is_some() {
-                let s = p.out_shardings[i]
-                    .clone()
-                    .unwrap_or_else(|| crate::Sharding::replicated(b.ty(o).rank()));
-                let _ = write!(self.out, " {{sdy.sharding = #sdy.sharding{s}}}");
-            }
-        }
-        self.out.push_str(") {\n");
-        // Body.
-        let live = p.live();
-        let mut counter = 0usize;
-        for (i, node) in b.nodes.iter().enumerate() {
-            if !live[i] || matches!(node.op, Op::Parameter(_)) {
-                continue;
-            }
-            if let Op::Project(bar, k) = node.op {
-                let base = &self.names[bar.index()];
-                let multi = matches!(&b.nodes[bar.index()].op, Op::Barrier(xs) if xs.len() > 1);
-                self.names[i] = if multi {
-                    format!("{base}#{k}")
-                } else {
-                    base.clone()
-                };
-                continue;
-            }
-            if let Op::Constant(lit) = node.op {
-                let key = (lit, node.ty.clone());
-                if let Some(name) = self.consts.get(&key) {
-                    self.names[i] = name.clone();
-                    continue;
-                }
-            }
-            self.names[i] = counter.to_string();
-            counter += 1;
-            self.node(i);
-            let scope = &b.scopes[node.scope as usize];
-            if !scope.is_empty() {
-                let _ = write!(self.out, " loc(\"{}\")", scope.replace(['"', '\\'], "_"));
-            }
-            self.out.push('\n');
-        }
-        let outs: Vec<String> = p
-            .outputs
-            .iter()
-            .map(|o| format!("%{}", self.names[o.index()]))
-            .collect();
-        let tys: Vec<String> = p.outputs.iter().map(|&o| self.ty(o)).collect();
-        if outs.is_empty() {
-            self.out.push_str("    return\n");
-        } else {
-            let _ = writeln!(
-                self.out,
-                "    return {} : {}",
-                outs.join(", "),
-                tys.join(", ")
-            );
-        }
-        self.out.push_str("  }\n}\n");
-        self.out
-    }
-
-    /// A scalar constant emitted on first use (reduction inits), deduplicated
-    /// with the graph's own constants.
-    fn const_name(&mut self, lit: Literal, ty: TensorType) -> String {
-        if let Some(n) = self.consts.get(&(lit, ty.clone())) {
-            return n.clone();
-        }
-        let name = format!("c{}", self.n_consts);
-        self.n_consts += 1;
-        let _ = writeln!(
-            self.out,
-            "    %{name} = stablehlo.constant dense<{}> : {ty}",
-            literal_text(lit, ty.dtype)
-        );
-        self.consts.insert((lit, ty), name.clone());
-        name
-    }
-
-    fn node(&mut self, i: usize) {
-        let b = &self.p.b;
+impl Emitter<'_> {
+    pub(super) fn node(&mut self, i: usize) {
+        let b = self.b;
         let node = &b.nodes[i];
         let n = |v: &Value| format!("%{}", self.names[v.index()]);
         let t = |v: &Value| b.ty(*v).to_string();
@@ -176,7 +20,9 @@ impl<'a> Emitter<'a> {
                 .join(", ")
         };
         let op_text = match &node.op {
-            Op::Parameter(_) | Op::Project(..) => unreachable!("handled by the caller"),
+            Op::Parameter(_) | Op::Project(..) | Op::StopGradient(_) => {
+                unreachable!("handled by the caller")
+            }
             Op::Constant(lit) => {
                 self.consts
                     .insert((*lit, node.ty.clone()), self.names[i].clone());
@@ -368,18 +214,23 @@ impl<'a> Emitter<'a> {
                 };
                 let _ = write!(
                     self.out,
-                    "    %{head} = stablehlo.optimization_barrier {} : {}",
+                    "{}%{head} = stablehlo.optimization_barrier {} : {}",
+                    self.indent,
                     s.join(", "),
                     st.join(", ")
                 );
                 return;
             }
+            Op::Scan(body, inputs) => {
+                let (body, inputs) = (body.0.clone(), inputs.clone());
+                self.scan(i, &body, &inputs);
+                return;
+            }
             Op::Constraint(x, s) => format!("sdy.sharding_constraint {} {s} : {ty}", n(x)),
         };
-        let _ = write!(self.out, "    %{} = {op_text}", self.names[i]);
+        let _ = write!(self.out, "{}%{} = {op_text}", self.indent, self.names[i]);
     }
 }
-
 /// The reduction's initial value and body op.
 fn reduce_init(kind: ReduceKind, dt: DType) -> (Literal, &'static str) {
     let (lo, hi) = match dt {

@@ -2,8 +2,14 @@
 //! result to its dtype. It gives finite-difference gradient checks without a
 //! device and host-computed references for device tests. Slow; small shapes.
 
-use crate::op::{BinaryOp, CmpDir, Op, ReduceKind, UnaryOp};
-use crate::{Builder, DType, Error, Program, Result, Value};
+mod scalar;
+
+pub use scalar::erf;
+pub(crate) use scalar::round_to;
+use scalar::{binary, compare, unary};
+
+use crate::op::{Op, ReduceKind};
+use crate::{Builder, Error, Program, Result, Value};
 
 /// A dense host tensor: dimensions and row-major `f64` data (integers and
 /// booleans too; booleans are 0 or 1).
@@ -56,46 +62,6 @@ fn ravel(idx: &[i64], st: &[usize]) -> usize {
     idx.iter().zip(st).map(|(&i, &s)| i as usize * s).sum()
 }
 
-/// Rounds `x` to what a value of `dt` can hold.
-pub(crate) fn round_to(x: f64, dt: DType) -> f64 {
-    match dt {
-        DType::F64 => x,
-        DType::F32 => x as f32 as f64,
-        DType::BF16 => half::bf16::from_f64(x).to_f64(),
-        DType::F16 => half::f16::from_f64(x).to_f64(),
-        DType::Bool => (x != 0.0) as i64 as f64,
-        DType::I32 => (x as i64) as i32 as f64,
-        DType::U32 => (x as i64) as u32 as f64,
-        DType::I8 => (x as i64) as i8 as f64,
-        DType::I64 => (x as i64) as f64,
-    }
-}
-
-/// The error function, accurate to about 1e-15 (a positive series below 3, a continued fraction above).
-pub fn erf(x: f64) -> f64 {
-    let a = x.abs();
-    let r = if a < 3.0 {
-        // erf(a) = 2/sqrt(pi) e^(-a^2) sum 2^n a^(2n+1) / (1 3 5 ... (2n+1)): positive terms, no cancellation.
-        let (mut term, mut sum, x2) = (a, a, a * a);
-        for n in 1..400 {
-            term *= 2.0 * x2 / (2 * n + 1) as f64;
-            sum += term;
-            if term < 1e-17 * sum {
-                break;
-            }
-        }
-        sum * (-x2).exp() * std::f64::consts::FRAC_2_SQRT_PI
-    } else {
-        // erfc(a) = exp(-a^2)/sqrt(pi) / (a + 1/2/(a + 1/(a + 3/2/(a + ...))))
-        let mut f = a;
-        for k in (1..80).rev() {
-            f = a + (k as f64 / 2.0) / f;
-        }
-        1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / f
-    };
-    if x < 0.0 { -r } else { r }
-}
-
 impl Program {
     /// Evaluates the program on the host (see the module docs).
     pub fn evaluate(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
@@ -129,8 +95,24 @@ impl Builder {
             }
         }
         let mut vals: Vec<Option<Tensor>> = vec![None; n];
+        let mut multi: std::collections::HashMap<usize, Vec<Tensor>> =
+            std::collections::HashMap::new();
         for i in 0..n {
             if !need[i] || matches!(self.nodes[i].op, Op::Barrier(_)) {
+                continue;
+            }
+            if let Op::Scan(body, ins) = &self.nodes[i].op {
+                let args: Vec<&Tensor> = ins
+                    .iter()
+                    .map(|x| vals[x.index()].as_ref().expect("evaluated"))
+                    .collect();
+                multi.insert(i, eval_scan(&body.0, &args)?);
+                continue;
+            }
+            if let Op::Project(parent, k) = self.nodes[i].op
+                && let Some(results) = multi.get(&parent.index())
+            {
+                vals[i] = Some(results[k].clone());
                 continue;
             }
             let t = self.eval_node(i, &vals, inputs)?;
@@ -197,10 +179,10 @@ impl Builder {
                 }
             }
             Op::Convert(x) => out = v(x).data.clone(),
-            Op::Reshape(x) | Op::Constraint(x, _) => out = v(x).data.clone(),
+            Op::Reshape(x) | Op::Constraint(x, _) | Op::StopGradient(x) => out = v(x).data.clone(),
             Op::Project(bar, k) => match &self.nodes[bar.index()].op {
                 Op::Barrier(xs) => out = v(&xs[*k]).data.clone(),
-                _ => unreachable!("project of a barrier"),
+                _ => unreachable!("project of a barrier or scan"),
             },
             Op::Broadcast(x, bd) => {
                 let xt = v(x);
@@ -398,7 +380,9 @@ impl Builder {
                     }
                 }
             }
-            Op::Barrier(_) => unreachable!("barriers are not evaluated"),
+            Op::Barrier(_) | Op::Scan(..) => {
+                unreachable!("multi-result nodes are evaluated by the caller")
+            }
         }
         for o in &mut out {
             *o = round_to(*o, dt);
@@ -407,65 +391,38 @@ impl Builder {
     }
 }
 
-fn unary(u: UnaryOp, a: f64, dt: DType) -> f64 {
-    match u {
-        UnaryOp::Neg => -a,
-        UnaryOp::Abs => a.abs(),
-        UnaryOp::Exp => a.exp(),
-        UnaryOp::Log => a.ln(),
-        UnaryOp::Log1p => a.ln_1p(),
-        UnaryOp::Tanh => a.tanh(),
-        UnaryOp::Rsqrt => 1.0 / a.sqrt(),
-        UnaryOp::Sqrt => a.sqrt(),
-        UnaryOp::Sin => a.sin(),
-        UnaryOp::Cos => a.cos(),
-        UnaryOp::Erf => erf(a),
-        UnaryOp::Logistic => 1.0 / (1.0 + (-a).exp()),
-        UnaryOp::Floor => a.floor(),
-        UnaryOp::Sign => {
-            if a > 0.0 {
-                1.0
-            } else if a < 0.0 {
-                -1.0
-            } else {
-                a
-            }
+/// Runs a scan body `n` times on the host: results are the final carries
+/// and the stacked ys.
+fn eval_scan(body: &crate::scan::ScanBody, args: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let (k, m) = (body.n_carry, body.n_xs);
+    let mut carries: Vec<Tensor> = args[..k].iter().map(|t| (*t).clone()).collect();
+    let tys = body.result_types();
+    let mut stacks: Vec<Tensor> = tys[k..]
+        .iter()
+        .map(|t| Tensor::new(t.dims.clone(), vec![0.0; t.numel() as usize]))
+        .collect();
+    for step in 0..body.n {
+        let i = if body.reverse {
+            body.n - 1 - step
+        } else {
+            step
+        } as usize;
+        let mut inputs = carries.clone();
+        for x in &args[k..k + m] {
+            let row = x.data.len() / body.n as usize;
+            inputs.push(Tensor::new(
+                x.dims[1..].to_vec(),
+                x.data[i * row..(i + 1) * row].to_vec(),
+            ));
         }
-        UnaryOp::Not if dt == DType::Bool => (a == 0.0) as i64 as f64,
-        UnaryOp::Not => !(a as i64) as f64,
-    }
-}
-
-fn binary(k: BinaryOp, a: f64, b: f64, dt: DType) -> f64 {
-    let int = !dt.is_float();
-    match k {
-        BinaryOp::Add => a + b,
-        BinaryOp::Sub => a - b,
-        BinaryOp::Mul => a * b,
-        BinaryOp::Div if int => {
-            if b == 0.0 {
-                -1.0
-            } else {
-                (a / b).trunc()
-            }
+        inputs.extend(args[k + m..].iter().map(|t| (*t).clone()));
+        let outs = body.body.evaluate(&inputs, &body.outputs)?;
+        for (s, y) in stacks.iter_mut().zip(&outs[k..]) {
+            let row = y.data.len();
+            s.data[i * row..(i + 1) * row].copy_from_slice(&y.data);
         }
-        BinaryOp::Div => a / b,
-        BinaryOp::Max => a.max(b),
-        BinaryOp::Min => a.min(b),
-        BinaryOp::Pow => a.powf(b),
-        BinaryOp::Rem => a % b,
-        BinaryOp::And => ((a as i64) & (b as i64)) as f64,
-        BinaryOp::Or => ((a as i64) | (b as i64)) as f64,
+        carries = outs[..k].to_vec();
     }
-}
-
-fn compare(c: CmpDir, a: f64, b: f64) -> bool {
-    match c {
-        CmpDir::Eq => a == b,
-        CmpDir::Ne => a != b,
-        CmpDir::Lt => a < b,
-        CmpDir::Le => a <= b,
-        CmpDir::Gt => a > b,
-        CmpDir::Ge => a >= b,
-    }
+    carries.extend(stacks);
+    Ok(carries)
 }
