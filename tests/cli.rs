@@ -2,7 +2,6 @@
 
 use std::process::Command;
 
-
 fn meshtrain(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_meshtrain"))
         .args(args)
@@ -250,7 +249,8 @@ fn a_bad_config_fails_naming_the_key_and_leaves_no_run() {
 #[ignore = "slow: the full 200-step smoke run"]
 fn smoke_run_falls_well_below_the_unigram_entropy() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let tok = data::Tokenizer::from_file(&root.join("configs/data/shakespeare-bpe8k.json")).unwrap();
+    let tok =
+        data::Tokenizer::from_file(&root.join("configs/data/shakespeare-bpe8k.json")).unwrap();
     let text = std::fs::read_to_string(root.join("configs/data/tinyshakespeare.txt")).unwrap();
     let mut counts = std::collections::HashMap::new();
     for para in text.split("\n\n").filter(|p| !p.trim().is_empty()) {
@@ -259,14 +259,29 @@ fn smoke_run_falls_well_below_the_unigram_entropy() {
         }
     }
     let n: u64 = counts.values().sum();
-    let entropy: f64 = counts.values().map(|&c| -(c as f64 / n as f64) * (c as f64 / n as f64).ln()).sum();
+    let entropy: f64 = counts
+        .values()
+        .map(|&c| -(c as f64 / n as f64) * (c as f64 / n as f64).ln())
+        .sum();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("smoke");
-    let out = meshtrain(&["train", "--quiet", "--set", &format!("train.run_dir={:?}", run.display().to_string())]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = meshtrain(&[
+        "train",
+        "--quiet",
+        "--set",
+        &format!("train.run_dir={:?}", run.display().to_string()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     let loss = last["loss"].as_f64().unwrap();
-    assert!(loss < entropy - 1.0, "final loss {loss} vs unigram entropy {entropy}");
+    assert!(
+        loss < entropy - 1.0,
+        "final loss {loss} vs unigram entropy {entropy}"
+    );
     assert!(run.join("loss.svg").is_file() && run.join("final/model.safetensors").is_file());
 }

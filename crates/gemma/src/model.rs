@@ -198,7 +198,7 @@ impl<'a> Gemma<'a> {
         let v = b.scope("v_proj", |b| proj(b, l.v, kv))?;
         let q = b.scope("rotary", |b| b.rope(q, positions, cfg.rope_theta))?;
         let k = b.scope("rotary", |b| b.rope(k, positions, cfg.rope_theta))?;
-        let o = b.scope("attention", |b| masked_attention(b, q, k, v, mask))?; // [B, T, H, hd]
+        let o = b.scope("attention", |b| b.attention(q, k, v, mask))?; // [B, T, H, hd]
         let o = b.reshape(o, &[bs, t, h * hd])?;
         b.scope("o_proj", |b| {
             let w = b.convert(l.o, self.opts.dtype)?;
@@ -233,47 +233,6 @@ fn attention_mask(b: &mut Builder, segment_ids: Value) -> hlo::Result<Value> {
     let k_seg = b.broadcast_in_dim(segment_ids, &[bs, t, t], &[0, 2])?;
     let same = b.eq(q_seg, k_seg)?;
     b.and(causal, same)
-}
-
-/// Softmax attention with an explicit `[B, T, S]` mask. `q [B, T, H, D]`,
-/// `k`, `v [B, S, KV, D]`; query head `j` uses kv head `j / (H / KV)`;
-/// scores scaled by `D^-0.5` and normalised in f32.
-fn masked_attention(
-    b: &mut Builder,
-    q: Value,
-    k: Value,
-    v: Value,
-    mask: Value,
-) -> hlo::Result<Value> {
-    let [bs, t, h, d] = [b.dims(q)[0], b.dims(q)[1], b.dims(q)[2], b.dims(q)[3]];
-    let kv = b.dims(k)[2];
-    let g = h / kv;
-    let dt = b.dtype(q);
-    let q5 = b.reshape(q, &[bs, t, kv, g, d])?; // [B, T, KV, G, D]
-    let dims = hlo::DotDims {
-        lhs_batch: vec![0, 2],
-        rhs_batch: vec![0, 2],
-        lhs_contract: vec![4],
-        rhs_contract: vec![3],
-    };
-    let s = b.dot_general(q5, k, dims)?; // [B, KV, T, G, S]
-    let s = b.convert(s, DType::F32)?;
-    let s = b.mul_scalar(s, (d as f64).powf(-0.5))?;
-    let shape = [bs, kv, t, g, t];
-    let m = b.broadcast_in_dim(mask, &shape, &[0, 2, 4])?;
-    let neg = b.constant(-1e30, TensorType::new(DType::F32, shape));
-    let s = b.select(m, s, neg)?;
-    let p = b.softmax(s, 4)?;
-    let p = b.convert(p, dt)?;
-    let dims = hlo::DotDims {
-        lhs_batch: vec![0, 1],
-        rhs_batch: vec![0, 2],
-        lhs_contract: vec![4],
-        rhs_contract: vec![1],
-    };
-    let o = b.dot_general(p, v, dims)?; // [B, KV, T, G, D]
-    let o = b.transpose(o, &[0, 2, 1, 3, 4])?; // [B, T, KV, G, D]
-    b.reshape(o, &[bs, t, h, d])
 }
 
 /// Summed next-token cross-entropy (natural log, logsumexp in f32) over the

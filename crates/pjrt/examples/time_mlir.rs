@@ -8,7 +8,9 @@ use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let path = args.get(1).ok_or("usage: time_mlir FILE.mlir [ITERATIONS]")?;
+    let path = args
+        .get(1)
+        .ok_or("usage: time_mlir FILE.mlir [ITERATIONS]")?;
     let iterations: usize = args.get(2).map_or(Ok(10), |s| s.parse())?;
     let mlir = std::fs::read_to_string(path)?;
     let client = pjrt::cpu_client(1)?;

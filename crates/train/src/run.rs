@@ -119,7 +119,6 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
     };
     let step = build_step(&model, &cfg.optimizer, compute, shape, &plan)?;
     let mlir = step.program.to_mlir();
-    step.program.dump_if_requested()?;
     let n = plan.mesh.devices();
     let options = if n > 1 {
         pjrt::CompileOptions::spmd(n)
