@@ -108,10 +108,28 @@ impl Builder {
         self.mul(x, k)
     }
 
-    /// `x ^ c` for a number `c`.
+    /// `x ^ c` for a number `c`. Small integer powers and square roots
+    /// become multiplies, `sqrt` or `rsqrt`: XLA's CPU backend lowers
+    /// `power` to `exp(c * log(x))`, many times slower than a multiply.
     pub fn pow_scalar(&mut self, x: Value, c: f64) -> Result<Value> {
-        let k = self.full_like(x, c);
-        self.pow(x, k)
+        match c {
+            1.0 => Ok(x),
+            2.0 => self.mul(x, x),
+            3.0 => {
+                let x2 = self.mul(x, x)?;
+                self.mul(x2, x)
+            }
+            4.0 => {
+                let x2 = self.mul(x, x)?;
+                self.mul(x2, x2)
+            }
+            0.5 => self.sqrt(x),
+            -0.5 => self.rsqrt(x),
+            _ => {
+                let k = self.full_like(x, c);
+                self.pow(x, k)
+            }
+        }
     }
 
     /// `x * x`.

@@ -184,3 +184,22 @@ fn dump_writes_the_module() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), p.to_mlir());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn small_integer_powers_become_multiplies() {
+    // XLA's CPU backend lowers `power` to exp(c * log x); x^3 in GELU must not pay that.
+    let mut b = hlo::Builder::new("pow");
+    let x = b.parameter("x", hlo::TensorType::f32([4]));
+    let y3 = b.pow_scalar(x, 3.0).unwrap();
+    let y2 = b.pow_scalar(x, 2.0).unwrap();
+    let yh = b.pow_scalar(x, 0.5).unwrap();
+    let p = b.build(&[y3, y2, yh]).unwrap();
+    let mlir = p.to_mlir();
+    assert!(!mlir.contains("stablehlo.power"), "{mlir}");
+    let out = p
+        .evaluate(&[hlo::Tensor::new([4], vec![1.0, 2.0, -3.0, 4.0])])
+        .unwrap();
+    assert_eq!(out[0].data, [1.0, 8.0, -27.0, 64.0]);
+    assert_eq!(out[1].data, [1.0, 4.0, 9.0, 16.0]);
+    assert_eq!(out[2].data[3], 2.0);
+}

@@ -67,6 +67,7 @@ pub mod hlo;
 pub mod install;
 mod options;
 mod plugin;
+mod timing;
 mod topology;
 
 #[allow(
@@ -86,6 +87,7 @@ pub use error::{Error, Result};
 pub use executable::{Executable, LoadedExecutable, MemoryStats};
 pub use options::OptionValue;
 pub use plugin::{HEADER_API_VERSION, Plugin};
+pub use timing::time_module;
 pub use topology::{Topology, TopologyDevice};
 
 pub use half::{bf16, f16};

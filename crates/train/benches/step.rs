@@ -102,6 +102,19 @@ fn main() {
                 Ok(o) => eprintln!("JAX bench failed: {}", String::from_utf8_lossy(&o.stderr)),
                 Err(e) => eprintln!("cannot run {python}: {e}"),
             }
+            // JAX's own StableHLO of the same step, through meshtrain's plugin.
+            let file = std::env::temp_dir().join(format!("jax_step_{dtype}.mlir"));
+            let exported = Command::new(&python)
+                .arg(&script)
+                .args(["--dtype", dtype, "--export"])
+                .arg(&file)
+                .status();
+            if exported.is_ok_and(|s| s.success()) {
+                let mlir = std::fs::read_to_string(&file).unwrap();
+                let client = pjrt::cpu_client(1).unwrap();
+                let (compile, step) = pjrt::time_module(&client, &mlir, STEPS as usize).unwrap();
+                rows.push((format!("JAX export, our plugin ({dtype})"), compile, step));
+            }
         }
     }
     println!(
