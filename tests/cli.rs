@@ -285,3 +285,68 @@ fn smoke_run_falls_well_below_the_unigram_entropy() {
     );
     assert!(run.join("loss.svg").is_file() && run.join("final/model.safetensors").is_file());
 }
+
+#[test]
+fn tokenize_raw_text_then_train_from_the_shards() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root.join("configs/data/tinyshakespeare.txt")).unwrap();
+    std::fs::write(dir.path().join("a.txt"), &text[..20_000]).unwrap();
+    std::fs::write(dir.path().join("b.txt"), &text[20_000..40_000]).unwrap();
+    let tokenizer = root.join("configs/data/shakespeare-bpe8k.json");
+    let shards = dir.path().join("shards");
+    let glob = format!("{}/*.txt", dir.path().display());
+    let out = meshtrain(&[
+        "tokenize",
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--input",
+        &glob,
+        "--output",
+        shards.to_str().unwrap(),
+        "--text-unit",
+        "paragraph",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = dir.path().join("shards.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[model]
+preset = "tiny"
+vocab_size = 8192
+d_model = 32
+layers = 1
+heads = 2
+kv_heads = 1
+head_dim = 16
+mlp_dim = 64
+[data]
+format = "shards"
+path = {shards:?}
+seq_len = 64
+batch_size = 4
+[train]
+steps = 4
+log_every = 1
+run_dir = {run:?}
+peak_flops_per_device = 1e11
+"#,
+            shards = shards.display().to_string(),
+            run = dir.path().join("run").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = meshtrain(&["train", "--config", cfg.to_str().unwrap(), "--quiet"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4);
+}

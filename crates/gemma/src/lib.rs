@@ -21,4 +21,4 @@ mod params;
 pub use config::GemmaConfig;
 pub use error::{Error, Result};
 pub use model::{ComputeOptions, Constrain, Gemma, Tokens, Unconstrained, token_loss};
-pub use params::{Axis, ParamSpec, param_specs};
+pub use params::{Axis, ParamSpec, declare_parameters, param_specs};

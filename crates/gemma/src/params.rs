@@ -124,3 +124,15 @@ pub fn param_specs(c: &GemmaConfig) -> Vec<ParamSpec> {
     out.push(ParamSpec::new("model.norm.weight".into(), [d], [Norm]));
     out
 }
+
+/// Declares every parameter as an unsharded f32 program input, in
+/// [`param_specs`] order (single-device programs: eval, tests).
+pub fn declare_parameters(b: &mut hlo::Builder, c: &GemmaConfig) -> Vec<hlo::Value> {
+    param_specs(c)
+        .iter()
+        .map(|s| {
+            let dims: Vec<i64> = s.shape.iter().map(|&d| d as i64).collect();
+            b.parameter(&s.name, hlo::TensorType::f32(dims))
+        })
+        .collect()
+}

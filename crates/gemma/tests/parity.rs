@@ -60,15 +60,7 @@ fn check(name: &str) {
     let (bsz, t) = (2i64, 8i64);
 
     let mut b = Builder::new(&format!("parity_{name}"));
-    let params: Vec<_> = specs
-        .iter()
-        .map(|s| {
-            b.parameter(
-                &s.name,
-                TensorType::f32(s.shape.iter().map(|&d| d as i64).collect::<Vec<_>>()),
-            )
-        })
-        .collect();
+    let params = gemma::declare_parameters(&mut b, &cfg);
     let ids = b.parameter("ids", TensorType::i32([bsz, t]));
     let positions = b.parameter("positions", TensorType::i32([bsz, t]));
     let segment_ids = b.parameter("segment_ids", TensorType::i32([bsz, t]));

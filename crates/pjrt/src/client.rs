@@ -171,13 +171,7 @@ impl Client {
         let ids: Vec<i64> = self.inner.infos.iter().map(|d| d.id as i64).collect();
         options.validate(Some(&ids))?;
         let proto = options.encode();
-        let format = "mlir";
-        let program = args!(PJRT_Program {
-            code: mlir.as_ptr() as *mut _,
-            code_size: mlir.len(),
-            format: format.as_ptr().cast(),
-            format_size: format.len(),
-        });
+        let program = crate::compile::mlir_program(mlir);
         let mut a = args!(PJRT_Client_Compile_Args {
             client: self.inner.raw,
             program: &program,

@@ -4,7 +4,20 @@
 //! protoc. Field numbers follow `xla/pjrt/proto/compile_options.proto` and
 //! `xla/xla_data.proto` (`DeviceAssignmentProto`).
 
+use crate::plugin::args;
+use crate::sys;
 use crate::{Error, Result};
+
+/// The `PJRT_Program` of a StableHLO module in MLIR text; borrows `mlir`.
+pub(crate) fn mlir_program(mlir: &str) -> sys::PJRT_Program {
+    const FORMAT: &str = "mlir";
+    args!(PJRT_Program {
+        code: mlir.as_ptr() as *mut _,
+        code_size: mlir.len(),
+        format: FORMAT.as_ptr().cast(),
+        format_size: FORMAT.len(),
+    })
+}
 
 /// How to compile a program.
 #[derive(Clone, Debug, PartialEq)]

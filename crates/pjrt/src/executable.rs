@@ -206,6 +206,19 @@ impl LoadedExecutable {
         self.devices.len()
     }
 
+    /// Global ids of the devices an execution spans, in the order
+    /// [`LoadedExecutable::execute`] takes argument lists.
+    pub fn device_ids(&self) -> Result<Vec<i32>> {
+        self.devices
+            .iter()
+            .map(|&d| {
+                let mut g = args!(PJRT_Device_GetDescription_Args { device: d });
+                pjrt_call!(&self.client.plugin, PJRT_Device_GetDescription, &mut g)?;
+                Ok(crate::client::description_info(&self.client.plugin, g.device_description)?.id)
+            })
+            .collect()
+    }
+
     /// Runs the program on all its devices and waits for it to finish.
     ///
     /// `args[d]` are the arguments for the executable's `d`-th device; the

@@ -113,13 +113,7 @@ impl Topology {
     pub fn compile(&self, mlir: &str, options: &CompileOptions) -> Result<Executable> {
         options.validate(None)?;
         let proto = options.encode();
-        let format = "mlir";
-        let program = args!(PJRT_Program {
-            code: mlir.as_ptr() as *mut _,
-            code_size: mlir.len(),
-            format: format.as_ptr().cast(),
-            format_size: format.len(),
-        });
+        let program = crate::compile::mlir_program(mlir);
         let mut a = args!(PJRT_Compile_Args {
             topology: self.raw,
             program: &program,

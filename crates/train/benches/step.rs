@@ -117,17 +117,61 @@ fn main() {
             }
         }
     }
+    // The same step over 1, 2 and 8 virtual CPU devices: they share the
+    // host's cores, so time does not fall; per-device memory does.
+    let mut mesh_rows = Vec::new();
+    if !only_ours {
+        for (devices, mesh) in [
+            (1, "fsdp = 1"),
+            (2, "data = 2\nfsdp = 1"),
+            (2, "fsdp = 2"),
+            (8, "data = 4\nfsdp = 1\ntensor = 2"),
+            (8, "fsdp = 4\ntensor = 2"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = train::TrainConfig::from_toml(
+                &config(dir.path(), "f32", devices, mesh),
+                "bench",
+                &[],
+            )
+            .unwrap();
+            let s = train::train(&cfg, false).unwrap();
+            let r = &s.report;
+            let state = r.param_bytes_per_device + r.optimizer_bytes_per_device;
+            mesh_rows.push((
+                devices,
+                mesh.replace('\n', " "),
+                s.median_step_seconds,
+                state,
+                r.memory.temp_bytes,
+            ));
+        }
+    }
     println!(
         "train step: vocab 32000, d_model 512, 8 layers, 8 heads / 1 kv head, head_dim 64, MLP 2048, batch 4 x 256, 1 CPU device"
     );
     println!(
-        "{:<22} {:>10} {:>12} {:>10}",
+        "{:<34} {:>10} {:>12} {:>10}",
         "", "compile s", "median s", "tokens/s"
     );
     for (name, compile, step) in rows {
         println!(
-            "{name:<22} {compile:>10.2} {step:>12.3} {:>10.0}",
+            "{name:<34} {compile:>10.2} {step:>12.3} {:>10.0}",
             1024.0 / step
         );
+    }
+    if !mesh_rows.is_empty() {
+        println!("\nthe same step in f32 on virtual CPU devices sharing 2 cores");
+        println!(
+            "{:>7} {:<32} {:>10} {:>24} {:>16}",
+            "devices", "mesh", "median s", "params+AdamW MiB/dev", "temp MiB/dev"
+        );
+        for (d, m, t, b, temp) in mesh_rows {
+            println!(
+                "{d:>7} {m:<32} {t:>10.3} {:>24.1} {:>16.1}",
+                b as f64 / 1048576.0,
+                temp as f64 / 1048576.0
+            );
+        }
     }
 }

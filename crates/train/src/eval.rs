@@ -51,15 +51,7 @@ pub fn evaluate(
 
     let mut b = Builder::new("eval");
     let specs = param_specs(&cfg);
-    let params: Vec<_> = specs
-        .iter()
-        .map(|s| {
-            b.parameter(
-                &s.name,
-                TensorType::f32(s.shape.iter().map(|&d| d as i64).collect::<Vec<_>>()),
-            )
-        })
-        .collect();
+    let params = gemma::declare_parameters(&mut b, &cfg);
     let [ids, positions, segment_ids, targets] = ["ids", "positions", "segment_ids", "targets"]
         .map(|n| b.parameter(n, TensorType::i32([b_, t_])));
     let mask = b.parameter("mask", TensorType::f32([b_, t_]));

@@ -11,6 +11,7 @@ pub mod eval;
 mod init;
 pub mod mfu;
 mod plot;
+pub mod report;
 mod run;
 pub mod schedule;
 pub mod shard;

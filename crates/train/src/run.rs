@@ -26,6 +26,8 @@ pub struct RunSummary {
     pub run_dir: PathBuf,
     /// Per-device peak bytes of the compiled step.
     pub peak_bytes_per_device: i64,
+    /// The start-up sharding report.
+    pub report: crate::report::ShardingReport,
 }
 
 /// One device's state: params, m, v (3P buffers) and the step counter.
@@ -59,18 +61,68 @@ pub fn make_client(cfg: &TrainConfig) -> Result<Client> {
     Ok(client)
 }
 
-/// Splits a host array into one buffer per device.
+/// Which client device holds each partition, and which partition each of
+/// the executable's argument lists is for.
+pub(crate) struct Placement {
+    /// Client device index of partition `p`.
+    pub device_of: Vec<usize>,
+    /// Partition of the executable's `i`-th device.
+    pub partition_of: Vec<usize>,
+}
+
+impl Placement {
+    /// Orders the client's devices along the torus (`mesh.tensor_along`);
+    /// returns the placement and the device ids in partition order.
+    fn new(cfg: &TrainConfig, client: &Client, plan: &Plan) -> Result<(Placement, Vec<i64>)> {
+        let n = plan.mesh.devices() as usize;
+        let devices: Vec<mesh::Device> = client.devices()[..n]
+            .iter()
+            .map(|d| mesh::Device {
+                id: d.id as i64,
+                coords: vec![],
+            })
+            .collect();
+        let along = if cfg.mesh.tensor_along == "y" {
+            mesh::TorusAxis::Y
+        } else {
+            mesh::TorusAxis::X
+        };
+        let ids = mesh::device_order(&plan.mesh, &devices, along)?;
+        let device_of = ids
+            .iter()
+            .map(|id| {
+                client
+                    .devices()
+                    .iter()
+                    .position(|d| d.id as i64 == *id)
+                    .expect("ids come from the client")
+            })
+            .collect();
+        Ok((
+            Placement {
+                device_of,
+                partition_of: Vec::new(),
+            },
+            ids,
+        ))
+    }
+}
+
+/// Splits a host array into one buffer per partition, each on its device.
 pub(crate) fn put<T: pjrt::NativeType>(
     client: &Client,
     plan: &Plan,
+    at: &Placement,
     slot: &Slot,
     data: &[T],
 ) -> Result<Vec<Buffer>> {
-    (0..plan.mesh.devices() as usize)
-        .map(|p| {
+    at.device_of
+        .iter()
+        .enumerate()
+        .map(|(p, &device)| {
             let r = shard_ranges(&plan.mesh, &slot.shape, &slot.axes, p);
             let dims: Vec<i64> = r.iter().map(|x| x.len() as i64).collect();
-            Ok(client.buffer_from_host(&extract(data, &slot.shape, &r), &dims, p)?)
+            Ok(client.buffer_from_host(&extract(data, &slot.shape, &r), &dims, device)?)
         })
         .collect()
 }
@@ -120,14 +172,28 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
     let step = build_step(&model, &cfg.optimizer, compute, shape, &plan)?;
     let mlir = step.program.to_mlir();
     let n = plan.mesh.devices();
+    let (mut at, order) = Placement::new(cfg, &client, &plan)?;
     let options = if n > 1 {
-        pjrt::CompileOptions::spmd(n)
+        pjrt::CompileOptions {
+            device_assignment: Some(vec![order.clone()]),
+            ..pjrt::CompileOptions::spmd(n)
+        }
     } else {
         pjrt::CompileOptions::single()
     };
     let t0 = Instant::now();
     let exe = client.compile(&mlir, &options)?;
     let compile_seconds = t0.elapsed().as_secs_f64();
+    at.partition_of = exe
+        .device_ids()?
+        .iter()
+        .map(|id| {
+            order
+                .iter()
+                .position(|o| *o == *id as i64)
+                .expect("executable devices are the assigned ones")
+        })
+        .collect();
     let stats = exe.executable().memory_stats()?;
     eprintln!(
         "meshtrain: {} parameters, mesh data={} fsdp={} tensor={}, step compiled in {compile_seconds:.1} s, {:.1} MiB peak per device",
@@ -137,8 +203,25 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
         plan.mesh.tensor,
         stats.peak_bytes as f64 / (1 << 20) as f64
     );
+    let report = crate::report::ShardingReport::new(
+        &plan,
+        &step.params,
+        order.clone(),
+        stats,
+        &exe.executable().optimized_hlo()?,
+    );
+    if show_progress {
+        eprint!("{}", report.render());
+    }
+    write_file(&run_dir.join("sharding.txt"), report.render().as_bytes())?;
+    write_file(
+        &run_dir.join("sharding.json"),
+        serde_json::to_string_pretty(&report.to_json())
+            .expect("JSON")
+            .as_bytes(),
+    )?;
 
-    let mut state = initial_state(cfg, &client, &plan, &step)?;
+    let mut state = initial_state(cfg, &client, &plan, &at, &step)?;
     let peak = match cfg.train.peak_flops_per_device {
         Some(p) => p * n as f64,
         // Virtual CPU devices share the host's cores: the host is the peak.
@@ -171,17 +254,19 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
             ));
         }
         let inputs = [
-            put(&client, &plan, &step.batch[0], &batch.tokens)?,
-            put(&client, &plan, &step.batch[1], &batch.targets)?,
-            put(&client, &plan, &step.batch[2], &batch.loss_mask)?,
-            put(&client, &plan, &step.batch[3], &batch.segment_ids)?,
-            put(&client, &plan, &step.batch[4], &batch.positions)?,
+            put(&client, &plan, &at, &step.batch[0], &batch.tokens)?,
+            put(&client, &plan, &at, &step.batch[1], &batch.targets)?,
+            put(&client, &plan, &at, &step.batch[2], &batch.loss_mask)?,
+            put(&client, &plan, &at, &step.batch[3], &batch.segment_ids)?,
+            put(&client, &plan, &at, &step.batch[4], &batch.positions)?,
         ];
-        let args: Vec<Vec<&Buffer>> = (0..n as usize)
-            .map(|d| {
-                state[d]
+        let args: Vec<Vec<&Buffer>> = at
+            .partition_of
+            .iter()
+            .map(|&p| {
+                state[p]
                     .iter()
-                    .chain(inputs.iter().map(|x| &x[d]))
+                    .chain(inputs.iter().map(|x| &x[p]))
                     .collect()
             })
             .collect();
@@ -192,7 +277,9 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
             .map(|b| Ok(b.to_host::<f32>()?[0]))
             .collect::<Result<_>>()?;
         let (loss, grad_norm, lr) = (scalars[0], scalars[1], scalars[2]);
-        state = outs.iter_mut().map(|o| o.drain(..k).collect()).collect();
+        for (i, o) in outs.iter_mut().enumerate() {
+            state[at.partition_of[i]] = o.drain(..k).collect();
+        }
         let dt = t.elapsed().as_secs_f64();
         if !loss.is_finite() {
             return Err(Error::Diverged { step: s, loss });
@@ -248,6 +335,7 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
         median_step_seconds: times.get(times.len() / 2).copied().unwrap_or(0.0),
         run_dir,
         peak_bytes_per_device: stats.peak_bytes,
+        report,
     })
 }
 
@@ -255,6 +343,7 @@ fn initial_state(
     cfg: &TrainConfig,
     client: &Client,
     plan: &Plan,
+    at: &Placement,
     step: &StepProgram,
 ) -> Result<Vec<DeviceState>> {
     let model = cfg.model.resolve()?;
@@ -270,13 +359,13 @@ fn initial_state(
                 zeros = vec![0f32; v.len()];
                 zeros.as_slice()
             };
-            for (d, buf) in put(client, plan, slot, data)?.into_iter().enumerate() {
-                state[d].push(buf);
+            for (p, buf) in put(client, plan, at, slot, data)?.into_iter().enumerate() {
+                state[p].push(buf);
             }
         }
     }
-    for (d, s) in state.iter_mut().enumerate() {
-        s.push(client.buffer_from_host(&[0i32], &[], d)?);
+    for (p, s) in state.iter_mut().enumerate() {
+        s.push(client.buffer_from_host(&[0i32], &[], at.device_of[p])?);
     }
     Ok(state)
 }

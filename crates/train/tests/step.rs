@@ -41,15 +41,7 @@ fn reference_grads(cfg: &TrainConfig, params: &[Vec<f32>], index: usize) -> (f32
     let (bs, t) = (batch.batch as i64, batch.seq_len as i64);
     let specs = param_specs(&model_cfg);
     let mut b = Builder::new("grads");
-    let p: Vec<_> = specs
-        .iter()
-        .map(|s| {
-            b.parameter(
-                &s.name,
-                TensorType::f32(s.shape.iter().map(|&d| d as i64).collect::<Vec<_>>()),
-            )
-        })
-        .collect();
+    let p = gemma::declare_parameters(&mut b, &model_cfg);
     let [ids, targets, segment_ids, positions] =
         ["ids", "targets", "seg", "pos"].map(|n| b.parameter(n, TensorType::i32([bs, t])));
     let mask = b.parameter("mask", TensorType::f32([bs, t]));

@@ -1,0 +1,224 @@
+//! The start-up report: the mesh and device order, each parameter's
+//! sharding, per-device bytes of parameters and optimizer state, the
+//! compiler's memory plan, and the collectives XLA inserted into one step.
+
+use std::fmt::Write;
+
+use pjrt::{MemoryStats, hlo::HloSummary};
+
+use crate::step::{Plan, Slot};
+
+/// One parameter row (layers collapsed to `layers.*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamRow {
+    /// Name with the layer index replaced by `*`.
+    pub name: String,
+    /// Global shape.
+    pub shape: Vec<usize>,
+    /// Mesh axes per dimension.
+    pub axes: Vec<Vec<String>>,
+    /// Shape each device holds.
+    pub shard_shape: Vec<usize>,
+    /// How many tensors the row stands for.
+    pub count: usize,
+}
+
+/// Collectives of one kind in the optimized step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Collective {
+    /// `all-gather`, `reduce-scatter`, `all-reduce`, `all-to-all`, `collective-permute`.
+    pub kind: &'static str,
+    /// How many per step.
+    pub count: usize,
+    /// Bytes of their per-device results, summed.
+    pub bytes: u64,
+}
+
+/// Everything the start-up table shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardingReport {
+    /// `(axis, size)` of the mesh.
+    pub mesh: Vec<(String, i64)>,
+    /// Device ids in partition order.
+    pub device_order: Vec<i64>,
+    /// Parameter rows.
+    pub params: Vec<ParamRow>,
+    /// Bytes of parameters one device holds (f32).
+    pub param_bytes_per_device: u64,
+    /// Bytes of both AdamW moments one device holds.
+    pub optimizer_bytes_per_device: u64,
+    /// The compiler's per-device memory plan.
+    pub memory: MemoryStats,
+    /// Collectives per step.
+    pub collectives: Vec<Collective>,
+}
+
+const KINDS: [&str; 5] = [
+    "all-gather",
+    "reduce-scatter",
+    "all-reduce",
+    "all-to-all",
+    "collective-permute",
+];
+
+impl ShardingReport {
+    /// Builds the report from the plan, parameter slots, the compiled memory
+    /// plan and the optimized module.
+    pub fn new(
+        plan: &Plan,
+        params: &[Slot],
+        device_order: Vec<i64>,
+        memory: MemoryStats,
+        hlo: &HloSummary,
+    ) -> Self {
+        let mut rows: Vec<ParamRow> = Vec::new();
+        let mut bytes = 0u64;
+        for slot in params {
+            let shard: Vec<usize> =
+                crate::shard::shard_ranges(&plan.mesh, &slot.shape, &slot.axes, 0)
+                    .iter()
+                    .map(|r| r.len())
+                    .collect();
+            bytes += 4 * shard.iter().product::<usize>() as u64;
+            let name = collapse_layer(&slot.name);
+            match rows
+                .iter_mut()
+                .find(|r| r.name == name && r.shape == slot.shape)
+            {
+                Some(r) => r.count += 1,
+                None => rows.push(ParamRow {
+                    name,
+                    shape: slot.shape.clone(),
+                    axes: slot.axes.clone(),
+                    shard_shape: shard,
+                    count: 1,
+                }),
+            }
+        }
+        let collectives = KINDS
+            .iter()
+            .map(|&kind| {
+                let hits: Vec<_> = hlo
+                    .instructions
+                    .iter()
+                    .filter(|i| i.opcode == kind || i.opcode.strip_suffix("-start") == Some(kind))
+                    .collect();
+                Collective {
+                    kind,
+                    count: hits.len(),
+                    bytes: hits.iter().map(|i| i.shape.size_in_bytes()).sum(),
+                }
+            })
+            .collect();
+        ShardingReport {
+            mesh: plan
+                .mesh
+                .axes()
+                .iter()
+                .map(|(a, n)| (a.to_string(), *n))
+                .collect(),
+            device_order,
+            params: rows,
+            param_bytes_per_device: bytes,
+            optimizer_bytes_per_device: 2 * bytes,
+            memory,
+            collectives,
+        }
+    }
+
+    /// The report as a text table.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let mesh: Vec<String> = self.mesh.iter().map(|(a, n)| format!("{a}={n}")).collect();
+        let _ = writeln!(
+            s,
+            "mesh {}  ({} devices, order {:?})",
+            mesh.join(" x "),
+            self.device_order.len(),
+            self.device_order
+        );
+        let _ = writeln!(
+            s,
+            "{:<48} {:>5} {:<16} {:<28} {:<14}",
+            "parameter", "count", "shape", "sharding", "per device"
+        );
+        for r in &self.params {
+            let axes: Vec<String> = r
+                .axes
+                .iter()
+                .map(|a| {
+                    if a.is_empty() {
+                        "-".into()
+                    } else {
+                        a.join("+")
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "{:<48} {:>5} {:<16} {:<28} {:<14}",
+                r.name,
+                r.count,
+                format!("{:?}", r.shape),
+                format!("[{}]", axes.join(", ")),
+                format!("{:?}", r.shard_shape)
+            );
+        }
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let m = &self.memory;
+        let _ = writeln!(
+            s,
+            "per device: parameters {:.2} MiB + AdamW moments {:.2} MiB; compiled: arguments {:.2} MiB, outputs {:.2} MiB (aliased {:.2}), temporaries {:.2} MiB, peak {:.2} MiB",
+            mib(self.param_bytes_per_device),
+            mib(self.optimizer_bytes_per_device),
+            mib(m.argument_bytes as u64),
+            mib(m.output_bytes as u64),
+            mib(m.alias_bytes as u64),
+            mib(m.temp_bytes as u64),
+            mib(m.peak_bytes as u64)
+        );
+        let _ = writeln!(
+            s,
+            "{:<20} {:>8} {:>14}",
+            "collective per step", "count", "MiB"
+        );
+        for c in &self.collectives {
+            let _ = writeln!(s, "{:<20} {:>8} {:>14.3}", c.kind, c.count, mib(c.bytes));
+        }
+        s
+    }
+
+    /// The report as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mesh": self.mesh.iter().map(|(a, n)| (a.clone(), serde_json::Value::from(*n))).collect::<serde_json::Map<String, serde_json::Value>>(),
+            "device_order": self.device_order,
+            "params": self.params.iter().map(|r| serde_json::json!({
+                "name": r.name, "count": r.count, "shape": r.shape, "sharding": r.axes, "shard_shape": r.shard_shape,
+            })).collect::<Vec<_>>(),
+            "param_bytes_per_device": self.param_bytes_per_device,
+            "optimizer_bytes_per_device": self.optimizer_bytes_per_device,
+            "compiled": {
+                "argument_bytes": self.memory.argument_bytes, "output_bytes": self.memory.output_bytes,
+                "alias_bytes": self.memory.alias_bytes, "temp_bytes": self.memory.temp_bytes, "peak_bytes": self.memory.peak_bytes,
+            },
+            "collectives": self.collectives.iter().map(|c| serde_json::json!({"kind": c.kind, "count": c.count, "bytes": c.bytes})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn collapse_layer(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if i > 0 && parts[i - 1] == "layers" && p.parse::<usize>().is_ok() {
+                "*"
+            } else {
+                p
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
