@@ -173,7 +173,7 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
     let mlir = step.program.to_mlir();
     let n = plan.mesh.devices();
     let (mut at, order) = Placement::new(cfg, &client, &plan)?;
-    let options = if n > 1 {
+    let mut options = if n > 1 {
         pjrt::CompileOptions {
             device_assignment: Some(vec![order.clone()]),
             ..pjrt::CompileOptions::spmd(n)
@@ -181,6 +181,7 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
     } else {
         pjrt::CompileOptions::single()
     };
+    options.xla_options = cfg.runtime.xla_options(compute.dtype)?;
     let t0 = Instant::now();
     let exe = client.compile(&mlir, &options)?;
     let compile_seconds = t0.elapsed().as_secs_f64();

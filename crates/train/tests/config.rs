@@ -118,3 +118,24 @@ fn the_embedded_smoke_config_is_valid() {
         "smoke corpus unpacked into the cache"
     );
 }
+
+#[test]
+fn xla_options_reach_the_compiler_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::tokens_file(dir.path(), 16, 16, 64);
+    let text = common::config(dir.path(), &data, 1, "");
+    let e = load(&text, &["runtime.xla_options.xla_cpu_enable_fast_math=[1]"]).unwrap_err();
+    assert!(
+        e.contains("runtime.xla_options.xla_cpu_enable_fast_math"),
+        "{e}"
+    );
+    let sets = vec![
+        "runtime.xla_options.xla_cpu_experimental_ynn_fusion_type=\"NOT_A_FUSION\"".to_string(),
+    ];
+    let cfg = TrainConfig::from_toml(&text, "test", &sets).unwrap();
+    let e = train::train(&cfg, false).unwrap_err().to_string();
+    assert!(
+        e.contains("xla_cpu_experimental_ynn_fusion_type") && e.contains("NOT_A_FUSION"),
+        "{e}"
+    );
+}
