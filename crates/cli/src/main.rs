@@ -32,6 +32,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    pjrt::tune_host_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => cmd::train::run(args),

@@ -48,14 +48,14 @@
 //! recommend over the older official `xla-cpu-pjrt==0.0.1` build: it refuses
 //! unknown client options with an error instead of ignoring them, it
 //! recovers after a failed execution, it is a Shardy-era XLA, and its bf16
-//! matmuls are 3-4x faster. Measured here (`cargo bench -p meshtrain-pjrt
+//! matmuls are about 4x faster. Measured here (`cargo bench -p meshtrain-pjrt
 //! --bench plugins`, 4 chained 1024^3 matmuls + tanh, 1 device, 2 cores,
 //! median of 12; 2026-11-27):
 //!
-//! | plugin | f32 step | bf16 step | bf16 GFLOP/s |
-//! |---|---|---|---|
-//! | lammps-jax-pjrt-cpu 0.11.2 (default) | 0.098 s | 0.026 s | 332 |
-//! | xla-cpu-pjrt 0.0.1 | 0.093 s | 0.096 s | 89 |
+//! | plugin | f32 step | f32 GFLOP/s | bf16 step | bf16 GFLOP/s |
+//! |---|---|---|---|---|
+//! | lammps-jax-pjrt-cpu 0.11.2 (default) | 0.035 s | 247 | 0.0085 s | 1014 |
+//! | xla-cpu-pjrt 0.0.1 | 0.032 s | 266 | 0.033 s | 259 |
 #![deny(missing_docs)]
 
 mod buffer;
@@ -64,6 +64,7 @@ mod compile;
 mod error;
 mod executable;
 pub mod hlo;
+mod host;
 pub mod install;
 mod options;
 mod plugin;
@@ -85,6 +86,7 @@ pub use client::{Client, DeviceInfo};
 pub use compile::{CompileOptions, XlaOption};
 pub use error::{Error, Result};
 pub use executable::{Executable, LoadedExecutable, MemoryStats};
+pub use host::tune_host_allocator;
 pub use options::OptionValue;
 pub use plugin::{HEADER_API_VERSION, Plugin};
 pub use timing::time_module;

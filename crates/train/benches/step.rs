@@ -66,6 +66,8 @@ device_count = {devices}
 }
 
 fn main() {
+    // As the meshtrain binary does at start.
+    pjrt::tune_host_allocator();
     let only_ours = std::env::args().any(|a| a == "--ours");
     let mut rows = Vec::new();
     for dtype in ["f32", "bf16"] {
