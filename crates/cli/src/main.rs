@@ -21,6 +21,8 @@ enum Command {
     Train(cmd::train::Args),
     /// Score a model on tokenized rows: mean next-token loss and perplexity.
     Eval(cmd::eval::Args),
+    /// Compile the training step for a TPU slice without one: does it fit, what does it cost.
+    Plan(cmd::plan::Args),
     /// Install a PJRT plugin (cpu, cuda, cuda12, cuda13, tpu) or the Gemma tokenizer.
     Setup(cmd::setup::Args),
     /// List the devices a PJRT plugin exposes.
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => cmd::train::run(args),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::Plan(args) => cmd::plan::run(args),
         Command::Setup(args) => cmd::setup::run(args),
         Command::Devices(args) => cmd::devices::run(args),
         Command::Tokenize(args) => data::cli::run_tokenize(args),

@@ -10,6 +10,7 @@ mod error;
 pub mod eval;
 mod init;
 pub mod mfu;
+pub mod plan;
 mod plot;
 pub mod report;
 mod run;

@@ -2,5 +2,6 @@
 
 pub mod devices;
 pub mod eval;
+pub mod plan;
 pub mod setup;
 pub mod train;
