@@ -46,9 +46,10 @@ fn a_small_step_fits_a_v5e_2x2() {
     let r = train::plan::plan(&cfg, "v5e:2x2").unwrap();
     assert_eq!((r.devices, r.hosts), (4, 1));
     assert!(r.fits, "{}", r.render());
-    assert_eq!(
-        r.hbm_bytes_per_device, 16_909_205_504,
-        "15.75 GiB as libtpu reports it"
+    let gib = r.hbm_bytes_per_device as f64 / (1u64 << 30) as f64;
+    assert!(
+        (15.7..15.8).contains(&gib),
+        "libtpu's per-chip limit is about 15.75 GiB, got {gib}"
     );
     let json = r.to_json();
     for key in [
