@@ -13,6 +13,8 @@ pub struct Device {
     pub id: i64,
     /// `[x, y, z...]` on the torus.
     pub coords: Vec<i64>,
+    /// Which slice of a multi-slice job (0 for one slice).
+    pub slice: i64,
 }
 
 /// Which physical dimension the `tensor` axis runs along.
@@ -32,8 +34,9 @@ pub enum TorusAxis {
 /// Devices are ordered with the chosen physical dimension varying fastest,
 /// so `tensor` (the innermost axis) walks along it: when `tensor` equals
 /// that dimension's length each tensor group is one full ring, and the
-/// outer axes step along the other dimension. Devices without coordinates
-/// keep id order.
+/// outer axes step along the other dimension. Several slices are ordered
+/// slice by slice, so the outermost mesh axis spans them. Devices without
+/// coordinates keep id order.
 pub fn device_order(mesh: &Mesh, devices: &[Device], tensor_along: TorusAxis) -> Result<Vec<i64>> {
     if devices.len() as i64 != mesh.devices() {
         return Err(Error::Layout(format!(
@@ -49,7 +52,16 @@ pub fn device_order(mesh: &Mesh, devices: &[Device], tensor_along: TorusAxis) ->
             TorusAxis::Y => (1, 0),
         };
         // Sort by the remaining dims (z: cores of a chip), then slow, then fast.
-        ids.sort_by_key(|d| (d.coords[2..].to_vec(), d.coords[slow], d.coords[fast]));
+        // Slices outermost: the outer (`data`) axis is the one that spans
+        // slices, over the data-center network.
+        ids.sort_by_key(|d| {
+            (
+                d.slice,
+                d.coords[2..].to_vec(),
+                d.coords[slow],
+                d.coords[fast],
+            )
+        });
     } else {
         ids.sort_by_key(|d| d.id);
     }
@@ -73,6 +85,7 @@ mod tests {
             .map(|i| Device {
                 id: (i * 7919) % (x * y),
                 coords: vec![i % x, i / x, 0],
+                slice: 0,
             })
             .collect();
         v.reverse();
@@ -153,7 +166,11 @@ mod tests {
     fn coordinate_free_devices_keep_id_order_and_counts_are_checked() {
         let devs: Vec<Device> = (0..8)
             .rev()
-            .map(|id| Device { id, coords: vec![] })
+            .map(|id| Device {
+                id,
+                coords: vec![],
+                slice: 0,
+            })
             .collect();
         let m = MeshConfig {
             data: 2,

@@ -109,10 +109,21 @@ pub struct PlanReport {
     pub oom: Option<String>,
     /// The chip.
     pub chip: &'static str,
+    /// Slices.
+    pub slices: usize,
+    /// Bytes each chip sends across slices per step: the ring all-reduce of
+    /// its gradient shard over the slices, `2 (S - 1) / S` times the f32
+    /// gradient bytes it holds (0 for one slice).
+    pub cross_slice_bytes_per_chip: u64,
 }
 
-/// Compiles the training step of `cfg` for `topology` without a TPU.
-pub fn plan(cfg: &TrainConfig, topology: &str) -> Result<PlanReport> {
+/// Compiles the training step of `cfg` for `slices` copies of `topology`
+/// without a TPU. With several slices the mesh's `data` axis (a multiple of
+/// `slices`) spans them: gradients are reduced across slices once per step.
+pub fn plan(cfg: &TrainConfig, topology: &str, slices: usize) -> Result<PlanReport> {
+    if slices == 0 {
+        return Err(Error::config("--slices", "0", "at least 1"));
+    }
     let (chip, shape) = parse_topology(topology)?;
     let path = pjrt::install::resolve(pjrt::install::Backend::Tpu, None)?;
     let plugin = Plugin::load(path)?;
@@ -128,7 +139,7 @@ pub fn plan(cfg: &TrainConfig, topology: &str) -> Result<PlanReport> {
         &[
             ("chip_config_name", OptionValue::Str("default".into())),
             ("chips_per_host_bounds", OptionValue::Ints(vec![2, 2, 1])),
-            ("num_slices", OptionValue::Int(1)),
+            ("num_slices", OptionValue::Int(slices as i64)),
             ("wrap", OptionValue::Ints(wrap)),
         ],
     )?;
@@ -148,6 +159,16 @@ pub fn plan(cfg: &TrainConfig, topology: &str) -> Result<PlanReport> {
     cfg.runtime.device_count = n;
     cfg.runtime.backend = "tpu".into();
     cfg.validate("plan")?;
+    if slices > 1 && cfg.resolved_mesh()?.data % slices as i64 != 0 {
+        return Err(Error::config(
+            "plan",
+            "mesh.data",
+            format!(
+                "{} must be a multiple of --slices {slices}: the data axis spans the slices",
+                cfg.resolved_mesh()?.data
+            ),
+        ));
+    }
     let model = cfg.model.resolve()?;
     let compute = cfg.compute_options()?;
     let mesh = cfg.resolved_mesh()?;
@@ -170,6 +191,7 @@ pub fn plan(cfg: &TrainConfig, topology: &str) -> Result<PlanReport> {
         .map(|d| mesh::Device {
             id: d.info.id as i64,
             coords: d.ints("coords").map(<[i64]>::to_vec).unwrap_or_default(),
+            slice: d.int("slice_index").unwrap_or(0),
         })
         .collect();
     let order = mesh::device_order(&step_plan.mesh, &coords, along)?;
@@ -197,6 +219,8 @@ pub fn plan(cfg: &TrainConfig, topology: &str) -> Result<PlanReport> {
         collective_seconds: 0.0,
         oom: None,
         chip: chip.name,
+        slices,
+        cross_slice_bytes_per_chip: 0,
     };
     match compiled {
         Ok(exe) => {
@@ -214,6 +238,9 @@ pub fn plan(cfg: &TrainConfig, topology: &str) -> Result<PlanReport> {
                 .max(stats.argument_bytes + stats.temp_bytes)
                 as u64;
             report.fits = report.per_device_peak_bytes <= hbm;
+            let s = slices as f64;
+            report.cross_slice_bytes_per_chip =
+                (2.0 * (s - 1.0) / s * sharding.param_bytes_per_device as f64) as u64;
             report.sharding = Some(sharding);
         }
         Err(PjrtError::Pjrt { message, .. }) if is_oom(&message) => {
@@ -255,9 +282,17 @@ impl PlanReport {
     pub fn render(&self) -> String {
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         let mut s = format!(
-            "topology {} ({} chips {}, {} hosts); step compiled in {:.1} s\n",
-            self.topology, self.devices, self.chip, self.hosts, self.compile_seconds
+            "topology {} x {} slice(s) ({} chips {}, {} hosts); step compiled in {:.1} s\n",
+            self.topology, self.slices, self.devices, self.chip, self.hosts, self.compile_seconds
         );
+        if self.slices > 1 {
+            s += &format!(
+                "across slices (data-center network): {:.1} MiB per chip per step ({:.2} GiB for the job), gradients reduced once per step\n",
+                self.cross_slice_bytes_per_chip as f64 / (1u64 << 20) as f64,
+                (self.cross_slice_bytes_per_chip * self.devices as u64) as f64
+                    / (1u64 << 30) as f64
+            );
+        }
         if let Some(r) = &self.sharding {
             s += &r.render();
         }
@@ -309,6 +344,8 @@ impl PlanReport {
             "compute_seconds": self.compute_seconds,
             "collective_seconds": self.collective_seconds,
             "oom": self.oom,
+            "slices": self.slices,
+            "cross_slice_bytes_per_chip": self.cross_slice_bytes_per_chip,
             "sharding": self.sharding.as_ref().map(ShardingReport::to_json),
         })
     }

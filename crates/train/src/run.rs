@@ -80,6 +80,7 @@ impl Placement {
             .map(|d| mesh::Device {
                 id: d.id as i64,
                 coords: vec![],
+                slice: 0,
             })
             .collect();
         let along = if cfg.mesh.tensor_along == "y" {

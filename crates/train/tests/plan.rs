@@ -43,7 +43,7 @@ fn a_small_step_fits_a_v5e_2x2() {
         return;
     }
     let cfg = tiny(&["model.dtype=\"bf16\"", "data.batch_size=8"]);
-    let r = train::plan::plan(&cfg, "v5e:2x2").unwrap();
+    let r = train::plan::plan(&cfg, "v5e:2x2", 1).unwrap();
     assert_eq!((r.devices, r.hosts), (4, 1));
     assert!(r.fits, "{}", r.render());
     let gib = r.hbm_bytes_per_device as f64 / (1u64 << 30) as f64;
@@ -85,7 +85,7 @@ fn an_over_large_batch_is_a_clear_does_not_fit() {
         "data.seq_len=64",
         "model.dtype=\"bf16\"",
     ]);
-    let r = train::plan::plan(&cfg, "v5e:2x2").unwrap();
+    let r = train::plan::plan(&cfg, "v5e:2x2", 1).unwrap();
     assert!(!r.fits);
     let text = r.render();
     assert!(
@@ -106,9 +106,50 @@ fn shipped_gemma_configs_fit_a_v5e_16x16() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     for name in ["gemma-2b", "gemma-7b"] {
         let cfg = TrainConfig::load(Some(&root.join(format!("configs/{name}.toml"))), &[]).unwrap();
-        let r = train::plan::plan(&cfg, "v5e:16x16").unwrap();
+        let r = train::plan::plan(&cfg, "v5e:16x16", 1).unwrap();
         eprintln!("{name}: {}", r.render());
         assert_eq!((r.devices, r.hosts), (256, 64));
         assert!(r.fits, "{name} does not fit: {}", r.render());
     }
+}
+
+#[test]
+fn two_slices_put_the_data_axis_across_them() {
+    if !have_libtpu() {
+        return;
+    }
+    let cfg = tiny(&[
+        "model.dtype=\"bf16\"",
+        "mesh.data=2",
+        "mesh.fsdp=4",
+        "runtime.device_count=8",
+    ]);
+    let r = train::plan::plan(&cfg, "v5e:2x2", 2).unwrap();
+    assert_eq!((r.devices, r.hosts, r.slices), (8, 2, 2));
+    assert!(r.fits, "{}", r.render());
+    let s = r.sharding.as_ref().unwrap();
+    // data index 0 holds slice 0's chips (ids 1000xx), data index 1 slice 1's.
+    assert!(
+        s.device_order[..4].iter().all(|&id| id < 200_000)
+            && s.device_order[4..].iter().all(|&id| id >= 200_000),
+        "{:?}",
+        s.device_order
+    );
+    assert_eq!(
+        r.cross_slice_bytes_per_chip, s.param_bytes_per_device,
+        "2 slices: 2 (S-1)/S = 1 x the gradient shard"
+    );
+    assert!(r.render().contains("across slices"));
+    let e = train::plan::plan(
+        &tiny(&[
+            "mesh.data=1",
+            "mesh.fsdp=8",
+            "runtime.device_count=8",
+            "data.batch_size=8",
+        ]),
+        "v5e:2x2",
+        2,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("multiple of --slices 2"), "{e}");
 }

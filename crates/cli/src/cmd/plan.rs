@@ -17,6 +17,9 @@ pub struct Args {
     /// Override any config key by its dotted path.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// Number of slices joined over the data-center network (an outer data axis).
+    #[arg(long, default_value_t = 1)]
+    slices: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -24,7 +27,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = TrainConfig::load(Some(&args.config), &args.sets)?;
-    let report = train::plan::plan(&cfg, &args.topology)?;
+    let report = train::plan::plan(&cfg, &args.topology, args.slices)?;
     if args.json {
         println!("{}", report.to_json());
     } else {
