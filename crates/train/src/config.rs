@@ -422,6 +422,15 @@ impl TrainConfig {
         Ok(m.resolve(self.runtime.device_count as i64)?)
     }
 
+    /// The physical dimension the `tensor` axis runs along.
+    pub fn tensor_along(&self) -> mesh::TorusAxis {
+        if self.mesh.tensor_along == "y" {
+            mesh::TorusAxis::Y
+        } else {
+            mesh::TorusAxis::X
+        }
+    }
+
     /// Compute dtype and remat policy.
     pub fn compute_options(&self) -> Result<gemma::ComputeOptions> {
         let dtype = match self.model.dtype.as_str() {

@@ -13,7 +13,7 @@ use pjrt::{CompileOptions, Error as PjrtError, OptionValue, Plugin, Topology};
 
 use crate::config::TrainConfig;
 use crate::report::{Collective, ShardingReport};
-use crate::step::{Plan, StepShape, build_step};
+use crate::step::build_for;
 use crate::{Error, Result, mfu};
 
 /// A TPU generation as planning needs it.
@@ -169,23 +169,7 @@ pub fn plan(cfg: &TrainConfig, topology: &str, slices: usize) -> Result<PlanRepo
             ),
         ));
     }
-    let model = cfg.model.resolve()?;
-    let compute = cfg.compute_options()?;
-    let mesh = cfg.resolved_mesh()?;
-    let step_plan = Plan::new(&model, mesh, mesh::Rules::with_overrides(&cfg.mesh.rules)?);
-    let a = cfg.optimizer.accumulation_steps;
-    let shape = StepShape {
-        accumulation: a,
-        micro_batch: cfg.data.batch_size / a,
-        seq_len: cfg.data.seq_len,
-        total_steps: cfg.train.steps,
-    };
-    let step = build_step(&model, &cfg.optimizer, compute, shape, &step_plan)?;
-    let along = if cfg.mesh.tensor_along == "y" {
-        mesh::TorusAxis::Y
-    } else {
-        mesh::TorusAxis::X
-    };
+    let (model, step_plan, step) = build_for(&cfg)?;
     let coords: Vec<mesh::Device> = devices
         .iter()
         .map(|d| mesh::Device {
@@ -194,7 +178,7 @@ pub fn plan(cfg: &TrainConfig, topology: &str, slices: usize) -> Result<PlanRepo
             slice: d.int("slice_index").unwrap_or(0),
         })
         .collect();
-    let order = mesh::device_order(&step_plan.mesh, &coords, along)?;
+    let order = mesh::device_order(&step_plan.mesh, &coords, cfg.tensor_along())?;
     let options = CompileOptions {
         device_assignment: Some(vec![order.clone()]),
         ..CompileOptions::spmd(n as i64)

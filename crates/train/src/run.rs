@@ -10,7 +10,7 @@ use pjrt::{Buffer, Client};
 
 use crate::config::TrainConfig;
 use crate::shard::{extract, insert, shard_ranges};
-use crate::step::{Plan, Slot, StepProgram, StepShape, build_step};
+use crate::step::{Plan, Slot, StepProgram, build_for};
 use crate::{Error, Result, mfu};
 
 /// What a finished run reports.
@@ -83,12 +83,7 @@ impl Placement {
                 slice: 0,
             })
             .collect();
-        let along = if cfg.mesh.tensor_along == "y" {
-            mesh::TorusAxis::Y
-        } else {
-            mesh::TorusAxis::X
-        };
-        let ids = mesh::device_order(&plan.mesh, &devices, along)?;
+        let ids = mesh::device_order(&plan.mesh, &devices, cfg.tensor_along())?;
         let device_of = ids
             .iter()
             .map(|id| {
@@ -141,10 +136,8 @@ pub(crate) fn get(plan: &Plan, slot: &Slot, shards: &[&Buffer]) -> Result<Vec<f3
 
 /// Runs the training job.
 pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
-    let model = cfg.model.resolve()?;
     let compute = cfg.compute_options()?;
-    let mesh = cfg.resolved_mesh()?;
-    let plan = Plan::new(&model, mesh, mesh::Rules::with_overrides(&cfg.mesh.rules)?);
+    let (model, plan, step) = build_for(cfg)?;
     let run_dir = cfg.train.run_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| Error::io("creating", &run_dir, e))?;
     write_file(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
@@ -163,14 +156,6 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
             ),
         ));
     }
-    let a = cfg.optimizer.accumulation_steps;
-    let shape = StepShape {
-        accumulation: a,
-        micro_batch: cfg.data.batch_size / a,
-        seq_len: cfg.data.seq_len,
-        total_steps: cfg.train.steps,
-    };
-    let step = build_step(&model, &cfg.optimizer, compute, shape, &plan)?;
     let mlir = step.program.to_mlir();
     let n = plan.mesh.devices();
     let (mut at, order) = Placement::new(cfg, &client, &plan)?;

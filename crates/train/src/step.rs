@@ -334,3 +334,23 @@ pub fn build_step(
         batch,
     })
 }
+
+/// The model, sharding plan and step program a config describes: the one
+/// place where training and planning build their step.
+pub fn build_for(cfg: &crate::TrainConfig) -> Result<(GemmaConfig, Plan, StepProgram)> {
+    let model = cfg.model.resolve()?;
+    let plan = Plan::new(
+        &model,
+        cfg.resolved_mesh()?,
+        Rules::with_overrides(&cfg.mesh.rules)?,
+    );
+    let a = cfg.optimizer.accumulation_steps;
+    let shape = StepShape {
+        accumulation: a,
+        micro_batch: cfg.data.batch_size / a,
+        seq_len: cfg.data.seq_len,
+        total_steps: cfg.train.steps,
+    };
+    let step = build_step(&model, &cfg.optimizer, cfg.compute_options()?, shape, &plan)?;
+    Ok((model, plan, step))
+}
