@@ -138,7 +138,10 @@ pub fn plan(cfg: &TrainConfig, topology: &str, slices: usize) -> Result<PlanRepo
         topology,
         &[
             ("chip_config_name", OptionValue::Str("default".into())),
-            ("chips_per_host_bounds", OptionValue::Ints(vec![2, 2, 1])),
+            (
+                "chips_per_host_bounds",
+                OptionValue::Ints(host_bounds(&dims)),
+            ),
             ("num_slices", OptionValue::Int(slices as i64)),
             ("wrap", OptionValue::Ints(wrap)),
         ],
@@ -234,6 +237,16 @@ pub fn plan(cfg: &TrainConfig, topology: &str, slices: usize) -> Result<PlanRepo
         Err(e) => return Err(e.into()),
     }
     Ok(report)
+}
+
+/// Chips per host: four (2x2) on multi-host slices; single-host products
+/// (1x1, and the eight-chip 2x4) are one host.
+fn host_bounds(dims: &[i64]) -> Vec<i64> {
+    match dims {
+        [1, 1] => vec![1, 1, 1],
+        [2, 4] => vec![2, 4, 1],
+        _ => vec![2, 2, 1],
+    }
 }
 
 fn is_oom(message: &str) -> bool {

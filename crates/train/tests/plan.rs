@@ -153,3 +153,21 @@ fn two_slices_put_the_data_axis_across_them() {
     .unwrap_err();
     assert!(e.to_string().contains("multiple of --slices 2"), "{e}");
 }
+
+#[test]
+fn every_generation_and_single_host_shapes_compile() {
+    if !have_libtpu() {
+        return;
+    }
+    for (topology, chips, hosts) in [
+        ("v5e:1x1", 1, 1),
+        ("v5e:2x4", 8, 1),
+        ("v6e:2x2", 4, 1),
+        ("v5p:2x2x1", 4, 1),
+    ] {
+        let cfg = tiny(&["model.dtype=\"bf16\"", "data.batch_size=8", "mesh.fsdp=-1"]);
+        let r = train::plan::plan(&cfg, topology, 1).unwrap();
+        assert_eq!((r.devices, r.hosts), (chips, hosts), "{topology}");
+        assert!(r.fits, "{topology}: {}", r.render());
+    }
+}
