@@ -34,8 +34,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    pjrt::tune_host_allocator();
     let cli = Cli::parse();
+    // Commands that run XLA programs keep its per-execution temporaries in
+    // the heap (see pjrt::tune_host_allocator); tokenizing on all cores
+    // keeps glibc's per-thread arenas.
+    if matches!(cli.command, Command::Train(_) | Command::Eval(_) | Command::Plan(_)) {
+        pjrt::tune_host_allocator();
+    }
     let result = match cli.command {
         Command::Train(args) => cmd::train::run(args),
         Command::Eval(args) => cmd::eval::run(args),
