@@ -38,7 +38,10 @@ fn main() -> ExitCode {
     // Commands that run XLA programs keep its per-execution temporaries in
     // the heap (see pjrt::tune_host_allocator); tokenizing on all cores
     // keeps glibc's per-thread arenas.
-    if matches!(cli.command, Command::Train(_) | Command::Eval(_) | Command::Plan(_)) {
+    if matches!(
+        cli.command,
+        Command::Train(_) | Command::Eval(_) | Command::Plan(_)
+    ) {
         pjrt::tune_host_allocator();
     }
     let result = match cli.command {
