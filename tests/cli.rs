@@ -2,6 +2,14 @@
 
 use std::process::Command;
 
+/// Runs meshtrain; the test fails with its stderr unless it succeeded.
+fn meshtrain_ok(args: &[&str]) -> std::process::Output {
+    let out = meshtrain(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "meshtrain {args:?} failed: {err}");
+    out
+}
+
 fn meshtrain(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_meshtrain"))
         .args(args)
@@ -11,7 +19,7 @@ fn meshtrain(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn devices_json_lists_every_cpu_device() {
-    let out = meshtrain(&[
+    let out = meshtrain_ok(&[
         "devices",
         "--backend",
         "cpu",
@@ -19,11 +27,6 @@ fn devices_json_lists_every_cpu_device() {
         "8",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(doc["platform"], "cpu");
     let (major, minor) = doc["api_version"]
@@ -119,7 +122,7 @@ peak_flops_per_device = 1e11
 fn train_then_eval_the_exported_model() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path());
-    let out = meshtrain(&[
+    meshtrain_ok(&[
         "train",
         "--config",
         cfg.to_str().unwrap(),
@@ -127,11 +130,6 @@ fn train_then_eval_the_exported_model() {
         "--set",
         "optimizer.warmup_steps=2",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let run = dir.path().join("run");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let steps: Vec<i64> = metrics
@@ -148,7 +146,7 @@ fn train_then_eval_the_exported_model() {
         saved.contains("warmup_steps = 2"),
         "the resolved config includes --set values"
     );
-    let out = meshtrain(&[
+    let out = meshtrain_ok(&[
         "eval",
         "--checkpoint",
         run.join("final").to_str().unwrap(),
@@ -156,11 +154,6 @@ fn train_then_eval_the_exported_model() {
         dir.path().join("tokens.json").to_str().unwrap(),
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["tokens"], 32 * 15);
     let loss = doc["loss"].as_f64().unwrap();
@@ -193,7 +186,7 @@ fn eval_of_a_transformers_checkpoint_gives_its_loss() {
         .map(|r| format!("{}\n", serde_json::json!({ "input_ids": r })))
         .collect();
     std::fs::write(&tokens, text).unwrap();
-    let out = meshtrain(&[
+    let out = meshtrain_ok(&[
         "eval",
         "--checkpoint",
         golden.join("model").to_str().unwrap(),
@@ -203,11 +196,6 @@ fn eval_of_a_transformers_checkpoint_gives_its_loss() {
         "--batch-size",
         "3",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let got = doc["loss"].as_f64().unwrap();
     assert!(
@@ -265,17 +253,12 @@ fn smoke_run_falls_well_below_the_unigram_entropy() {
         .sum();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("smoke");
-    let out = meshtrain(&[
+    meshtrain_ok(&[
         "train",
         "--quiet",
         "--set",
         &format!("train.run_dir={:?}", run.display().to_string()),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     let loss = last["loss"].as_f64().unwrap();
@@ -296,7 +279,7 @@ fn tokenize_raw_text_then_train_from_the_shards() {
     let tokenizer = root.join("configs/data/shakespeare-bpe8k.json");
     let shards = dir.path().join("shards");
     let glob = format!("{}/*.txt", dir.path().display());
-    let out = meshtrain(&[
+    let out = meshtrain_ok(&[
         "tokenize",
         "--tokenizer",
         tokenizer.to_str().unwrap(),
@@ -307,11 +290,6 @@ fn tokenize_raw_text_then_train_from_the_shards() {
         "--text-unit",
         "paragraph",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let cfg = dir.path().join("shards.toml");
     std::fs::write(
         &cfg,
@@ -341,12 +319,7 @@ peak_flops_per_device = 1e11
         ),
     )
     .unwrap();
-    let out = meshtrain(&["train", "--config", cfg.to_str().unwrap(), "--quiet"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = meshtrain_ok(&["train", "--config", cfg.to_str().unwrap(), "--quiet"]);
     let metrics = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 4);
 }
