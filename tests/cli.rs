@@ -279,7 +279,7 @@ fn tokenize_raw_text_then_train_from_the_shards() {
     let tokenizer = root.join("configs/data/shakespeare-bpe8k.json");
     let shards = dir.path().join("shards");
     let glob = format!("{}/*.txt", dir.path().display());
-    let out = meshtrain_ok(&[
+    meshtrain_ok(&[
         "tokenize",
         "--tokenizer",
         tokenizer.to_str().unwrap(),
@@ -319,7 +319,7 @@ peak_flops_per_device = 1e11
         ),
     )
     .unwrap();
-    let out = meshtrain_ok(&["train", "--config", cfg.to_str().unwrap(), "--quiet"]);
+    meshtrain_ok(&["train", "--config", cfg.to_str().unwrap(), "--quiet"]);
     let metrics = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 4);
 }
