@@ -21,6 +21,8 @@ enum Command {
     Train(cmd::train::Args),
     /// Score a model on tokenized rows: mean next-token loss and perplexity.
     Eval(cmd::eval::Args),
+    /// Write a checkpoint's parameters as a Hugging Face model directory.
+    Export(cmd::export::Args),
     /// Compile the training step for a TPU slice without one: does it fit, what does it cost.
     Plan(cmd::plan::Args),
     /// Install a PJRT plugin (cpu, cuda, cuda12, cuda13, tpu) or the Gemma tokenizer.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Plan(args) => cmd::plan::run(args),
+        Command::Export(args) => cmd::export::run(args),
         Command::Setup(args) => cmd::setup::run(args),
         Command::Devices(args) => cmd::devices::run(args),
         Command::Tokenize(args) => data::cli::run_tokenize(args),

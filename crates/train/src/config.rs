@@ -111,6 +111,9 @@ pub struct OptimizerConfig {
     pub clip_grad_norm: f64,
     /// Micro-batches per step (gradient accumulation).
     pub accumulation_steps: usize,
+    /// Steps the schedule spans; unset: `train.steps`. Set it to stop a run
+    /// early (and resume it later) on the schedule of a longer one.
+    pub schedule_steps: Option<u64>,
 }
 
 impl Default for OptimizerConfig {
@@ -128,6 +131,7 @@ impl Default for OptimizerConfig {
             min_lr_ratio: 0.1,
             clip_grad_norm: 1.0,
             accumulation_steps: 1,
+            schedule_steps: None,
         }
     }
 }
@@ -156,6 +160,25 @@ pub struct TrainSection {
     /// Export the final model as a Hugging Face directory `run_dir/final`.
     #[serde(default = "yes")]
     pub export_final: bool,
+    /// Save a checkpoint every this many steps (and after the last); 0: never.
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// Committed checkpoints kept in `run_dir/checkpoints` (oldest deleted
+    /// first); 0 keeps all.
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+    /// `"auto"`: continue from the newest complete checkpoint in
+    /// `run_dir/checkpoints` if there is one; `"none"`: start fresh (refused
+    /// if `run_dir` holds checkpoints); otherwise a checkpoint directory.
+    #[serde(default = "default_resume")]
+    pub resume: String,
+}
+
+fn default_keep() -> usize {
+    3
+}
+fn default_resume() -> String {
+    "auto".into()
 }
 
 fn default_log_every() -> u64 {
@@ -372,6 +395,20 @@ impl TrainConfig {
                     "{} must be at least 1 and divide data.batch_size = {}",
                     o.accumulation_steps, self.data.batch_size
                 ),
+            );
+        }
+        if let Some(n) = o.schedule_steps
+            && n < self.train.steps
+        {
+            return bad(
+                "optimizer.schedule_steps",
+                format!("{n} is less than train.steps = {}", self.train.steps),
+            );
+        }
+        if self.train.resume.is_empty() {
+            return bad(
+                "train.resume",
+                "expected \"auto\", \"none\" or a checkpoint directory".into(),
             );
         }
         if self.train.steps == 0 || self.train.log_every == 0 {

@@ -44,6 +44,24 @@ pub enum Error {
         /// OS error.
         source: std::io::Error,
     },
+    /// A checkpoint is incomplete, corrupt or does not fit the run.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The checkpoint directory (or file in it).
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Writing a checkpoint failed; its partial files were removed.
+    #[error("saving the checkpoint of step {step} failed ({kept}): {source}")]
+    Save {
+        /// The step being saved.
+        step: u64,
+        /// Which checkpoint remains the newest.
+        kept: String,
+        /// Why.
+        source: Box<Error>,
+    },
     /// Training produced a non-finite loss.
     #[error("step {step}: loss is {loss}; stopping (lower optimizer.lr or enable clipping)")]
     Diverged {

@@ -19,7 +19,7 @@ pub struct EvalResult {
     pub tokens: u64,
 }
 
-/// Scores the Hugging Face checkpoint in `dir` on the `tokens` file (JSON
+/// Scores the Hugging Face model directory or meshtrain checkpoint in `dir` on the `tokens` file (JSON
 /// `{"input_ids": [[...]]}` or JSONL), `batch` rows at a time, on `client`'s
 /// first device.
 pub fn evaluate(
@@ -28,7 +28,11 @@ pub fn evaluate(
     tokens: &Path,
     batch: usize,
 ) -> Result<EvalResult> {
-    let ck = gemma::hf::load(dir)?;
+    let ck = if crate::checkpoint::is_checkpoint(dir) {
+        crate::checkpoint::Checkpoint::open(dir)?.model()?
+    } else {
+        gemma::hf::load(dir)?
+    };
     let cfg = ck.config;
     let rows = data::read_token_rows(tokens, cfg.max_seq_len)?;
     let t = rows.iter().map(Vec::len).max().unwrap_or(1).max(2);

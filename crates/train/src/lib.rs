@@ -5,6 +5,7 @@
 //! the final model.
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod eval;
@@ -16,6 +17,7 @@ pub mod report;
 mod run;
 pub mod schedule;
 pub mod shard;
+mod state;
 pub mod step;
 
 pub use config::TrainConfig;

@@ -10,8 +10,8 @@ use pjrt::{Buffer, Client};
 
 use crate::config::TrainConfig;
 use crate::shard::{extract, insert, shard_ranges};
-use crate::step::{Plan, Slot, StepProgram, build_for};
-use crate::{Error, Result, mfu};
+use crate::step::{Plan, Slot, build_for};
+use crate::{Error, Result, checkpoint, mfu, state};
 
 /// What a finished run reports.
 #[derive(Clone, Debug)]
@@ -29,9 +29,6 @@ pub struct RunSummary {
     /// The start-up sharding report.
     pub report: crate::report::ShardingReport,
 }
-
-/// One device's state: params, m, v (3P buffers) and the step counter.
-type DeviceState = Vec<Buffer>;
 
 /// Creates the client the config asks for.
 pub fn make_client(cfg: &TrainConfig) -> Result<Client> {
@@ -134,16 +131,21 @@ pub(crate) fn get(plan: &Plan, slot: &Slot, shards: &[&Buffer]) -> Result<Vec<f3
     Ok(out)
 }
 
-/// Runs the training job.
+/// Runs the training job: from scratch, or from the checkpoint
+/// `train.resume` names, saving checkpoints as `train.checkpoint_every` asks.
 pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
     let compute = cfg.compute_options()?;
     let (model, plan, step) = build_for(cfg)?;
     let run_dir = cfg.train.run_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| Error::io("creating", &run_dir, e))?;
+    let ckpt_root = run_dir.join("checkpoints");
+    let resume = find_resume(cfg, &model, &ckpt_root)?;
+    let start = resume.as_ref().map_or(0, |c| c.step());
     write_file(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
 
     let client = make_client(cfg)?;
-    let mut loader = data::Loader::new(&cfg.data, 0, 1, None)?;
+    let loader_state = resume.as_ref().map(|c| c.manifest.loader);
+    let mut loader = data::Loader::new(&cfg.data, 0, 1, loader_state)?;
     if let Some(v) = loader.info().vocab_size
         && v > model.vocab_size
     {
@@ -208,7 +210,29 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
             .as_bytes(),
     )?;
 
-    let mut state = initial_state(cfg, &client, &plan, &at, &step)?;
+    let mut state = match &resume {
+        Some(c) => {
+            let m = c.manifest.mesh;
+            eprintln!(
+                "meshtrain: resuming from {} (step {start}, saved under mesh data={} fsdp={} tensor={})",
+                c.dir.display(),
+                m.data,
+                m.fsdp,
+                m.tensor
+            );
+            state::restore(c, &client, &plan, &at, &step)?
+        }
+        None => state::initial(cfg, &client, &plan, &at, &step)?,
+    };
+    drop(resume);
+    if start >= cfg.train.steps {
+        eprintln!(
+            "meshtrain: {} already holds step {start} of train.steps = {}: nothing to train \
+             (raise train.steps to continue, or use another train.run_dir to start over)",
+            run_dir.display(),
+            cfg.train.steps
+        );
+    }
     let peak = match cfg.train.peak_flops_per_device {
         Some(p) => p * n as f64,
         // Virtual CPU devices share the host's cores: the host is the peak.
@@ -218,12 +242,13 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
     let flops_per_step = mfu::flops_per_token(&model, cfg.data.seq_len) * tokens_per_step;
 
     let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path)
-        .map_err(|e| Error::io("creating", &metrics_path, e))?;
+    let mut metrics = open_metrics(&metrics_path, start)?;
+    let mut writer = checkpoint::Writer::new(ckpt_root, cfg.train.keep_checkpoints);
     let bar = progress_bar(cfg.train.steps, show_progress);
+    bar.set_position(start.min(cfg.train.steps));
     let mut losses = Vec::new();
     let mut times = Vec::new();
-    for s in 0..cfg.train.steps {
+    for s in start..cfg.train.steps {
         let t = Instant::now();
         let batch = loader.next_batch()?;
         if let Some(&bad) = batch
@@ -272,7 +297,7 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
             return Err(Error::Diverged { step: s, loss });
         }
         losses.push((s, loss));
-        if s > 0 || cfg.train.steps == 1 {
+        if s > start || cfg.train.steps == start + 1 {
             times.push(dt);
         }
         if s % cfg.train.log_every == 0 || s + 1 == cfg.train.steps {
@@ -287,8 +312,23 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
             });
             writeln!(metrics, "{line}").map_err(|e| Error::io("writing", &metrics_path, e))?;
         }
+        let every = cfg.train.checkpoint_every;
+        if every > 0 && ((s + 1) % every == 0 || s + 1 == cfg.train.steps) {
+            // Metrics up to the checkpoint are durable before it can commit.
+            metrics
+                .flush()
+                .map_err(|e| Error::io("writing", &metrics_path, e))?;
+            let snap = state::snapshot(cfg, &plan, &step, &state, loader.state())?;
+            writer.start(snap)?;
+        }
+        if let Some(saved) = writer.poll()? {
+            bar.suspend(|| eprintln!("meshtrain: checkpoint step {saved} committed"));
+        }
         bar.set_message(format!("loss {loss:.4}  {:.0} tok/s", tokens_per_step / dt));
         bar.inc(1);
+    }
+    if let Some(saved) = writer.wait()? {
+        bar.suspend(|| eprintln!("meshtrain: checkpoint step {saved} committed"));
     }
     bar.finish();
     metrics
@@ -299,7 +339,7 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
         crate::plot::loss_svg(&losses, "training loss").as_bytes(),
     )?;
     if cfg.train.export_final {
-        let params = gather_params(&plan, &step, &state)?;
+        let params = state::gather_params(&plan, &step, &state)?;
         let tensors = param_specs(&model)
             .iter()
             .zip(params)
@@ -326,43 +366,70 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
     })
 }
 
-fn initial_state(
+/// The checkpoint `train.resume` asks for, checked against the model.
+fn find_resume(
     cfg: &TrainConfig,
-    client: &Client,
-    plan: &Plan,
-    at: &Placement,
-    step: &StepProgram,
-) -> Result<Vec<DeviceState>> {
-    let model = cfg.model.resolve()?;
-    let values = crate::init::init_params(&model, &cfg.model.init, cfg.model.seed)?;
-    let n = plan.mesh.devices() as usize;
-    let mut state: Vec<DeviceState> = (0..n).map(|_| Vec::new()).collect();
-    for part in 0..3 {
-        for (slot, v) in step.params.iter().zip(&values) {
-            let zeros;
-            let data = if part == 0 {
-                v.as_slice()
-            } else {
-                zeros = vec![0f32; v.len()];
-                zeros.as_slice()
-            };
-            for (p, buf) in put(client, plan, at, slot, data)?.into_iter().enumerate() {
-                state[p].push(buf);
+    model: &gemma::GemmaConfig,
+    root: &std::path::Path,
+) -> Result<Option<checkpoint::Checkpoint>> {
+    let found = match cfg.train.resume.as_str() {
+        "none" => {
+            if let Some((step, dir)) = checkpoint::list(root)?.pop() {
+                return Err(Error::config(
+                    "train",
+                    "train.resume",
+                    format!(
+                        "\"none\", but {} holds checkpoints (newest: step {step}); set train.resume = \"auto\" \
+                         to continue that run, or choose another train.run_dir",
+                        dir.parent().unwrap_or(root).display()
+                    ),
+                ));
             }
+            None
+        }
+        "auto" => {
+            checkpoint::remove_partials(root)?;
+            checkpoint::latest(root)?
+        }
+        dir => Some(checkpoint::Checkpoint::open(std::path::Path::new(dir))?),
+    };
+    if let Some(c) = &found {
+        let saved = c.config()?.model.resolve()?;
+        if saved != *model {
+            return Err(Error::Checkpoint {
+                path: c.dir.clone(),
+                message: format!(
+                    "was saved for another model shape: {saved:?}; this run's [model] is {model:?}"
+                ),
+            });
         }
     }
-    for (p, s) in state.iter_mut().enumerate() {
-        s.push(client.buffer_from_host(&[0i32], &[], at.device_of[p])?);
-    }
-    Ok(state)
+    Ok(found)
 }
 
-fn gather_params(plan: &Plan, step: &StepProgram, state: &[DeviceState]) -> Result<Vec<Vec<f32>>> {
-    step.params
-        .iter()
-        .enumerate()
-        .map(|(i, slot)| get(plan, slot, &state.iter().map(|s| &s[i]).collect::<Vec<_>>()))
-        .collect()
+/// Opens `metrics.jsonl` for appending; on a resume from step `start` the
+/// lines of steps at or after it (trained again now) are dropped first.
+fn open_metrics(path: &std::path::Path, start: u64) -> Result<std::fs::File> {
+    if start > 0 && path.exists() {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s < start)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write_file(path, kept.as_bytes())?;
+    } else {
+        write_file(path, b"")?;
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io("opening", path, e))
 }
 
 fn progress_bar(steps: u64, show: bool) -> indicatif::ProgressBar {

@@ -349,7 +349,7 @@ pub fn build_for(cfg: &crate::TrainConfig) -> Result<(GemmaConfig, Plan, StepPro
         accumulation: a,
         micro_batch: cfg.data.batch_size / a,
         seq_len: cfg.data.seq_len,
-        total_steps: cfg.train.steps,
+        total_steps: cfg.optimizer.schedule_steps.unwrap_or(cfg.train.steps),
     };
     let step = build_step(&model, &cfg.optimizer, cfg.compute_options()?, shape, &plan)?;
     Ok((model, plan, step))

@@ -7,7 +7,8 @@ use anyhow::Result;
 /// Arguments of `meshtrain eval`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A Hugging Face model directory (config.json + *.safetensors), e.g. a run's `final/`.
+    /// A Hugging Face model directory (config.json + *.safetensors), e.g. a run's `final/`,
+    /// or a meshtrain checkpoint (`run_dir/checkpoints/step_N`).
     #[arg(long)]
     checkpoint: PathBuf,
     /// Token rows: `{"input_ids": [[...], ...]}` (JSON) or one `{"input_ids": [...]}` per line.

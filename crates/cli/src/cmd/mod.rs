@@ -2,6 +2,7 @@
 
 pub mod devices;
 pub mod eval;
+pub mod export;
 pub mod plan;
 pub mod setup;
 pub mod train;

@@ -1,0 +1,70 @@
+//! Checkpoints: sharded, written in the background, visible only when
+//! complete, verified on restore, restorable under another mesh.
+//!
+//! # Layout
+//! ```text
+//! run_dir/checkpoints/
+//!   step_00000100/              a committed checkpoint (100 steps done)
+//!     COMMITTED                 sha256 of manifest.json, written last
+//!     manifest.json             step, mesh, loader state, every file's size and sha256,
+//!                               every tensor's global shape and where its pieces are
+//!     config.toml               the resolved config of the run
+//!     part-00000.json           what process 0 wrote (one per process)
+//!     shards/p00000-d00003.safetensors
+//!                               the pieces device 3 of process 0 owns: `params/<hf name>`,
+//!                               `m/<hf name>`, `v/<hf name>`, each a box of the global tensor
+//!   step_00000200.partial/      being written (or left by a crash): never read
+//! ```
+//! A tensor replicated over some mesh axes is written once: of the devices
+//! holding the same box, the lowest partition writes it.
+//!
+//! # Commit protocol
+//! Each process writes its files into `step_N.partial/`, fsyncs them and
+//! records their sha256 in its `part-P.json` (written to a temporary name,
+//! fsynced, renamed). When every process has written its part (on a
+//! multi-host job the coordinator agrees on that), one process merges the
+//! parts into `manifest.json`, fsyncs the directory, renames it to
+//! `step_N/` and writes `COMMITTED`; then the oldest checkpoints beyond
+//! `train.keep_checkpoints` are deleted. A directory without a matching
+//! `COMMITTED` is incomplete and is never restored.
+//!
+//! # Restore
+//! [`Checkpoint::open`] checks the marker, the manifest, every file's size
+//! and sha256, and that each tensor's pieces tile its global shape;
+//! [`Checkpoint::tensor`] assembles a global tensor, which the run then
+//! splits under its own mesh (so a checkpoint restores under any mesh).
+
+mod export;
+mod format;
+mod read;
+mod write;
+
+pub use export::is_checkpoint;
+pub use format::{FileRecord, Manifest, MeshRecord, PieceRecord, TensorRecord};
+pub(crate) use read::remove_partials;
+pub use read::{Checkpoint, latest, list};
+pub use write::{Piece, Snapshot, SnapshotTensor, Writer, commit, save, write_part};
+
+/// Directory name of the checkpoint after `step` steps.
+pub fn dir_name(step: u64) -> String {
+    format!("step_{step:08}")
+}
+
+/// The step of a committed-looking directory name (`step_00000100`).
+fn parse_dir_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("step_")?;
+    if digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Suffix of a checkpoint being written.
+const PARTIAL: &str = ".partial";
+/// The commit marker.
+const MARKER: &str = "COMMITTED";
+/// The manifest.
+const MANIFEST: &str = "manifest.json";
+/// The format written in manifests.
+const FORMAT: &str = "meshtrain-checkpoint/1";

@@ -1,0 +1,260 @@
+//! Restoring: find the newest complete checkpoint, verify every byte of it,
+//! assemble global tensors from their pieces.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+
+use super::format::{Manifest, TensorRecord, sha256};
+use super::{FORMAT, MANIFEST, MARKER, PARTIAL, parse_dir_name};
+use crate::{Error, Result, TrainConfig};
+
+/// Checkpoint directories under `root` named `step_N` (complete-looking;
+/// `.partial` ones excluded), oldest first. A missing `root` is empty.
+pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("listing", root, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("listing", root, e))?;
+        let name = entry.file_name();
+        if let Some(step) = name.to_str().and_then(parse_dir_name) {
+            out.push((step, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Removes `step_N.partial` directories: saves interrupted by a crash.
+/// Only call this when no save is in flight (at the start of a run).
+pub(crate) fn remove_partials(root: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("step_") && name.ends_with(PARTIAL) {
+            eprintln!("meshtrain: removing {name}, a checkpoint whose write was interrupted");
+            std::fs::remove_dir_all(entry.path())
+                .map_err(|e| Error::io("removing", entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The newest checkpoint under `root` that verifies; each newer one that
+/// does not is reported on stderr and skipped.
+pub fn latest(root: &Path) -> Result<Option<Checkpoint>> {
+    for (_, dir) in list(root)?.into_iter().rev() {
+        match Checkpoint::open(&dir) {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) => eprintln!("meshtrain: skipping {e}; falling back to an older checkpoint"),
+        }
+    }
+    Ok(None)
+}
+
+/// A verified checkpoint, its files mapped.
+pub struct Checkpoint {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    files: BTreeMap<String, Mmap>,
+}
+
+impl Checkpoint {
+    /// Opens and verifies a committed checkpoint: the marker matches the
+    /// manifest, every file has its size and sha256, every tensor's pieces
+    /// are present with their shapes and tile the global shape exactly.
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        let bad = |message: String| Error::Checkpoint {
+            path: dir.to_owned(),
+            message,
+        };
+        let marker = std::fs::read_to_string(dir.join(MARKER)).map_err(|_| {
+            bad(format!(
+                "incomplete: no {MARKER} marker (its write was interrupted)"
+            ))
+        })?;
+        let path = dir.join(MANIFEST);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
+        if sha256(&bytes) != marker.trim() {
+            return Err(bad(format!(
+                "{MANIFEST} does not match its {MARKER} marker"
+            )));
+        }
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("{MANIFEST} is not valid: {e}")))?;
+        if manifest.format != FORMAT {
+            return Err(bad(format!(
+                "format {:?}, this meshtrain reads {FORMAT:?}",
+                manifest.format
+            )));
+        }
+        let mut files = BTreeMap::new();
+        for f in &manifest.files {
+            if f.path.split('/').any(|c| c.is_empty() || c == "..") {
+                return Err(bad(format!(
+                    "file path {:?} is not inside the checkpoint",
+                    f.path
+                )));
+            }
+            let p = dir.join(&f.path);
+            let file = std::fs::File::open(&p)
+                .map_err(|e| bad(format!("{}: missing or unreadable: {e}", f.path)))?;
+            // SAFETY: checkpoint files are never modified after commit; a
+            // concurrent truncation is the only hazard and is caught by the
+            // size check before any read.
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("mapping", &p, e))?;
+            if map.len() as u64 != f.bytes {
+                return Err(bad(format!(
+                    "{}: {} bytes, the manifest says {} (truncated or corrupt)",
+                    f.path,
+                    map.len(),
+                    f.bytes
+                )));
+            }
+            if sha256(&map) != f.sha256 {
+                return Err(bad(format!(
+                    "{}: sha256 does not match the manifest (corrupt)",
+                    f.path
+                )));
+            }
+            files.insert(f.path.clone(), map);
+        }
+        let c = Checkpoint {
+            dir: dir.to_owned(),
+            manifest,
+            files,
+        };
+        for t in &c.manifest.tensors {
+            c.check_tiling(t)?;
+        }
+        Ok(c)
+    }
+
+    /// Steps done when it was saved.
+    pub fn step(&self) -> u64 {
+        self.manifest.step
+    }
+
+    /// The resolved config of the run that saved it.
+    pub fn config(&self) -> Result<TrainConfig> {
+        let path = self.dir.join("config.toml");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+        TrainConfig::from_toml(&text, &path.display().to_string(), &[])
+    }
+
+    /// The record of tensor `name`, or an error naming it.
+    pub fn record(&self, name: &str) -> Result<&TensorRecord> {
+        self.manifest
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::Checkpoint {
+                path: self.dir.clone(),
+                message: format!("has no tensor {name}"),
+            })
+    }
+
+    /// Assembles global tensor `name` (row-major f32) from its pieces.
+    pub fn tensor(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.record(name)?;
+        let mut out = vec![0f32; t.shape.iter().product()];
+        for p in &t.pieces {
+            let st = SafeTensors::deserialize(&self.files[&p.file])
+                .map_err(|e| self.bad(format!("{}: not a safetensors file: {e}", p.file)))?;
+            let view = st
+                .tensor(&p.key)
+                .map_err(|_| self.bad(format!("{}: has no tensor {}", p.file, p.key)))?;
+            let data: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            crate::shard::insert(&mut out, &t.shape, &boxed(&p.start, &p.shape), &data);
+        }
+        Ok(out)
+    }
+
+    pub(super) fn bad(&self, message: String) -> Error {
+        Error::Checkpoint {
+            path: self.dir.clone(),
+            message,
+        }
+    }
+
+    /// Each piece is stored with its shape, lies inside the tensor, no two
+    /// overlap, and together they cover it.
+    fn check_tiling(&self, t: &TensorRecord) -> Result<()> {
+        if t.dtype != "F32" {
+            return Err(self.bad(format!(
+                "tensor {}: dtype {}, expected F32",
+                t.name, t.dtype
+            )));
+        }
+        let mut volume = 0usize;
+        for (i, p) in t.pieces.iter().enumerate() {
+            let map = self.files.get(&p.file).ok_or_else(|| {
+                self.bad(format!("tensor {}: file {} is not listed", t.name, p.file))
+            })?;
+            let st = SafeTensors::deserialize(map)
+                .map_err(|e| self.bad(format!("{}: not a safetensors file: {e}", p.file)))?;
+            let view = st
+                .tensor(&p.key)
+                .map_err(|_| self.bad(format!("{}: has no tensor {}", p.file, p.key)))?;
+            if view.shape() != p.shape.as_slice() || view.dtype() != safetensors::Dtype::F32 {
+                return Err(self.bad(format!(
+                    "{}: {} is {:?} {:?}, the manifest says F32 {:?}",
+                    p.file,
+                    p.key,
+                    view.dtype(),
+                    view.shape(),
+                    p.shape
+                )));
+            }
+            let inside = p.start.len() == t.shape.len()
+                && p.shape.len() == t.shape.len()
+                && (0..t.shape.len()).all(|d| p.start[d] + p.shape[d] <= t.shape[d]);
+            let overlaps = t.pieces[..i].iter().any(|q| {
+                (0..t.shape.len()).all(|d| {
+                    p.start[d] < q.start[d] + q.shape[d] && q.start[d] < p.start[d] + p.shape[d]
+                })
+            });
+            if !inside || overlaps {
+                return Err(self.bad(format!(
+                    "tensor {}: piece at {:?} of shape {:?} {}",
+                    t.name,
+                    p.start,
+                    p.shape,
+                    if inside {
+                        "overlaps another"
+                    } else {
+                        "lies outside the tensor"
+                    }
+                )));
+            }
+            volume += p.shape.iter().product::<usize>();
+        }
+        if volume != t.shape.iter().product::<usize>() {
+            return Err(self.bad(format!(
+                "tensor {}: its pieces cover {volume} of {} elements",
+                t.name,
+                t.shape.iter().product::<usize>()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn boxed(start: &[usize], shape: &[usize]) -> Vec<Range<usize>> {
+    start.iter().zip(shape).map(|(&s, &n)| s..s + n).collect()
+}

@@ -1,0 +1,280 @@
+//! Checkpoints: exact resume (losses, parameters, moments, data order),
+//! restore under other meshes, refusal of corrupt or incomplete
+//! checkpoints with fallback to the previous one, retention.
+
+use std::path::{Path, PathBuf};
+
+use train::TrainConfig;
+use train::checkpoint::{self, Checkpoint};
+
+mod common;
+
+/// Trains the tiny model in `dir/run` (shuffled data, so the data order
+/// is part of what must resume) with extra `--set`s.
+fn run(dir: &Path, kv_heads: usize, sets: &[&str]) -> train::Result<train::RunSummary> {
+    let data = common::tokens_file(dir, 64, 16, 64);
+    let text = common::config(dir, &data, kv_heads, "");
+    let mut all = vec!["data.shuffle=true".to_string()];
+    all.extend(sets.iter().map(|s| s.to_string()));
+    let cfg = TrainConfig::from_toml(&text, "test", &all).unwrap();
+    train::train(&cfg, false)
+}
+
+fn ckpt(dir: &Path, step: u64) -> PathBuf {
+    dir.join("run/checkpoints").join(checkpoint::dir_name(step))
+}
+
+/// sha256 of every shard file of a checkpoint (the config differs between
+/// runs that stop at different steps; the tensors must not).
+fn shard_hashes(dir: &Path) -> Vec<(String, String)> {
+    Checkpoint::open(dir)
+        .unwrap()
+        .manifest
+        .files
+        .into_iter()
+        .filter(|f| f.path.starts_with("shards/"))
+        .map(|f| (f.path, f.sha256))
+        .collect()
+}
+
+fn bits(losses: &[(u64, f32)]) -> Vec<(u64, u32)> {
+    losses.iter().map(|(s, l)| (*s, l.to_bits())).collect()
+}
+
+#[test]
+fn stop_and_resume_is_bit_identical_to_a_straight_run() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let every = ["train.checkpoint_every=5", "train.export_final=true"];
+    let straight = run(a.path(), 1, &[&["train.steps=10"], &every[..]].concat()).unwrap();
+    let first = run(
+        b.path(),
+        1,
+        &[
+            &["train.steps=5", "optimizer.schedule_steps=10"],
+            &every[..],
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let second = run(b.path(), 1, &[&["train.steps=10"], &every[..]].concat()).unwrap();
+
+    assert_eq!(bits(&straight.losses[..5]), bits(&first.losses));
+    assert_eq!(bits(&straight.losses[5..]), bits(&second.losses));
+    // Parameters, both moments and the loader state, bit for bit.
+    assert_eq!(
+        shard_hashes(&ckpt(a.path(), 10)),
+        shard_hashes(&ckpt(b.path(), 10))
+    );
+    let (ca, cb) = (
+        Checkpoint::open(&ckpt(a.path(), 10)).unwrap(),
+        Checkpoint::open(&ckpt(b.path(), 10)).unwrap(),
+    );
+    assert_eq!(ca.manifest.loader, cb.manifest.loader);
+    assert_eq!(ca.manifest.loader.batches, 10);
+    let model = |d: &Path| std::fs::read(d.join("run/final/model.safetensors")).unwrap();
+    assert_eq!(model(a.path()), model(b.path()));
+    // metrics.jsonl of the resumed run holds each step once.
+    let steps = |d: &Path| -> Vec<(u64, f64)> {
+        std::fs::read_to_string(d.join("run/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(steps(a.path()), steps(b.path()));
+    assert_eq!(steps(b.path()).len(), 10);
+}
+
+#[test]
+fn restores_under_other_meshes() {
+    let (base, d) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let one = run(base.path(), 4, &["train.steps=6"]).unwrap();
+    let common = ["optimizer.schedule_steps=6", "train.checkpoint_every=2"];
+    let fsdp8 = ["runtime.device_count=8", "mesh.fsdp=8", "train.steps=2"];
+    let mixed = [
+        "runtime.device_count=4",
+        "mesh.fsdp=2",
+        "mesh.tensor=2",
+        "train.steps=4",
+    ];
+    let single = ["runtime.device_count=1", "mesh.fsdp=1", "train.steps=6"];
+    let mut losses = Vec::new();
+    for mesh in [&fsdp8[..], &mixed, &single] {
+        losses.extend(
+            run(d.path(), 4, &[mesh, &common[..]].concat())
+                .unwrap()
+                .losses,
+        );
+    }
+    assert_eq!(losses.len(), 6);
+    for (x, y) in one.losses.iter().zip(&losses) {
+        let rel = ((x.1 - y.1) / x.1).abs();
+        assert!(
+            rel < 1e-5,
+            "step {}: one device {} vs resharded {} ({rel:e})",
+            x.0,
+            x.1,
+            y.1
+        );
+    }
+    // The fsdp=8 checkpoint wrote each parameter box once per device.
+    let c2 = Checkpoint::open(&ckpt(d.path(), 2)).unwrap();
+    assert_eq!(c2.manifest.mesh.fsdp, 8);
+    assert!(
+        c2.manifest
+            .files
+            .iter()
+            .filter(|f| f.path.starts_with("shards/"))
+            .count()
+            == 8
+    );
+    // Restore is exact: a finished run restored under another mesh exports
+    // exactly the checkpoint's parameters.
+    let c6 = Checkpoint::open(&ckpt(d.path(), 6)).unwrap();
+    let restored = run(
+        d.path(),
+        4,
+        &[&fsdp8[..2], &["train.steps=6", "train.export_final=true"]].concat(),
+    )
+    .unwrap();
+    assert!(restored.losses.is_empty());
+    let exported = gemma::hf::load(&d.path().join("run/final")).unwrap();
+    let saved = c6.model().unwrap();
+    assert_eq!(exported.params, saved.params);
+}
+
+#[test]
+fn corrupt_or_incomplete_checkpoints_are_refused_and_auto_falls_back() {
+    let d = tempfile::tempdir().unwrap();
+    let sets = [
+        "train.steps=6",
+        "train.checkpoint_every=2",
+        "train.keep_checkpoints=0",
+    ];
+    let straight = run(d.path(), 1, &sets).unwrap();
+    let shard = |step| ckpt(d.path(), step).join("shards/p00000-d00000.safetensors");
+
+    // A flipped byte in step 6: refused, naming the file and the checksum.
+    let mut bytes = std::fs::read(shard(6)).unwrap();
+    let i = bytes.len() - 3;
+    bytes[i] ^= 0x40;
+    std::fs::write(shard(6), &bytes).unwrap();
+    let err = Checkpoint::open(&ckpt(d.path(), 6))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("p00000-d00000.safetensors") && err.contains("sha256"),
+        "{err}"
+    );
+    // A truncated file in step 4.
+    let bytes = std::fs::read(shard(4)).unwrap();
+    std::fs::write(shard(4), &bytes[..bytes.len() / 2]).unwrap();
+    let err = Checkpoint::open(&ckpt(d.path(), 4))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("truncated"), "{err}");
+    // A checkpoint whose marker never got written.
+    std::fs::remove_file(ckpt(d.path(), 2).join("COMMITTED")).unwrap();
+    let err = Checkpoint::open(&ckpt(d.path(), 2))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("incomplete"), "{err}");
+    // None of them is picked up: auto starts over, and trains the same.
+    assert!(
+        checkpoint::latest(&d.path().join("run/checkpoints"))
+            .unwrap()
+            .is_none()
+    );
+
+    // With step 2 restored, auto falls back past 6 and 4 to it.
+    let fresh = tempfile::tempdir().unwrap();
+    run(
+        fresh.path(),
+        1,
+        &[
+            "train.steps=2",
+            "optimizer.schedule_steps=6",
+            "train.checkpoint_every=2",
+        ],
+    )
+    .unwrap();
+    std::fs::remove_dir_all(ckpt(d.path(), 2)).unwrap();
+    copy_dir(&ckpt(fresh.path(), 2), &ckpt(d.path(), 2));
+    let resumed = run(d.path(), 1, &["train.steps=6", "train.checkpoint_every=0"]).unwrap();
+    assert_eq!(bits(&straight.losses[2..]), bits(&resumed.losses));
+
+    // Naming a corrupt checkpoint explicitly is an error, not a fallback.
+    let resume = format!("train.resume={:?}", ckpt(d.path(), 6).display().to_string());
+    let err = run(d.path(), 1, &["train.steps=8", &resume])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("sha256"), "{err}");
+}
+
+#[test]
+fn keeps_the_newest_checkpoints_and_refuses_to_clobber_or_mismatch() {
+    let d = tempfile::tempdir().unwrap();
+    run(
+        d.path(),
+        1,
+        &[
+            "train.steps=5",
+            "train.checkpoint_every=1",
+            "train.keep_checkpoints=2",
+        ],
+    )
+    .unwrap();
+    let root = d.path().join("run/checkpoints");
+    let steps: Vec<u64> = checkpoint::list(&root)
+        .unwrap()
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(steps, vec![4, 5]);
+    assert!(
+        std::fs::read_dir(&root).unwrap().count() == 2,
+        "no partial directories left"
+    );
+
+    let err = run(d.path(), 1, &["train.steps=6", "train.resume=\"none\""])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("train.resume") && err.contains("step 5"),
+        "{err}"
+    );
+    let err = run(d.path(), 1, &["train.steps=6", "model.mlp_dim=32"])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("another model shape"), "{err}");
+    // Exported parameters equal the checkpoint's; an existing target is refused.
+    let c = Checkpoint::open(&root.join(checkpoint::dir_name(5))).unwrap();
+    let out = d.path().join("hf");
+    c.export_hf(&out, gemma::hf::SaveDtype::F32).unwrap();
+    assert_eq!(
+        gemma::hf::load(&out).unwrap().params,
+        c.model().unwrap().params
+    );
+    assert!(c.export_hf(&out, gemma::hf::SaveDtype::F32).is_err());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
