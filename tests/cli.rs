@@ -1,21 +1,7 @@
 //! End-to-end tests of the `meshtrain` binary.
 
-use std::process::Command;
-
-/// Runs meshtrain; the test fails with its stderr unless it succeeded.
-fn meshtrain_ok(args: &[&str]) -> std::process::Output {
-    let out = meshtrain(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "meshtrain {args:?} failed: {err}");
-    out
-}
-
-fn meshtrain(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_meshtrain"))
-        .args(args)
-        .output()
-        .expect("run meshtrain")
-}
+mod common;
+use common::{meshtrain, meshtrain_ok, tiny_config};
 
 #[test]
 fn devices_json_lists_every_cpu_device() {
@@ -74,48 +60,6 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let out = meshtrain(&["devices", "--device-count", "0"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("at least 1"), "{err}");
-}
-
-fn tiny_config(dir: &std::path::Path) -> std::path::PathBuf {
-    let rows: Vec<Vec<u32>> = (0..32)
-        .map(|r| (0..16).map(|i| ((r * 7 + i * 3) % 60) as u32 + 1).collect())
-        .collect();
-    let tokens = dir.join("tokens.json");
-    std::fs::write(
-        &tokens,
-        serde_json::json!({ "input_ids": rows }).to_string(),
-    )
-    .unwrap();
-    let cfg = dir.join("tiny.toml");
-    let text = format!(
-        r#"[model]
-preset = "tiny"
-vocab_size = 64
-d_model = 32
-layers = 2
-heads = 4
-kv_heads = 2
-head_dim = 8
-mlp_dim = 64
-max_seq_len = 32
-[data]
-format = "tokens"
-path = {tokens:?}
-seq_len = 16
-batch_size = 4
-[optimizer]
-lr = 1e-2
-[train]
-steps = 6
-log_every = 2
-run_dir = {run:?}
-peak_flops_per_device = 1e11
-"#,
-        tokens = tokens.display().to_string(),
-        run = dir.join("run").display().to_string()
-    );
-    std::fs::write(&cfg, text).unwrap();
-    cfg
 }
 
 #[test]
@@ -322,4 +266,79 @@ peak_flops_per_device = 1e11
     meshtrain_ok(&["train", "--config", cfg.to_str().unwrap(), "--quiet"]);
     let metrics = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 4);
+}
+
+#[test]
+fn export_a_checkpoint_to_hugging_face_and_score_it_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    meshtrain_ok(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--quiet",
+        "--set",
+        "train.checkpoint_every=3",
+    ]);
+    let ckpt = dir.path().join("run/checkpoints/step_00000006");
+    let tokens = dir.path().join("tokens.json");
+    let eval = |model: &std::path::Path| -> f64 {
+        let out = meshtrain_ok(&[
+            "eval",
+            "--checkpoint",
+            model.to_str().unwrap(),
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--json",
+        ]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["loss"]
+            .as_f64()
+            .unwrap()
+    };
+    let (f32_dir, bf16_dir) = (dir.path().join("hf32"), dir.path().join("hf16"));
+    for (out, dtype) in [(&f32_dir, "f32"), (&bf16_dir, "bf16")] {
+        meshtrain_ok(&[
+            "export",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--to",
+            "hf",
+            out.to_str().unwrap(),
+            "--dtype",
+            dtype,
+        ]);
+        assert!(out.join("config.json").is_file() && out.join("model.safetensors").is_file());
+    }
+    let from_checkpoint = eval(&ckpt);
+    assert_eq!(eval(&f32_dir), from_checkpoint);
+    assert_eq!(eval(&dir.path().join("run/final")), from_checkpoint);
+    assert!((eval(&bf16_dir) - from_checkpoint).abs() < 1e-2 * from_checkpoint);
+
+    // Refusals name the problem; nothing is written.
+    let again = meshtrain(&[
+        "export",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--to",
+        "hf",
+        f32_dir.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("already exists"),
+        "{err}"
+    );
+    let partial = dir.path().join("run/checkpoints/step_00000003");
+    std::fs::remove_file(partial.join("COMMITTED")).unwrap();
+    let out = meshtrain(&[
+        "export",
+        "--checkpoint",
+        partial.to_str().unwrap(),
+        "--to",
+        "hf",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("incomplete"), "{err}");
+    assert!(!dir.path().join("x").exists());
 }
