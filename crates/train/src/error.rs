@@ -62,6 +62,18 @@ pub enum Error {
         /// Why.
         source: Box<Error>,
     },
+    /// A multi-process job was interrupted (a process was lost or the
+    /// coordinator asked to stop); it may restart from its last checkpoint.
+    #[error("job interrupted: {reason}")]
+    Interrupted {
+        /// Why.
+        reason: String,
+        /// Whether the job restarts (else it stops).
+        restart: bool,
+    },
+    /// The process group failed (transport, coordinator).
+    #[error("process group: {0}")]
+    Group(String),
     /// Training produced a non-finite loss.
     #[error("step {step}: loss is {loss}; stopping (lower optimizer.lr or enable clipping)")]
     Diverged {

@@ -7,8 +7,11 @@
 
 pub mod checkpoint;
 pub mod config;
+mod device;
 mod error;
 pub mod eval;
+mod exec;
+mod group;
 mod init;
 pub mod mfu;
 pub mod plan;
@@ -21,7 +24,9 @@ mod state;
 pub mod step;
 
 pub use config::TrainConfig;
+pub use device::make_client;
 pub use error::{Error, Result};
+pub use group::ProcessGroup;
 pub use init::init_params;
 pub use plot::loss_svg;
-pub use run::{RunSummary, make_client, train};
+pub use run::{RunSummary, train, train_in_group};

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use gemma::param_specs;
-use pjrt::{Buffer, Client};
 
 use crate::config::TrainConfig;
-use crate::shard::{extract, insert, shard_ranges};
-use crate::step::{Plan, Slot, build_for};
-use crate::{Error, Result, checkpoint, mfu, state};
+use crate::device::{Placement, make_client};
+use crate::exec::Stepper;
+use crate::step::Plan;
+use crate::{Error, ProcessGroup, Result, checkpoint, mfu, state};
 
 /// What a finished run reports.
 #[derive(Clone, Debug)]
@@ -30,118 +30,41 @@ pub struct RunSummary {
     pub report: crate::report::ShardingReport,
 }
 
-/// Creates the client the config asks for.
-pub fn make_client(cfg: &TrainConfig) -> Result<Client> {
-    let backend = pjrt::install::Backend::parse(&cfg.runtime.backend)?;
-    let path = pjrt::install::resolve(backend, cfg.runtime.plugin.as_deref())?;
-    let plugin = pjrt::Plugin::load(path)?;
-    let mut options = Vec::new();
-    if backend == pjrt::install::Backend::Cpu {
-        options.push((
-            "cpu_device_count",
-            pjrt::OptionValue::Int(cfg.runtime.device_count as i64),
-        ));
-    }
-    let client = Client::new(&plugin, &options)?;
-    if client.devices().len() < cfg.runtime.device_count {
-        return Err(Error::config(
-            "runtime",
-            "runtime.device_count",
-            format!(
-                "{} devices asked, the {} plugin has {}",
-                cfg.runtime.device_count,
-                client.platform_name(),
-                client.devices().len()
-            ),
-        ));
-    }
-    Ok(client)
-}
-
-/// Which client device holds each partition, and which partition each of
-/// the executable's argument lists is for.
-pub(crate) struct Placement {
-    /// Client device index of partition `p`.
-    pub device_of: Vec<usize>,
-    /// Partition of the executable's `i`-th device.
-    pub partition_of: Vec<usize>,
-}
-
-impl Placement {
-    /// Orders the client's devices along the torus (`mesh.tensor_along`);
-    /// returns the placement and the device ids in partition order.
-    fn new(cfg: &TrainConfig, client: &Client, plan: &Plan) -> Result<(Placement, Vec<i64>)> {
-        let n = plan.mesh.devices() as usize;
-        let devices: Vec<mesh::Device> = client.devices()[..n]
-            .iter()
-            .map(|d| mesh::Device {
-                id: d.id as i64,
-                coords: vec![],
-                slice: 0,
-            })
-            .collect();
-        let ids = mesh::device_order(&plan.mesh, &devices, cfg.tensor_along())?;
-        let device_of = ids
-            .iter()
-            .map(|id| {
-                client
-                    .devices()
-                    .iter()
-                    .position(|d| d.id as i64 == *id)
-                    .expect("ids come from the client")
-            })
-            .collect();
-        Ok((
-            Placement {
-                device_of,
-                partition_of: Vec::new(),
-            },
-            ids,
-        ))
-    }
-}
-
-/// Splits a host array into one buffer per partition, each on its device.
-pub(crate) fn put<T: pjrt::NativeType>(
-    client: &Client,
-    plan: &Plan,
-    at: &Placement,
-    slot: &Slot,
-    data: &[T],
-) -> Result<Vec<Buffer>> {
-    at.device_of
-        .iter()
-        .enumerate()
-        .map(|(p, &device)| {
-            let r = shard_ranges(&plan.mesh, &slot.shape, &slot.axes, p);
-            let dims: Vec<i64> = r.iter().map(|x| x.len() as i64).collect();
-            Ok(client.buffer_from_host(&extract(data, &slot.shape, &r), &dims, device)?)
-        })
-        .collect()
-}
-
-/// Gathers one buffer per device back into a host array.
-pub(crate) fn get(plan: &Plan, slot: &Slot, shards: &[&Buffer]) -> Result<Vec<f32>> {
-    let n: usize = slot.shape.iter().product();
-    let mut out = vec![0f32; n];
-    for (p, buf) in shards.iter().enumerate() {
-        let r = shard_ranges(&plan.mesh, &slot.shape, &slot.axes, p);
-        insert(&mut out, &slot.shape, &r, &buf.to_host::<f32>()?);
-    }
-    Ok(out)
-}
-
 /// Runs the training job: from scratch, or from the checkpoint
 /// `train.resume` names, saving checkpoints as `train.checkpoint_every` asks.
 pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
-    let compute = cfg.compute_options()?;
-    let (model, plan, step) = build_for(cfg)?;
+    run(cfg, show_progress, None)
+}
+
+/// Runs this process's part of a data-parallel job over `group`: the same
+/// config and global batches everywhere, gradients of this process's rows
+/// summed over the group, the same update applied by all. `run_dir` must
+/// be shared by the processes: process 0 writes the run's files and the
+/// checkpoint tensors, every process writes its checkpoint part, and
+/// metrics go to the group (its coordinator writes `metrics.jsonl`).
+pub fn train_in_group(
+    cfg: &TrainConfig,
+    show_progress: bool,
+    group: &dyn ProcessGroup,
+) -> Result<RunSummary> {
+    run(cfg, show_progress, Some(group))
+}
+
+fn run(
+    cfg: &TrainConfig,
+    show_progress: bool,
+    group: Option<&dyn ProcessGroup>,
+) -> Result<RunSummary> {
+    let lead = group.is_none_or(|g| g.rank() == 0);
+    let (model, plan) = model_and_plan(cfg)?;
     let run_dir = cfg.train.run_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| Error::io("creating", &run_dir, e))?;
     let ckpt_root = run_dir.join("checkpoints");
-    let resume = find_resume(cfg, &model, &ckpt_root)?;
+    let resume = find_resume(cfg, &model, &ckpt_root, lead)?;
     let start = resume.as_ref().map_or(0, |c| c.step());
-    write_file(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    if lead {
+        write_file(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    }
 
     let client = make_client(cfg)?;
     let loader_state = resume.as_ref().map(|c| c.manifest.loader);
@@ -158,57 +81,43 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
             ),
         ));
     }
-    let mlir = step.program.to_mlir();
-    let n = plan.mesh.devices();
-    let (mut at, order) = Placement::new(cfg, &client, &plan)?;
-    let mut options = if n > 1 {
-        pjrt::CompileOptions {
-            device_assignment: Some(vec![order.clone()]),
-            ..pjrt::CompileOptions::spmd(n)
-        }
-    } else {
-        pjrt::CompileOptions::single()
-    };
-    options.xla_options = cfg.runtime.xla_options(compute.dtype)?;
+    let (at, order) = Placement::new(cfg, &client, &plan)?;
     let t0 = Instant::now();
-    let exe = client.compile(&mlir, &options)?;
+    let (stepper, params) = Stepper::new(cfg, &client, &plan, &order, group)?;
     let compile_seconds = t0.elapsed().as_secs_f64();
-    at.partition_of = exe
-        .device_ids()?
-        .iter()
-        .map(|id| {
-            order
-                .iter()
-                .position(|o| *o == *id as i64)
-                .expect("executable devices are the assigned ones")
-        })
-        .collect();
-    let stats = exe.executable().memory_stats()?;
+    let stats = stepper.main().executable().memory_stats()?;
     eprintln!(
-        "meshtrain: {} parameters, mesh data={} fsdp={} tensor={}, step compiled in {compile_seconds:.1} s, {:.1} MiB peak per device",
+        "meshtrain: {} parameters, mesh data={} fsdp={} tensor={}{}, step compiled in {compile_seconds:.1} s, {:.1} MiB peak per device",
         model.num_params(),
         plan.mesh.data,
         plan.mesh.fsdp,
         plan.mesh.tensor,
+        group.map_or(String::new(), |g| format!(
+            " x {} processes (this is {})",
+            g.size(),
+            g.rank()
+        )),
         stats.peak_bytes as f64 / (1 << 20) as f64
     );
     let report = crate::report::ShardingReport::new(
         &plan,
-        &step.params,
+        &params,
         order.clone(),
         stats,
-        &exe.executable().optimized_hlo()?,
+        &stepper.main().executable().optimized_hlo()?,
     );
     if show_progress {
         eprint!("{}", report.render());
     }
-    write_file(&run_dir.join("sharding.txt"), report.render().as_bytes())?;
-    write_file(
-        &run_dir.join("sharding.json"),
-        serde_json::to_string_pretty(&report.to_json())
-            .expect("JSON")
-            .as_bytes(),
-    )?;
+    if lead {
+        write_file(&run_dir.join("sharding.txt"), report.render().as_bytes())?;
+        write_file(
+            &run_dir.join("sharding.json"),
+            serde_json::to_string_pretty(&report.to_json())
+                .expect("JSON")
+                .as_bytes(),
+        )?;
+    }
 
     let mut state = match &resume {
         Some(c) => {
@@ -220,9 +129,9 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
                 m.fsdp,
                 m.tensor
             );
-            state::restore(c, &client, &plan, &at, &step)?
+            state::restore(c, &client, &plan, &at, &params)?
         }
-        None => state::initial(cfg, &client, &plan, &at, &step)?,
+        None => state::initial(cfg, &client, &plan, &at, &params)?,
     };
     drop(resume);
     if start >= cfg.train.steps {
@@ -233,22 +142,29 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
             cfg.train.steps
         );
     }
+    let n = plan.mesh.devices();
     let peak = match cfg.train.peak_flops_per_device {
         Some(p) => p * n as f64,
         // Virtual CPU devices share the host's cores: the host is the peak.
-        None => mfu::measure_peak_flops(&client, compute.dtype == hlo::DType::BF16)?,
-    };
+        None => mfu::measure_peak_flops(&client, cfg.compute_options()?.dtype == hlo::DType::BF16)?,
+    } * group.map_or(1, |g| g.size()) as f64;
     let tokens_per_step = (cfg.data.batch_size * cfg.data.seq_len) as f64;
     let flops_per_step = mfu::flops_per_token(&model, cfg.data.seq_len) * tokens_per_step;
 
     let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics = open_metrics(&metrics_path, start)?;
-    let mut writer = checkpoint::Writer::new(ckpt_root, cfg.train.keep_checkpoints);
+    let mut metrics = match group {
+        None => Some(open_metrics(&metrics_path, start)?),
+        Some(_) => None,
+    };
+    let mut writer = checkpoint::Writer::new(ckpt_root.clone(), cfg.train.keep_checkpoints);
     let bar = progress_bar(cfg.train.steps, show_progress);
     bar.set_position(start.min(cfg.train.steps));
     let mut losses = Vec::new();
     let mut times = Vec::new();
     for s in start..cfg.train.steps {
+        if let Some(g) = group {
+            g.check()?;
+        }
         let t = Instant::now();
         let batch = loader.next_batch()?;
         if let Some(&bad) = batch
@@ -265,84 +181,78 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
                 ),
             ));
         }
-        let inputs = [
-            put(&client, &plan, &at, &step.batch[0], &batch.tokens)?,
-            put(&client, &plan, &at, &step.batch[1], &batch.targets)?,
-            put(&client, &plan, &at, &step.batch[2], &batch.loss_mask)?,
-            put(&client, &plan, &at, &step.batch[3], &batch.segment_ids)?,
-            put(&client, &plan, &at, &step.batch[4], &batch.positions)?,
-        ];
-        let args: Vec<Vec<&Buffer>> = at
-            .partition_of
-            .iter()
-            .map(|&p| {
-                state[p]
-                    .iter()
-                    .chain(inputs.iter().map(|x| &x[p]))
-                    .collect()
-            })
-            .collect();
-        let mut outs = exe.execute(&args)?;
-        let k = 3 * step.params.len() + 1;
-        let scalars: Vec<f32> = outs[0][k..k + 3]
-            .iter()
-            .map(|b| Ok(b.to_host::<f32>()?[0]))
-            .collect::<Result<_>>()?;
-        let (loss, grad_norm, lr) = (scalars[0], scalars[1], scalars[2]);
-        for (i, o) in outs.iter_mut().enumerate() {
-            state[at.partition_of[i]] = o.drain(..k).collect();
-        }
+        let out = stepper.run(&client, &plan, &at, &params, &mut state, &batch, s)?;
         let dt = t.elapsed().as_secs_f64();
-        if !loss.is_finite() {
-            return Err(Error::Diverged { step: s, loss });
+        if !out.loss.is_finite() {
+            return Err(Error::Diverged {
+                step: s,
+                loss: out.loss,
+            });
         }
-        losses.push((s, loss));
+        losses.push((s, out.loss));
         if s > start || cfg.train.steps == start + 1 {
             times.push(dt);
         }
         if s % cfg.train.log_every == 0 || s + 1 == cfg.train.steps {
             let line = serde_json::json!({
                 "step": s,
-                "loss": loss,
-                "learning_rate": lr,
-                "grad_norm": grad_norm,
+                "loss": out.loss,
+                "learning_rate": out.lr,
+                "grad_norm": out.grad_norm,
                 "tokens_per_second": tokens_per_step / dt,
                 "step_time_s": dt,
                 "mfu": flops_per_step / dt / peak,
             });
-            writeln!(metrics, "{line}").map_err(|e| Error::io("writing", &metrics_path, e))?;
+            match (&mut metrics, group) {
+                (Some(f), _) => {
+                    writeln!(f, "{line}").map_err(|e| Error::io("writing", &metrics_path, e))?
+                }
+                (None, Some(g)) => g.report(s, &line)?,
+                (None, None) => unreachable!("a single process writes metrics"),
+            }
         }
         let every = cfg.train.checkpoint_every;
         if every > 0 && ((s + 1) % every == 0 || s + 1 == cfg.train.steps) {
-            // Metrics up to the checkpoint are durable before it can commit.
-            metrics
-                .flush()
-                .map_err(|e| Error::io("writing", &metrics_path, e))?;
-            let snap = state::snapshot(cfg, &plan, &step, &state, loader.state())?;
-            writer.start(snap)?;
+            if let Some(f) = &mut metrics {
+                // Metrics up to the checkpoint are durable before it can commit.
+                f.flush()
+                    .map_err(|e| Error::io("writing", &metrics_path, e))?;
+            }
+            let snap = state::snapshot(cfg, &plan, &params, &state, loader.state())?;
+            match group {
+                None => writer.start(snap)?,
+                Some(g) => save_in_group(g, &ckpt_root, snap, cfg.train.keep_checkpoints)?,
+            }
         }
         if let Some(saved) = writer.poll()? {
             bar.suspend(|| eprintln!("meshtrain: checkpoint step {saved} committed"));
         }
-        bar.set_message(format!("loss {loss:.4}  {:.0} tok/s", tokens_per_step / dt));
+        bar.set_message(format!(
+            "loss {:.4}  {:.0} tok/s",
+            out.loss,
+            tokens_per_step / dt
+        ));
         bar.inc(1);
     }
     if let Some(saved) = writer.wait()? {
         bar.suspend(|| eprintln!("meshtrain: checkpoint step {saved} committed"));
     }
     bar.finish();
-    metrics
-        .flush()
-        .map_err(|e| Error::io("writing", &metrics_path, e))?;
-    write_file(
-        &run_dir.join("loss.svg"),
-        crate::plot::loss_svg(&losses, "training loss").as_bytes(),
-    )?;
-    if cfg.train.export_final {
-        let params = state::gather_params(&plan, &step, &state)?;
+    if let Some(f) = &mut metrics {
+        f.flush()
+            .map_err(|e| Error::io("writing", &metrics_path, e))?;
+    }
+    if lead {
+        write_file(
+            &run_dir.join("loss.svg"),
+            crate::plot::loss_svg(&losses, "training loss").as_bytes(),
+        )?;
+    }
+    if cfg.train.export_final && lead {
+        let values = state::gather_params(&plan, &params, &state)?;
         let tensors = param_specs(&model)
             .iter()
-            .zip(params)
+            .zip(values)
             .map(|(s, data)| gemma::hf::HostTensor {
                 shape: s.shape.clone(),
                 data,
@@ -366,11 +276,62 @@ pub fn train(cfg: &TrainConfig, show_progress: bool) -> Result<RunSummary> {
     })
 }
 
+/// The model and sharding plan of `cfg`.
+fn model_and_plan(cfg: &TrainConfig) -> Result<(gemma::GemmaConfig, Plan)> {
+    let model = cfg.model.resolve()?;
+    let plan = Plan::new(
+        &model,
+        cfg.resolved_mesh()?,
+        mesh::Rules::with_overrides(&cfg.mesh.rules)?,
+    );
+    Ok((model, plan))
+}
+
+/// A checkpoint of a process group (synchronous): every process writes its
+/// part (process 0 the tensors, which every process holds identically), the
+/// group agrees, and process 0 commits.
+fn save_in_group(
+    group: &dyn ProcessGroup,
+    root: &std::path::Path,
+    mut snap: checkpoint::Snapshot,
+    keep: usize,
+) -> Result<()> {
+    let rank = group.rank();
+    if rank != 0 {
+        snap.tensors.clear();
+    }
+    let partial = checkpoint::partial_dir(root, snap.step);
+    let written = std::fs::create_dir_all(&partial)
+        .map_err(|e| Error::io("creating", &partial, e))
+        .and_then(|()| checkpoint::write_part(&partial, rank, &snap))
+        .map_err(|e| e.to_string());
+    let all = group.agree_checkpoint(snap.step, written.clone())?;
+    if let Err(e) = written {
+        return Err(Error::Save {
+            step: snap.step,
+            kept: "this process's part failed".into(),
+            source: Box::new(Error::Group(e)),
+        });
+    }
+    if !all {
+        return Err(Error::Group(format!(
+            "checkpoint of step {}: another process failed to write its part",
+            snap.step
+        )));
+    }
+    if rank == 0 {
+        checkpoint::commit(root, &snap, group.size(), keep)?;
+        eprintln!("meshtrain: checkpoint step {} committed", snap.step);
+    }
+    Ok(())
+}
+
 /// The checkpoint `train.resume` asks for, checked against the model.
 fn find_resume(
     cfg: &TrainConfig,
     model: &gemma::GemmaConfig,
     root: &std::path::Path,
+    lead: bool,
 ) -> Result<Option<checkpoint::Checkpoint>> {
     let found = match cfg.train.resume.as_str() {
         "none" => {
@@ -388,7 +349,9 @@ fn find_resume(
             None
         }
         "auto" => {
-            checkpoint::remove_partials(root)?;
+            if lead {
+                checkpoint::remove_partials(root)?;
+            }
             checkpoint::latest(root)?
         }
         dir => Some(checkpoint::Checkpoint::open(std::path::Path::new(dir))?),

@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use pjrt::{Buffer, Client};
 
 use crate::checkpoint::{Checkpoint, MeshRecord, Piece, Snapshot, SnapshotTensor};
-use crate::run::{Placement, get, put};
+use crate::device::{Placement, get, put};
 use crate::shard::shard_ranges;
-use crate::step::{Plan, StepProgram};
+use crate::step::{Plan, Slot};
 use crate::{Error, Result, TrainConfig};
 
 /// One partition's state: params, m, v (3P buffers) and the step counter.
@@ -25,11 +25,11 @@ pub(crate) fn initial(
     client: &Client,
     plan: &Plan,
     at: &Placement,
-    step: &StepProgram,
+    params: &[Slot],
 ) -> Result<Vec<DeviceState>> {
     let model = cfg.model.resolve()?;
     let values = crate::init::init_params(&model, &cfg.model.init, cfg.model.seed)?;
-    from_host(client, plan, at, step, 0, |group, i| {
+    from_host(client, plan, at, params, 0, |group, i| {
         Ok(if group == 0 {
             values[i].clone()
         } else {
@@ -44,9 +44,9 @@ pub(crate) fn restore(
     client: &Client,
     plan: &Plan,
     at: &Placement,
-    step: &StepProgram,
+    params: &[Slot],
 ) -> Result<Vec<DeviceState>> {
-    let expected = GROUPS.len() * step.params.len();
+    let expected = GROUPS.len() * params.len();
     if ckpt.manifest.tensors.len() != expected {
         return Err(Error::Checkpoint {
             path: ckpt.dir.clone(),
@@ -56,8 +56,8 @@ pub(crate) fn restore(
             ),
         });
     }
-    from_host(client, plan, at, step, ckpt.step(), |group, i| {
-        let slot = &step.params[i];
+    from_host(client, plan, at, params, ckpt.step(), |group, i| {
+        let slot = &params[i];
         let name = format!("{}/{}", GROUPS[group], slot.name);
         let record = ckpt.record(&name)?;
         if record.shape != slot.shape {
@@ -78,14 +78,14 @@ fn from_host(
     client: &Client,
     plan: &Plan,
     at: &Placement,
-    step: &StepProgram,
+    params: &[Slot],
     steps_done: u64,
     mut value: impl FnMut(usize, usize) -> Result<Vec<f32>>,
 ) -> Result<Vec<DeviceState>> {
     let n = plan.mesh.devices() as usize;
     let mut state: Vec<DeviceState> = (0..n).map(|_| Vec::new()).collect();
     for group in 0..GROUPS.len() {
-        for (i, slot) in step.params.iter().enumerate() {
+        for (i, slot) in params.iter().enumerate() {
             let data = value(group, i)?;
             for (p, buf) in put(client, plan, at, slot, &data)?.into_iter().enumerate() {
                 state[p].push(buf);
@@ -107,15 +107,15 @@ fn from_host(
 pub(crate) fn snapshot(
     cfg: &TrainConfig,
     plan: &Plan,
-    step: &StepProgram,
+    params: &[Slot],
     state: &[DeviceState],
     loader: data::LoaderState,
 ) -> Result<Snapshot> {
-    let p_count = step.params.len();
+    let p_count = params.len();
     let counter = state[0][GROUPS.len() * p_count].to_host::<i32>()?[0];
     let mut tensors = Vec::with_capacity(GROUPS.len() * p_count);
     for (group, prefix) in GROUPS.iter().enumerate() {
-        for (i, slot) in step.params.iter().enumerate() {
+        for (i, slot) in params.iter().enumerate() {
             let mut seen = BTreeSet::new();
             let mut pieces = Vec::new();
             for (p, s) in state.iter().enumerate() {
@@ -151,13 +151,13 @@ pub(crate) fn snapshot(
     })
 }
 
-/// The parameters as host arrays, in `step.params` order.
+/// The parameters as host arrays, in `params` order.
 pub(crate) fn gather_params(
     plan: &Plan,
-    step: &StepProgram,
+    params: &[Slot],
     state: &[DeviceState],
 ) -> Result<Vec<Vec<f32>>> {
-    step.params
+    params
         .iter()
         .enumerate()
         .map(|(i, slot)| get(plan, slot, &state.iter().map(|s| &s[i]).collect::<Vec<_>>()))

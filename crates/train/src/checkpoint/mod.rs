@@ -43,7 +43,7 @@ pub use export::is_checkpoint;
 pub use format::{FileRecord, Manifest, MeshRecord, PieceRecord, TensorRecord};
 pub(crate) use read::remove_partials;
 pub use read::{Checkpoint, latest, list};
-pub use write::{Piece, Snapshot, SnapshotTensor, Writer, commit, save, write_part};
+pub use write::{Piece, Snapshot, SnapshotTensor, Writer, commit, partial_dir, save, write_part};
 
 /// Directory name of the checkpoint after `step` steps.
 pub fn dir_name(step: u64) -> String {

@@ -58,7 +58,7 @@ fn part_name(process: usize) -> String {
 }
 
 /// The directory a checkpoint of `step` is written into before commit.
-pub(crate) fn partial_dir(root: &Path, step: u64) -> PathBuf {
+pub fn partial_dir(root: &Path, step: u64) -> PathBuf {
     root.join(format!("{}{PARTIAL}", dir_name(step)))
 }
 

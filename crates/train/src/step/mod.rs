@@ -14,7 +14,11 @@ use mesh::{Mesh, Rules};
 
 use crate::Result;
 use crate::config::OptimizerConfig;
-use crate::schedule::learning_rate_in_program;
+
+mod split;
+mod update;
+
+pub use split::{ApplyProgram, GradProgram, build_split};
 
 /// One program input: shape, dtype and per-dimension mesh axes.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,8 +134,42 @@ pub fn build_step(
     if plan.sharded() {
         b.set_mesh(plan.hlo_mesh()?);
     }
-    let specs = param_specs(cfg);
-    let params: Vec<Slot> = specs
+    let params = param_slots(cfg, plan);
+    let batch = batch_slots(plan, shape);
+    let p = declare_all(&mut b, plan, &params, "")?;
+    let m = declare_all(&mut b, plan, &params, "m.")?;
+    let v = declare_all(&mut b, plan, &params, "v.")?;
+    let step = declare(&mut b, plan, &step_slot(), "")?;
+    let inputs = declare_all(&mut b, plan, &batch, "")?;
+
+    // Loss over all micro-batches, normalised by the step's total token count.
+    let count = b.scope("loss_count", |b| -> hlo::Result<Value> {
+        let c = b.sum(inputs[2], &[0, 1, 2])?;
+        let one = b.scalar(1.0, DType::F32);
+        b.max(c, one)
+    })?;
+    let (loss, grads) = loss_and_grads(&mut b, cfg, compute, plan, &p, &inputs, count, shape)?;
+    let u = update::adamw(&mut b, opt, cfg, &p, &m, &v, step, grads, shape.total_steps)?;
+
+    let n = params.len();
+    let mut outputs = Vec::with_capacity(3 * n + 4);
+    outputs.extend(&u.params);
+    outputs.extend(&u.m);
+    outputs.extend(&u.v);
+    outputs.extend([u.next_step, loss, u.grad_norm, u.lr]);
+    let mut program = b.build(&outputs)?;
+    shard_outputs(&mut program, plan, &params, 3)?;
+    donate_state(&mut program, &p, &m, &v, step)?;
+    Ok(StepProgram {
+        program,
+        params,
+        batch,
+    })
+}
+
+/// One slot per parameter, sharded as the plan says.
+fn param_slots(cfg: &GemmaConfig, plan: &Plan) -> Vec<Slot> {
+    param_specs(cfg)
         .iter()
         .map(|s| Slot {
             name: s.name.clone(),
@@ -139,13 +177,17 @@ pub fn build_step(
             dtype: DType::F32,
             axes: plan.param_axes(s),
         })
-        .collect();
+        .collect()
+}
+
+/// tokens, targets, loss_mask, segment_ids, positions: `[A, micro_batch, T]`.
+fn batch_slots(plan: &Plan, shape: StepShape) -> Vec<Slot> {
     let (a, mb, t) = (shape.accumulation, shape.micro_batch, shape.seq_len);
     let batch_axes = plan.rules.shard(
         &plan.mesh,
         &[("accum", 1), ("batch", mb as i64), ("seq", t as i64)],
     );
-    let batch: Vec<Slot> = [
+    [
         ("tokens", DType::I32),
         ("targets", DType::I32),
         ("loss_mask", DType::F32),
@@ -159,58 +201,62 @@ pub fn build_step(
         dtype: *d,
         axes: batch_axes.clone(),
     })
-    .collect();
+    .collect()
+}
 
-    let declare = |b: &mut Builder, slot: &Slot, prefix: &str| -> hlo::Result<Value> {
-        let dims: Vec<i64> = slot.shape.iter().map(|&d| d as i64).collect();
-        let ty = TensorType::new(slot.dtype, dims);
-        let name = format!("{prefix}{}", slot.name);
-        if plan.sharded() {
-            b.parameter_sharded(&name, ty, sharding(&slot.axes))
-        } else {
-            Ok(b.parameter(&name, ty))
-        }
-    };
-    let p: Vec<Value> = params
-        .iter()
-        .map(|s| declare(&mut b, s, ""))
-        .collect::<hlo::Result<_>>()?;
-    let m: Vec<Value> = params
-        .iter()
-        .map(|s| declare(&mut b, s, "m."))
-        .collect::<hlo::Result<_>>()?;
-    let v: Vec<Value> = params
-        .iter()
-        .map(|s| declare(&mut b, s, "v."))
-        .collect::<hlo::Result<_>>()?;
-    let step_slot = Slot {
+fn step_slot() -> Slot {
+    Slot {
         name: "step".into(),
         shape: vec![],
         dtype: DType::I32,
         axes: vec![],
-    };
-    let step = declare(&mut b, &step_slot, "")?;
-    let inputs: Vec<Value> = batch
-        .iter()
-        .map(|s| declare(&mut b, s, ""))
-        .collect::<hlo::Result<_>>()?;
+    }
+}
 
-    // Loss over all micro-batches, normalised by the step's total token count.
-    let count = b.scope("loss_count", |b| -> hlo::Result<Value> {
-        let c = b.sum(inputs[2], &[0, 1, 2])?;
-        let one = b.scalar(1.0, DType::F32);
-        b.max(c, one)
-    })?;
-    let model = Gemma::new(cfg, &p, compute)?;
+fn declare(b: &mut Builder, plan: &Plan, slot: &Slot, prefix: &str) -> hlo::Result<Value> {
+    let dims: Vec<i64> = slot.shape.iter().map(|&d| d as i64).collect();
+    let ty = TensorType::new(slot.dtype, dims);
+    let name = format!("{prefix}{}", slot.name);
+    if plan.sharded() {
+        b.parameter_sharded(&name, ty, sharding(&slot.axes))
+    } else {
+        Ok(b.parameter(&name, ty))
+    }
+}
+
+fn declare_all(
+    b: &mut Builder,
+    plan: &Plan,
+    slots: &[Slot],
+    prefix: &str,
+) -> hlo::Result<Vec<Value>> {
+    slots.iter().map(|s| declare(b, plan, s, prefix)).collect()
+}
+
+/// The loss (sum over micro-batches of token-loss sum / `count`) and its
+/// gradient with respect to every parameter.
+#[allow(clippy::too_many_arguments)]
+fn loss_and_grads(
+    b: &mut Builder,
+    cfg: &GemmaConfig,
+    compute: gemma::ComputeOptions,
+    plan: &Plan,
+    p: &[Value],
+    inputs: &[Value],
+    count: Value,
+    shape: StepShape,
+) -> Result<(Value, Vec<Value>)> {
+    let (mb, t) = (shape.micro_batch, shape.seq_len);
+    let model = Gemma::new(cfg, p, compute)?;
     let mut loss: Option<Value> = None;
     let mut grads: Option<Vec<Value>> = None;
-    for i in 0..a {
+    for i in 0..shape.accumulation {
         let micro = |b: &mut Builder, x: Value| -> hlo::Result<Value> {
             let s = b.slice_axis(x, 0, i as i64, 1)?;
             b.reshape(s, &[mb as i64, t as i64])
         };
         let [ids, targets, mask, segment_ids, positions] =
-            [0, 1, 2, 3, 4].map(|k| micro(&mut b, inputs[k]));
+            [0, 1, 2, 3, 4].map(|k| micro(b, inputs[k]));
         let tokens = Tokens {
             ids: ids?,
             positions: positions?,
@@ -219,9 +265,9 @@ pub fn build_step(
         let logits = b.scope(&format!("micro_batch.{i}"), |b| {
             model.forward(b, &tokens, plan)
         })?;
-        let (sum, _) = token_loss(&mut b, logits, targets?, mask?)?;
+        let (sum, _) = token_loss(b, logits, targets?, mask?)?;
         let l = b.div(sum, count)?;
-        let g = b.grad(l, &p)?;
+        let g = b.grad(l, p)?;
         loss = Some(match loss {
             None => l,
             Some(acc) => b.add(acc, l)?,
@@ -232,107 +278,50 @@ pub fn build_step(
                 .iter()
                 .zip(&g)
                 .map(|(x, y)| b.add(*x, *y))
-                .collect::<hlo::Result<_>>()?,
+                .collect::<hlo::Result<Vec<_>>>()?,
         });
     }
-    let loss = loss.expect("at least one micro-batch");
-    let mut grads = grads.expect("at least one micro-batch");
+    Ok((
+        loss.expect("at least one micro-batch"),
+        grads.expect("at least one micro-batch"),
+    ))
+}
 
-    let (grad_norm, lr, new_p, new_m, new_v, next_step) =
-        b.scope("optimizer", |b| -> hlo::Result<_> {
-            // Global gradient norm over every parameter.
-            let mut sq = b.scalar(0.0, DType::F32);
-            for g in &grads {
-                let rank = b.rank(*g) as i64;
-                let g2 = b.square(*g)?;
-                let s = b.sum(g2, &(0..rank).collect::<Vec<_>>())?;
-                sq = b.add(sq, s)?;
-            }
-            let grad_norm = b.sqrt(sq)?;
-            // Clipping as torch's clip_grad_norm_: scale = min(1, max_norm / (norm + 1e-6)).
-            if opt.clip_grad_norm > 0.0 {
-                let denom = b.add_scalar(grad_norm, 1e-6)?;
-                let maxn = b.scalar(opt.clip_grad_norm, DType::F32);
-                let ratio = b.div(maxn, denom)?;
-                let one = b.scalar(1.0, DType::F32);
-                let scale = b.min(ratio, one)?;
-                grads = grads
-                    .iter()
-                    .map(|g| b.mul_bcast(*g, scale))
-                    .collect::<hlo::Result<_>>()?;
-            }
-            let lr = learning_rate_in_program(b, opt, step, shape.total_steps)?;
-            // AdamW (torch.optim.AdamW): bias-corrected moments, decoupled decay.
-            let next_step = {
-                let one = b.constant(1.0, TensorType::new(DType::I32, Vec::<i64>::new()));
-                b.add(step, one)?
-            };
-            let t = b.convert(next_step, DType::F32)?;
-            let bc = |b: &mut Builder, beta: f64| -> hlo::Result<Value> {
-                let base = b.scalar(beta, DType::F32);
-                let pw = b.pow(base, t)?;
-                let neg = b.neg(pw)?;
-                b.add_scalar(neg, 1.0)
-            };
-            let (bc1, bc2) = (bc(b, opt.beta1)?, bc(b, opt.beta2)?);
-            let (mut np, mut nm, mut nv) = (Vec::new(), Vec::new(), Vec::new());
-            for (k, spec) in specs.iter().enumerate() {
-                let g = grads[k];
-                let m1 = b.mul_scalar(m[k], opt.beta1)?;
-                let g1 = b.mul_scalar(g, 1.0 - opt.beta1)?;
-                let m1 = b.add(m1, g1)?;
-                let v1 = b.mul_scalar(v[k], opt.beta2)?;
-                let g2 = b.square(g)?;
-                let g2 = b.mul_scalar(g2, 1.0 - opt.beta2)?;
-                let v1 = b.add(v1, g2)?;
-                let mhat = b.div_bcast(m1, bc1)?;
-                let vhat = b.div_bcast(v1, bc2)?;
-                let den = b.sqrt(vhat)?;
-                let den = b.add_scalar(den, opt.eps)?;
-                let upd = b.div(mhat, den)?;
-                let decays = opt.decays(spec);
-                let mut p1 = p[k];
-                if decays && opt.weight_decay > 0.0 {
-                    // p *= 1 - lr * wd
-                    let f = b.mul_scalar(lr, -opt.weight_decay)?;
-                    let f = b.add_scalar(f, 1.0)?;
-                    p1 = b.mul_bcast(p1, f)?;
-                }
-                let step_size = b.mul_bcast(upd, lr)?;
-                np.push(b.sub(p1, step_size)?);
-                nm.push(m1);
-                nv.push(v1);
-            }
-            Ok((grad_norm, lr, np, nm, nv, next_step))
-        })?;
-
+/// Outputs `0..groups * P` are laid out like the parameters.
+fn shard_outputs(
+    program: &mut hlo::Program,
+    plan: &Plan,
+    params: &[Slot],
+    groups: usize,
+) -> hlo::Result<()> {
     let n = params.len();
-    let mut outputs = Vec::with_capacity(3 * n + 4);
-    outputs.extend(&new_p);
-    outputs.extend(&new_m);
-    outputs.extend(&new_v);
-    outputs.extend([next_step, loss, grad_norm, lr]);
-    let mut program = b.build(&outputs)?;
-    for k in 0..3 * n {
-        if plan.sharded() {
+    if plan.sharded() {
+        for k in 0..groups * n {
             program.set_output_sharding(k, sharding(&params[k % n].axes))?;
         }
     }
-    let donors: Vec<Value> = p
+    Ok(())
+}
+
+/// Parameters, moments and the step counter are donated to outputs `0..3P+1`.
+fn donate_state(
+    program: &mut hlo::Program,
+    p: &[Value],
+    m: &[Value],
+    v: &[Value],
+    step: Value,
+) -> hlo::Result<()> {
+    for (k, d) in p
         .iter()
-        .chain(&m)
-        .chain(&v)
+        .chain(m)
+        .chain(v)
         .copied()
         .chain([step])
-        .collect();
-    for (k, d) in donors.iter().enumerate() {
-        program.donate(*d, k)?;
+        .enumerate()
+    {
+        program.donate(d, k)?;
     }
-    Ok(StepProgram {
-        program,
-        params,
-        batch,
-    })
+    Ok(())
 }
 
 /// The model, sharding plan and step program a config describes: the one

@@ -1,0 +1,270 @@
+//! One training step on the devices: the fused one-program step, or, in a
+//! process group, the gradient program on this process's rows, a sum over
+//! processes, and the update program.
+
+use pjrt::{Buffer, Client, LoadedExecutable};
+
+use crate::device::{Placement, compile, get, put};
+use crate::state::DeviceState;
+use crate::step::{Plan, Slot, StepShape, build_split, build_step};
+use crate::{Error, ProcessGroup, Result, TrainConfig};
+
+/// What a step reports.
+pub(crate) struct StepOut {
+    pub loss: f32,
+    pub grad_norm: f32,
+    pub lr: f32,
+}
+
+/// A compiled program and the partition of each of its argument lists.
+pub(crate) struct Exe {
+    pub exe: LoadedExecutable,
+    pub partition_of: Vec<usize>,
+}
+
+/// The compiled step.
+pub(crate) enum Stepper<'g> {
+    /// One program: forward, backward, update.
+    Fused { exe: Exe, batch: Vec<Slot> },
+    /// Gradient program, cross-process sum, update program.
+    Split {
+        grads: Exe,
+        apply: Exe,
+        batch: Vec<Slot>,
+        group: &'g dyn ProcessGroup,
+    },
+}
+
+impl<'g> Stepper<'g> {
+    /// Builds and compiles the step for `cfg` (split when `group` is
+    /// given); returns it with the parameter slots.
+    pub(crate) fn new(
+        cfg: &TrainConfig,
+        client: &Client,
+        plan: &Plan,
+        order: &[i64],
+        group: Option<&'g dyn ProcessGroup>,
+    ) -> Result<(Stepper<'g>, Vec<Slot>)> {
+        let model = cfg.model.resolve()?;
+        let a = cfg.optimizer.accumulation_steps;
+        let processes = group.map_or(1, |g| g.size());
+        let rows = cfg.data.batch_size / a;
+        if !rows.is_multiple_of(processes) {
+            return Err(Error::config(
+                "data",
+                "data.batch_size",
+                format!(
+                    "{} rows per micro-batch (data.batch_size / optimizer.accumulation_steps) do not split over {processes} processes",
+                    rows
+                ),
+            ));
+        }
+        let shape = StepShape {
+            accumulation: a,
+            micro_batch: rows / processes,
+            seq_len: cfg.data.seq_len,
+            total_steps: cfg.optimizer.schedule_steps.unwrap_or(cfg.train.steps),
+        };
+        let compute = cfg.compute_options()?;
+        let exe = |mlir: String| -> Result<Exe> {
+            let (exe, partition_of) = compile(client, cfg, plan, order, &mlir)?;
+            Ok(Exe { exe, partition_of })
+        };
+        match group {
+            None => {
+                let step = build_step(&model, &cfg.optimizer, compute, shape, plan)?;
+                let fused = exe(step.program.to_mlir())?;
+                Ok((
+                    Stepper::Fused {
+                        exe: fused,
+                        batch: step.batch,
+                    },
+                    step.params,
+                ))
+            }
+            Some(group) => {
+                let (g, u) = build_split(&model, &cfg.optimizer, compute, shape, plan)?;
+                let grads = exe(g.program.to_mlir())?;
+                let apply = exe(u.program.to_mlir())?;
+                Ok((
+                    Stepper::Split {
+                        grads,
+                        apply,
+                        batch: g.batch,
+                        group,
+                    },
+                    g.params,
+                ))
+            }
+        }
+    }
+
+    /// The program whose memory and collectives the start-up report shows.
+    pub(crate) fn main(&self) -> &LoadedExecutable {
+        match self {
+            Stepper::Fused { exe, .. } => &exe.exe,
+            Stepper::Split { grads, .. } => &grads.exe,
+        }
+    }
+
+    /// Runs step `s` on `batch` (the global batch), updating `state`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run(
+        &self,
+        client: &Client,
+        plan: &Plan,
+        at: &Placement,
+        params: &[Slot],
+        state: &mut [DeviceState],
+        batch: &data::Batch,
+        s: u64,
+    ) -> Result<StepOut> {
+        let k = 3 * params.len() + 1;
+        match self {
+            Stepper::Fused { exe, batch: slots } => {
+                let inputs = put_batch(client, plan, at, slots, batch)?;
+                let mut outs = execute(exe, state, k, &[&inputs])?;
+                let scalars = scalars(&outs[0][k..k + 3])?;
+                for (i, o) in outs.iter_mut().enumerate() {
+                    state[exe.partition_of[i]] = o.drain(..k).collect();
+                }
+                Ok(StepOut {
+                    loss: scalars[0],
+                    grad_norm: scalars[1],
+                    lr: scalars[2],
+                })
+            }
+            Stepper::Split {
+                grads,
+                apply,
+                batch: slots,
+                group,
+            } => {
+                // The global token count, so the summed gradients are those
+                // of the global mean loss (integers: exact in f32).
+                let count = batch.loss_mask.iter().sum::<f32>().max(1.0);
+                let local = rows_of(batch, slots[0].shape[0], group.rank(), group.size());
+                let mut inputs = put_batch(client, plan, at, slots, &local)?;
+                inputs.push(
+                    at.device_of
+                        .iter()
+                        .map(|&d| Ok(client.buffer_from_host(&[count], &[], d)?))
+                        .collect::<Result<_>>()?,
+                );
+                let outs = execute(grads, state, params.len(), &[&inputs])?;
+                let by_partition = by_partition(grads, &outs);
+                let mut flat = Vec::new();
+                for (i, slot) in params.iter().enumerate() {
+                    let shards: Vec<&Buffer> = by_partition.iter().map(|o| &o[i]).collect();
+                    flat.extend(get(plan, slot, &shards)?);
+                }
+                flat.push(scalars(&outs[0][params.len()..])?[0]);
+                group.all_reduce_sum(s, &mut flat)?;
+                let loss = flat.pop().expect("loss");
+                let mut summed: Vec<Vec<Buffer>> = Vec::with_capacity(params.len());
+                let mut offset = 0;
+                for slot in params {
+                    let n: usize = slot.shape.iter().product();
+                    summed.push(put(client, plan, at, slot, &flat[offset..offset + n])?);
+                    offset += n;
+                }
+                let mut outs = execute(apply, state, k, &[&summed])?;
+                let scalars = scalars(&outs[0][k..k + 2])?;
+                for (i, o) in outs.iter_mut().enumerate() {
+                    state[apply.partition_of[i]] = o.drain(..k).collect();
+                }
+                Ok(StepOut {
+                    loss,
+                    grad_norm: scalars[0],
+                    lr: scalars[1],
+                })
+            }
+        }
+    }
+}
+
+/// The batch arrays as per-partition buffers, in slot order.
+fn put_batch(
+    client: &Client,
+    plan: &Plan,
+    at: &Placement,
+    slots: &[Slot],
+    b: &data::Batch,
+) -> Result<Vec<Vec<Buffer>>> {
+    Ok(vec![
+        put(client, plan, at, &slots[0], &b.tokens)?,
+        put(client, plan, at, &slots[1], &b.targets)?,
+        put(client, plan, at, &slots[2], &b.loss_mask)?,
+        put(client, plan, at, &slots[3], &b.segment_ids)?,
+        put(client, plan, at, &slots[4], &b.positions)?,
+    ])
+}
+
+/// Runs `exe` with, per partition, the first `take` state buffers followed
+/// by each input group.
+fn execute(
+    exe: &Exe,
+    state: &[DeviceState],
+    take: usize,
+    inputs: &[&Vec<Vec<Buffer>>],
+) -> Result<Vec<Vec<Buffer>>> {
+    let args: Vec<Vec<&Buffer>> = exe
+        .partition_of
+        .iter()
+        .map(|&p| {
+            state[p][..take]
+                .iter()
+                .chain(
+                    inputs
+                        .iter()
+                        .flat_map(|group| group.iter().map(move |x| &x[p])),
+                )
+                .collect()
+        })
+        .collect();
+    Ok(exe.exe.execute(&args)?)
+}
+
+/// The outputs in partition order.
+fn by_partition<'a>(exe: &Exe, outs: &'a [Vec<Buffer>]) -> Vec<&'a Vec<Buffer>> {
+    let mut order: Vec<(usize, &Vec<Buffer>)> =
+        exe.partition_of.iter().copied().zip(outs.iter()).collect();
+    order.sort_by_key(|(p, _)| *p);
+    order.into_iter().map(|(_, o)| o).collect()
+}
+
+fn scalars(bufs: &[Buffer]) -> Result<Vec<f32>> {
+    bufs.iter().map(|b| Ok(b.to_host::<f32>()?[0])).collect()
+}
+
+/// Rows `[rank * n / size, (rank + 1) * n / size)` of every micro-batch of
+/// `n = rows / accumulation` rows.
+fn rows_of(b: &data::Batch, accumulation: usize, rank: usize, size: usize) -> data::Batch {
+    let micro = b.batch / accumulation;
+    let share = micro / size;
+    let t = b.seq_len;
+    fn take<T: Copy>(
+        v: &[T],
+        accumulation: usize,
+        micro: usize,
+        share: usize,
+        rank: usize,
+        t: usize,
+    ) -> Vec<T> {
+        (0..accumulation)
+            .flat_map(|a| {
+                let from = (a * micro + rank * share) * t;
+                v[from..from + share * t].iter().copied()
+            })
+            .collect()
+    }
+    data::Batch {
+        tokens: take(&b.tokens, accumulation, micro, share, rank, t),
+        targets: take(&b.targets, accumulation, micro, share, rank, t),
+        loss_mask: take(&b.loss_mask, accumulation, micro, share, rank, t),
+        segment_ids: take(&b.segment_ids, accumulation, micro, share, rank, t),
+        positions: take(&b.positions, accumulation, micro, share, rank, t),
+        batch: share * accumulation,
+        seq_len: t,
+    }
+}
