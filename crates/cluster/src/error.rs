@@ -117,10 +117,16 @@ pub(crate) fn metadata_u64(status: &tonic::Status, key: &str) -> Option<u64> {
 /// The status message followed by its chain of causes.
 fn full_message(status: &tonic::Status) -> String {
     let mut out = status.message().to_string();
+    let mut last = out.clone();
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
+        // Wrappers often repeat their cause's text; say it once.
+        let text = e.to_string();
+        if text != last {
+            out.push_str(": ");
+            out.push_str(&text);
+            last = text;
+        }
         source = e.source();
     }
     out

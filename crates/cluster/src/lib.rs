@@ -60,7 +60,7 @@
 //! coordinator; it does not isolate workers of the same job from each
 //! other.
 //!
-//! ```no_run
+//! ```
 //! use cluster::{ClientOptions, Coordinator, CoordinatorOptions, WorkerClient, config_digest};
 //! let config = "[model]\nsize = \"smoke\"\n";
 //! let coord = Coordinator::start(CoordinatorOptions::new(
@@ -71,6 +71,7 @@
 //! ))?;
 //! let mut grads = vec![1.0f32; 4];
 //! worker.all_reduce_sum(0, &mut grads)?;
+//! assert_eq!(grads, [1.0; 4]); // one worker: the sum is its own gradient
 //! worker.leave()?;
 //! # Ok::<(), cluster::Error>(())
 //! ```
