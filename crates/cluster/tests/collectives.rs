@@ -228,3 +228,19 @@ fn metrics_are_delivered_once_every_worker_reported() {
         })
     );
 }
+
+#[test]
+fn metrics_of_a_step_complete_when_the_missing_worker_is_lost() {
+    let coord = coordinator(3);
+    let mut workers = connect_n(&coord, 3);
+    let silent = workers.pop().unwrap();
+    drop(silent);
+    workers[0].report_metrics(9, "{}").unwrap();
+    workers[1].report_metrics(9, "{}").unwrap();
+    match wait_event(&coord, Duration::from_secs(4), |e| {
+        matches!(e, Event::Metrics { .. })
+    }) {
+        Some(Event::Metrics { step: 9, reports }) => assert_eq!(reports.len(), 2),
+        e => panic!("expected metrics of step 9, got {e:?}"),
+    }
+}

@@ -273,16 +273,8 @@ impl Cluster for Service {
         let r = req.into_inner();
         let mut st = self.shared.lock();
         let pid = st.member(r.member.as_ref())?;
-        let live = st.live();
-        let reports = st.metrics.entry(r.step).or_default();
-        reports.insert(pid, r.json);
-        if live.iter().all(|p| reports.contains_key(p)) {
-            let reports = st.metrics.remove(&r.step).unwrap_or_default();
-            self.shared.emit(Event::Metrics {
-                step: r.step,
-                reports: reports.into_iter().collect(),
-            });
-        }
+        st.metrics.entry(r.step).or_default().insert(pid, r.json);
+        self.shared.flush_metrics(&mut st);
         Ok(Response::new(ReportMetricsResponse {}))
     }
 

@@ -207,6 +207,26 @@ impl Shared {
             host: w.host,
             generation,
         });
+        // Steps that only waited for the lost worker's metrics are complete.
+        self.flush_metrics(st);
+    }
+
+    /// Emits the metrics of every step that all live workers reported.
+    pub(crate) fn flush_metrics(&self, st: &mut State) {
+        let live = st.live();
+        let done: Vec<u64> = st
+            .metrics
+            .iter()
+            .filter(|(_, reports)| live.iter().all(|p| reports.contains_key(p)))
+            .map(|(step, _)| *step)
+            .collect();
+        for step in done {
+            let reports = st.metrics.remove(&step).unwrap_or_default();
+            self.emit(Event::Metrics {
+                step,
+                reports: reports.into_iter().collect(),
+            });
+        }
     }
 }
 

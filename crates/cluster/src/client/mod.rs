@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prost::bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -19,144 +19,16 @@ use crate::auth::AddToken;
 use crate::error::{RESUME_KEY, metadata_u64};
 use crate::payload::{Element, MAX_MESSAGE_BYTES, chunk_elems, decode_into, encode};
 use crate::proto::cluster_client::ClusterClient;
-use crate::proto::heartbeat_response::Command as Cmd;
 use crate::proto::*;
-use crate::{Error, Result, TlsClient};
+use crate::{Error, Result};
+
+mod heartbeat;
+mod options;
+
+use heartbeat::{Shared, heartbeat};
+pub use options::{CheckpointVerdict, ClientOptions, Command, Registration};
 
 type Rpc = ClusterClient<InterceptedService<Channel, AddToken>>;
-
-/// How a worker reaches its coordinator.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    /// Coordinator address, `host:port`.
-    pub coordinator: String,
-    /// Shared secret (see [`crate::load_token`]).
-    pub token: String,
-    /// This host's name, for the coordinator's logs and events.
-    pub host: String,
-    /// Number of local accelerator devices.
-    pub devices: u32,
-    /// PJRT backend name.
-    pub backend: String,
-    /// Must equal the coordinator's.
-    pub software_version: String,
-    /// [`crate::config_digest`] of the job config this worker was started
-    /// with; must equal the coordinator's.
-    pub config_digest: String,
-    /// How often to heartbeat.
-    pub heartbeat_interval: Duration,
-    /// After this long without a successful heartbeat the coordinator is
-    /// declared lost and every call fails with [`Error::CoordinatorLost`].
-    pub coordinator_timeout: Duration,
-    /// Limit for connecting and for calls that do not wait on others.
-    pub rpc_timeout: Duration,
-    /// Limit for an all-reduce (waiting for the slowest worker included).
-    pub collective_timeout: Duration,
-    /// Connect over TLS.
-    pub tls: Option<TlsClient>,
-}
-
-impl ClientOptions {
-    /// Options with a 1 s heartbeat, a 10 s coordinator timeout, a 10 s
-    /// RPC timeout, a 30 min collective timeout, backend `cpu`, no TLS.
-    pub fn new(
-        coordinator: impl Into<String>,
-        token: impl Into<String>,
-        software_version: impl Into<String>,
-        config_digest: impl Into<String>,
-    ) -> Self {
-        Self {
-            coordinator: coordinator.into(),
-            token: token.into(),
-            host: std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into()),
-            devices: 0,
-            backend: "cpu".into(),
-            software_version: software_version.into(),
-            config_digest: config_digest.into(),
-            heartbeat_interval: Duration::from_secs(1),
-            coordinator_timeout: Duration::from_secs(10),
-            rpc_timeout: Duration::from_secs(10),
-            collective_timeout: Duration::from_secs(30 * 60),
-            tls: None,
-        }
-    }
-}
-
-/// What the coordinator handed this worker at registration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Registration {
-    /// This worker's process id, `0..world_size`.
-    pub process_id: u32,
-    /// Number of worker processes in the job.
-    pub world_size: u32,
-    /// The resolved job config (TOML).
-    pub job_config: String,
-    /// Generation joined in.
-    pub generation: u64,
-    /// Last committed checkpoint step, to resume from.
-    pub resume_hint: Option<u64>,
-}
-
-/// What the coordinator wants the training loop to do next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// Keep training.
-    Continue,
-    /// Stop training (the job is being stopped, or the coordinator is lost).
-    Stop {
-        /// Why.
-        reason: String,
-    },
-    /// A worker was lost: restore the last committed checkpoint, call
-    /// [`WorkerClient::acknowledge_restart`], and continue.
-    Restart {
-        /// The generation to continue in.
-        generation: u64,
-        /// Last committed checkpoint step, if known.
-        resume_hint: Option<u64>,
-    },
-}
-
-/// Outcome of [`WorkerClient::commit_checkpoint`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckpointVerdict {
-    /// Every worker wrote its part: commit.
-    pub commit: bool,
-    /// Why not, when `!commit`.
-    pub reason: String,
-}
-
-/// State shared with the heartbeat task.
-struct Shared {
-    addr: String,
-    member: Member,
-    generation: AtomicU64,
-    command: Mutex<Command>,
-    /// Set once the coordinator is declared lost.
-    lost: watch::Sender<Option<String>>,
-}
-
-impl Shared {
-    fn command(&self) -> std::sync::MutexGuard<'_, Command> {
-        self.command.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records a newer command; a `Stop` is final.
-    fn set_command(&self, new: Command) {
-        let mut cmd = self.command();
-        let newer = match (&*cmd, &new) {
-            (Command::Stop { .. }, _) => false,
-            (Command::Restart { generation: a, .. }, Command::Restart { generation: b, .. }) => {
-                b > a
-            }
-            (Command::Restart { .. }, Command::Continue) => false,
-            _ => true,
-        };
-        if newer {
-            *cmd = new;
-        }
-    }
-}
 
 /// A registered worker: blocking calls to the coordinator, plus a
 /// background heartbeat. Dropping it stops the heartbeat without leaving
@@ -484,47 +356,6 @@ impl Drop for WorkerClient {
     }
 }
 
-/// Heartbeats every `interval`; records the coordinator's command, and
-/// declares the coordinator lost after `timeout` without an answer.
-async fn heartbeat(mut rpc: Rpc, shared: Arc<Shared>, interval: Duration, timeout: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_ok = Instant::now();
-    loop {
-        tick.tick().await;
-        let mut req = Request::new(HeartbeatRequest {
-            member: Some(shared.member),
-            generation: shared.generation.load(Ordering::SeqCst),
-        });
-        req.set_timeout(timeout);
-        let failure = match tokio::time::timeout(timeout, rpc.heartbeat(req)).await {
-            Ok(Ok(r)) => {
-                last_ok = Instant::now();
-                shared.set_command(match r.into_inner().command {
-                    Some(Cmd::Stop(s)) => Command::Stop { reason: s.reason },
-                    Some(Cmd::Restart(r)) => Command::Restart {
-                        generation: r.generation,
-                        resume_hint: r.resume_hint,
-                    },
-                    Some(Cmd::Continue(_)) | None => Command::Continue,
-                });
-                continue;
-            }
-            Ok(Err(status)) => error_chain(&status),
-            Err(_) => format!("no heartbeat answer within {timeout:?}"),
-        };
-        if last_ok.elapsed() >= timeout {
-            let message = format!("no heartbeat answered for {timeout:?}; last error: {failure}");
-            tracing::warn!(addr = %shared.addr, "lost the coordinator: {message}");
-            shared.set_command(Command::Stop {
-                reason: format!("lost the coordinator at {}: {message}", shared.addr),
-            });
-            shared.lost.send_replace(Some(message));
-            return;
-        }
-    }
-}
-
 fn endpoint(opts: &ClientOptions) -> Result<Endpoint> {
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let uri = format!("{scheme}://{}", opts.coordinator);
@@ -552,7 +383,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// An error followed by its causes.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
