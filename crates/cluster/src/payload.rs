@@ -11,7 +11,8 @@ pub(crate) const CHUNK_BYTES: usize = 4 << 20;
 /// Largest gRPC message accepted: a chunk plus headroom.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 4 * CHUNK_BYTES;
 
-/// A summable element with a fixed little-endian encoding.
+/// A summable element with a fixed little-endian encoding. Implemented
+/// only for `f32` and `f64` (plain data: `encode` relies on it).
 pub(crate) trait Element:
     Copy + Default + std::ops::AddAssign + Send + Sync + 'static
 {
@@ -57,6 +58,9 @@ pub(crate) fn chunk_elems<E: Element>() -> usize {
 
 /// Encodes `values` little-endian.
 pub(crate) fn encode<E: Element>(values: &[E]) -> Bytes {
+    if cfg!(target_endian = "little") {
+        return Bytes::copy_from_slice(as_bytes(values));
+    }
     let mut out = Vec::with_capacity(values.len() * E::SIZE);
     for &v in values {
         v.write(&mut out);
@@ -66,9 +70,34 @@ pub(crate) fn encode<E: Element>(values: &[E]) -> Bytes {
 
 /// Decodes little-endian `bytes` into `out` (whose length must match).
 pub(crate) fn decode_into<E: Element>(bytes: &[u8], out: &mut [E]) {
-    debug_assert_eq!(bytes.len(), out.len() * E::SIZE);
+    assert_eq!(bytes.len(), out.len() * E::SIZE, "payload length");
+    if cfg!(target_endian = "little") {
+        as_bytes_mut(out).copy_from_slice(bytes);
+        return;
+    }
     for (o, b) in out.iter_mut().zip(bytes.chunks_exact(E::SIZE)) {
         *o = E::read(b);
+    }
+}
+
+/// The in-memory bytes of `values` (little-endian on little-endian hosts).
+fn as_bytes<E: Element>(values: &[E]) -> &[u8] {
+    // SAFETY: `Element` is implemented only for f32 and f64, which have no
+    // padding; the slice covers exactly the values' memory, and u8 has
+    // alignment 1.
+    unsafe {
+        std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+    }
+}
+
+fn as_bytes_mut<E: Element>(values: &mut [E]) -> &mut [u8] {
+    // SAFETY: as in `as_bytes`; moreover every bit pattern is a valid f32
+    // or f64, so any bytes written through the slice leave valid values.
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            values.as_mut_ptr().cast::<u8>(),
+            std::mem::size_of_val(values),
+        )
     }
 }
 
