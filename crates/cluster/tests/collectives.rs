@@ -181,7 +181,7 @@ fn commit_all(
 
 #[test]
 fn checkpoint_commits_only_when_every_worker_wrote() {
-    let coord = coordinator(3);
+    let coord = coordinator_fast_loss(3);
     let workers = connect_n(&coord, 3);
     for v in commit_all(&workers, 100, None) {
         assert!(v.commit, "{}", v.reason);
@@ -231,7 +231,7 @@ fn metrics_are_delivered_once_every_worker_reported() {
 
 #[test]
 fn metrics_of_a_step_complete_when_the_missing_worker_is_lost() {
-    let coord = coordinator(3);
+    let coord = coordinator_fast_loss(3);
     let mut workers = connect_n(&coord, 3);
     let silent = workers.pop().unwrap();
     drop(silent);

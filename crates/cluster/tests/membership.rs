@@ -69,7 +69,7 @@ fn full_job_refuses_another_worker() {
 
 #[test]
 fn lost_worker_fails_barrier_with_restart_and_is_replaced() {
-    let coord = coordinator(3);
+    let coord = coordinator_fast_loss(3);
     let mut workers = connect_n(&coord, 3);
     let silent = workers.pop().unwrap();
     let started = Instant::now();
@@ -175,7 +175,13 @@ fn stop_reaches_workers_through_heartbeats() {
 fn worker_fails_when_coordinator_goes(crash: bool) {
     let coord = coordinator(2);
     let addr = coord.addr().to_string();
-    let workers = connect_n(&coord, 2);
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut o = client_options(&coord);
+            o.coordinator_timeout = Duration::from_secs(2);
+            cluster::WorkerClient::connect(o).unwrap()
+        })
+        .collect();
     let started = Instant::now();
     std::thread::scope(|s| {
         let wait = s.spawn(|| workers[0].barrier("never", Duration::from_secs(60)));

@@ -11,10 +11,11 @@ pub const TOKEN: &str = "test-token-0123456789";
 pub const VERSION: &str = "0.1.0";
 pub const CONFIG: &str = "[model]\nsize = \"smoke\"\n";
 
-/// Coordinator options for `n` workers with a 1 s heartbeat timeout.
+/// Coordinator options for `n` workers with a 5 s heartbeat timeout
+/// (generous: tests run in parallel on small machines).
 pub fn options(n: u32) -> CoordinatorOptions {
     let mut o = CoordinatorOptions::new("127.0.0.1:0".parse().unwrap(), n, TOKEN, VERSION, CONFIG);
-    o.heartbeat_timeout = Duration::from_secs(1);
+    o.heartbeat_timeout = Duration::from_secs(5);
     o
 }
 
@@ -22,7 +23,15 @@ pub fn coordinator(n: u32) -> CoordinatorHandle {
     cluster::Coordinator::start(options(n)).expect("coordinator starts")
 }
 
-/// Client options: 100 ms heartbeats, coordinator lost after 2 s.
+/// A coordinator that declares a worker lost after 1 s of silence, for
+/// the tests about losing workers.
+pub fn coordinator_fast_loss(n: u32) -> CoordinatorHandle {
+    let mut o = options(n);
+    o.heartbeat_timeout = Duration::from_secs(1);
+    cluster::Coordinator::start(o).expect("coordinator starts")
+}
+
+/// Client options: 100 ms heartbeats, coordinator lost after 5 s.
 pub fn client_options(coord: &CoordinatorHandle) -> ClientOptions {
     let mut o = ClientOptions::new(
         coord.addr().to_string(),
@@ -32,7 +41,7 @@ pub fn client_options(coord: &CoordinatorHandle) -> ClientOptions {
     );
     o.host = "test-host".into();
     o.heartbeat_interval = Duration::from_millis(100);
-    o.coordinator_timeout = Duration::from_secs(2);
+    o.coordinator_timeout = Duration::from_secs(5);
     o.rpc_timeout = Duration::from_secs(5);
     o.collective_timeout = Duration::from_secs(30);
     o
