@@ -229,3 +229,46 @@ fn coordinator_shutdown_fails_a_waiting_worker() {
 fn coordinator_crash_fails_a_waiting_worker() {
     worker_fails_when_coordinator_goes(true);
 }
+
+#[test]
+fn lost_worker_fails_pending_all_reduce_and_checkpoint() {
+    let coord = coordinator_fast_loss(3);
+    let mut workers = connect_n(&coord, 3);
+    let silent = workers.pop().unwrap();
+    std::thread::scope(|s| {
+        let waits: Vec<_> = workers
+            .iter()
+            .map(|w| s.spawn(move || w.all_reduce_sum(0, &mut vec![1.0; 1000])))
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        drop(silent);
+        for h in waits {
+            assert!(matches!(
+                h.join().unwrap(),
+                Err(Error::Restart { generation: 1 })
+            ));
+        }
+    });
+    for w in &workers {
+        // The error alone is enough to move on, without waiting for a
+        // heartbeat to bring the Restart command.
+        assert_eq!(w.acknowledge_restart(), 1);
+    }
+
+    let silent = connect(&coord);
+    std::thread::scope(|s| {
+        let waits: Vec<_> = workers
+            .iter()
+            .map(|w| s.spawn(move || w.commit_checkpoint(10, true, "", Duration::from_secs(20))))
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        drop(silent);
+        for h in waits {
+            let v = h.join().unwrap().unwrap();
+            assert!(!v.commit);
+            assert!(v.reason.contains("worker 2"), "{}", v.reason);
+        }
+    });
+    assert_eq!(coord.last_committed_step(), None);
+    assert_eq!(coord.generation(), 2);
+}
