@@ -25,7 +25,7 @@ pub struct ClientOptions {
     /// How often to heartbeat.
     pub heartbeat_interval: Duration,
     /// After this long without a successful heartbeat the coordinator is
-    /// declared lost and every call fails with [`Error::CoordinatorLost`].
+    /// declared lost and every call fails with [`crate::Error::CoordinatorLost`].
     pub coordinator_timeout: Duration,
     /// Limit for connecting and for calls that do not wait on others.
     pub rpc_timeout: Duration,
@@ -87,7 +87,7 @@ pub enum Command {
         reason: String,
     },
     /// A worker was lost: restore the last committed checkpoint, call
-    /// [`WorkerClient::acknowledge_restart`], and continue.
+    /// [`crate::WorkerClient::acknowledge_restart`], and continue.
     Restart {
         /// The generation to continue in.
         generation: u64,
@@ -96,7 +96,7 @@ pub enum Command {
     },
 }
 
-/// Outcome of [`WorkerClient::commit_checkpoint`].
+/// Outcome of [`crate::WorkerClient::commit_checkpoint`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointVerdict {
     /// Every worker wrote its part: commit.
