@@ -1,0 +1,204 @@
+//! The star all-reduce: each worker streams its payload in, the
+//! coordinator sums all contributions of (generation, step, dtype) in
+//! process-id order once the last arrives, and streams the same bytes back
+//! to every worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use super::state::{ReduceKey, ReduceState, Shared};
+use crate::payload::{CHUNK_BYTES, Element, Payload, decode_into, ordered_sum};
+use crate::proto::{AllReduceChunk, AllReduceHeader, DType};
+
+type Out = mpsc::Sender<Result<AllReduceChunk, Status>>;
+
+/// Starts serving one worker's all-reduce call; the returned stream yields
+/// the sum (or one error).
+pub(crate) fn serve(
+    shared: Arc<Shared>,
+    input: Streaming<AllReduceChunk>,
+) -> ReceiverStream<Result<AllReduceChunk, Status>> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        if let Err(status) = run(&shared, input, &tx).await {
+            // The worker may be gone already; nothing more to tell it.
+            let _ = tx.send(Err(status)).await;
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn run(
+    shared: &Shared,
+    mut input: Streaming<AllReduceChunk>,
+    tx: &Out,
+) -> Result<(), Status> {
+    let header = input
+        .next()
+        .await
+        .transpose()?
+        .and_then(|c| c.header)
+        .ok_or_else(|| Status::invalid_argument("all-reduce stream must start with a header"))?;
+    let (pid, key) = {
+        let mut st = shared.lock();
+        let pid = st.member(header.member.as_ref())?;
+        st.check_generation(header.generation)?;
+        (pid, (header.generation, header.step, header.dtype))
+    };
+    let payload = match DType::try_from(header.dtype) {
+        Ok(DType::DtypeF32) => receive::<f32>(&mut input, &header).await?,
+        Ok(DType::DtypeF64) => receive::<f64>(&mut input, &header).await?,
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "unknown dtype {}",
+                header.dtype
+            )));
+        }
+    };
+    contribute(shared, key, pid, header.len, payload).await?;
+    let sum = wait_for_sum(shared, key, &header).await?;
+    for start in (0..sum.len()).step_by(CHUNK_BYTES) {
+        let end = (start + CHUNK_BYTES).min(sum.len());
+        let chunk = AllReduceChunk {
+            header: None,
+            data: sum.slice(start..end),
+        };
+        if tx.send(Ok(chunk)).await.is_err() {
+            break; // the worker hung up
+        }
+    }
+    Ok(())
+}
+
+/// Reads the data chunks after the header into one decoded vector.
+async fn receive<E: Element>(
+    input: &mut Streaming<AllReduceChunk>,
+    header: &AllReduceHeader,
+) -> Result<Payload, Status> {
+    let len =
+        usize::try_from(header.len).map_err(|_| Status::invalid_argument("payload too long"))?;
+    let mut values = vec![E::default(); len];
+    let mut filled = 0usize;
+    while let Some(chunk) = input.next().await.transpose()? {
+        let n = chunk.data.len() / E::SIZE;
+        if chunk.data.len() % E::SIZE != 0 || filled + n > len {
+            return Err(Status::invalid_argument(format!(
+                "chunk of {} bytes does not fit a payload of {len} elements at {filled}",
+                chunk.data.len()
+            )));
+        }
+        decode_into(&chunk.data, &mut values[filled..filled + n]);
+        filled += n;
+    }
+    if filled != len {
+        return Err(Status::invalid_argument(format!(
+            "payload ended after {filled} of {len} elements"
+        )));
+    }
+    Ok(E::wrap(values))
+}
+
+/// Adds `pid`'s payload; the last contributor computes the sum.
+async fn contribute(
+    shared: &Shared,
+    key: ReduceKey,
+    pid: u32,
+    len: u64,
+    payload: Payload,
+) -> Result<(), Status> {
+    let n = shared.config.world_size as usize;
+    let ready = {
+        let mut st = shared.lock();
+        st.check_generation(key.0)?;
+        let r = st.reduces.entry(key).or_insert_with(|| ReduceState {
+            len,
+            contribs: (0..n).map(|_| None).collect(),
+            arrived: 0,
+            result: None,
+            failed: None,
+            taken: 0,
+        });
+        if r.len != len {
+            let msg = format!(
+                "step {}: process {pid} sent {len} elements, others {}",
+                key.1, r.len
+            );
+            r.failed = Some(msg.clone());
+            drop(st);
+            shared.notify();
+            return Err(Status::invalid_argument(msg));
+        }
+        let slot = &mut r.contribs[pid as usize];
+        if slot.is_some() {
+            return Err(Status::already_exists(format!(
+                "process {pid} already contributed to step {}",
+                key.1
+            )));
+        }
+        *slot = Some(payload);
+        r.arrived += 1;
+        (r.arrived == n).then(|| {
+            r.contribs
+                .iter_mut()
+                .map(|c| c.take().expect("all arrived"))
+                .collect()
+        })
+    };
+    if let Some(contribs) = ready {
+        let contribs: Vec<Payload> = contribs;
+        let sum = tokio::task::spawn_blocking(move || ordered_sum(contribs))
+            .await
+            .map_err(|e| Status::internal(format!("summation failed: {e}")))?;
+        if let Some(r) = shared.lock().reduces.get_mut(&key) {
+            r.result = Some(sum);
+        }
+        shared.notify();
+    }
+    Ok(())
+}
+
+async fn wait_for_sum(
+    shared: &Shared,
+    key: ReduceKey,
+    header: &AllReduceHeader,
+) -> Result<Bytes, Status> {
+    let n = shared.config.world_size as usize;
+    let timeout = Duration::from_millis(header.timeout_ms.min(86_400_000));
+    shared
+        .wait(
+            tokio::time::Instant::now() + timeout,
+            |st| {
+                if let Some(s) = st.moved_on(key.0) {
+                    return Some(Err(s));
+                }
+                let r = st.reduces.get_mut(&key)?;
+                if let Some(msg) = &r.failed {
+                    return Some(Err(Status::invalid_argument(msg.clone())));
+                }
+                let sum = r.result.clone()?;
+                r.taken += 1;
+                if r.taken == n {
+                    st.reduces.remove(&key);
+                }
+                Some(Ok(sum))
+            },
+            |st| {
+                let missing: Vec<usize> = st
+                    .reduces
+                    .get(&key)
+                    .map(|r| (0..n).filter(|&p| r.contribs[p].is_none() && r.result.is_none()).collect())
+                    .unwrap_or_default();
+                Err(Status::deadline_exceeded(format!(
+                    "all-reduce of step {} timed out after {timeout:?} waiting for process ids {missing:?}",
+                    key.1
+                )))
+            },
+        )
+        .await
+}
