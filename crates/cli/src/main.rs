@@ -21,6 +21,10 @@ enum Command {
     Train(cmd::train::Args),
     /// Score a model on tokenized rows: mean next-token loss and perplexity.
     Eval(cmd::eval::Args),
+    /// Serve a multi-process job: workers join it, it supervises them and writes the metrics.
+    Coordinator(cmd::coordinator::Args),
+    /// Join a multi-process job and train this process's share.
+    Worker(cmd::worker::Args),
     /// Write a checkpoint's parameters as a Hugging Face model directory.
     Export(cmd::export::Args),
     /// Compile the training step for a TPU slice without one: does it fit, what does it cost.
@@ -42,7 +46,7 @@ fn main() -> ExitCode {
     // keeps glibc's per-thread arenas.
     if matches!(
         cli.command,
-        Command::Train(_) | Command::Eval(_) | Command::Plan(_)
+        Command::Train(_) | Command::Eval(_) | Command::Plan(_) | Command::Worker(_)
     ) {
         pjrt::tune_host_allocator();
     }
@@ -51,6 +55,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => cmd::eval::run(args),
         Command::Plan(args) => cmd::plan::run(args),
         Command::Export(args) => cmd::export::run(args),
+        Command::Coordinator(args) => cmd::coordinator::run(args),
+        Command::Worker(args) => cmd::worker::run(args),
         Command::Setup(args) => cmd::setup::run(args),
         Command::Devices(args) => cmd::devices::run(args),
         Command::Tokenize(args) => data::cli::run_tokenize(args),

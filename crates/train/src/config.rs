@@ -29,6 +29,41 @@ pub struct TrainConfig {
     /// `[runtime]`.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// `[coordinator]`: multi-process jobs (`meshtrain coordinator`).
+    #[serde(default)]
+    pub coordinator: CoordinatorSection,
+}
+
+/// `[coordinator]`: supervision of a multi-process job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorSection {
+    /// A worker silent this long is declared lost (the job restarts from its
+    /// last committed checkpoint when a worker takes its place).
+    pub heartbeat_timeout_s: f64,
+    /// How often workers heartbeat.
+    pub heartbeat_interval_s: f64,
+    /// Lost workers tolerated before the job is stopped.
+    pub max_restarts: u32,
+    /// How long workers wait at a barrier (start, restart) for the others.
+    pub barrier_timeout_s: f64,
+    /// PEM certificate chain: serve TLS (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for CoordinatorSection {
+    fn default() -> Self {
+        CoordinatorSection {
+            heartbeat_timeout_s: 10.0,
+            heartbeat_interval_s: 1.0,
+            max_restarts: 3,
+            barrier_timeout_s: 600.0,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
 }
 
 /// `[model]`: a preset and/or explicit shape fields (which override it).
@@ -403,6 +438,31 @@ impl TrainConfig {
             return bad(
                 "optimizer.schedule_steps",
                 format!("{n} is less than train.steps = {}", self.train.steps),
+            );
+        }
+        let c = &self.coordinator;
+        for (key, v) in [
+            ("coordinator.heartbeat_timeout_s", c.heartbeat_timeout_s),
+            ("coordinator.heartbeat_interval_s", c.heartbeat_interval_s),
+            ("coordinator.barrier_timeout_s", c.barrier_timeout_s),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return bad(key, format!("{v}: expected a positive number of seconds"));
+            }
+        }
+        if c.heartbeat_interval_s >= c.heartbeat_timeout_s {
+            return bad(
+                "coordinator.heartbeat_interval_s",
+                format!(
+                    "{} must be below coordinator.heartbeat_timeout_s = {}",
+                    c.heartbeat_interval_s, c.heartbeat_timeout_s
+                ),
+            );
+        }
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            return bad(
+                "coordinator.tls_cert",
+                "tls_cert and tls_key go together".into(),
             );
         }
         if self.train.resume.is_empty() {

@@ -372,7 +372,7 @@ fn find_resume(
 
 /// Opens `metrics.jsonl` for appending; on a resume from step `start` the
 /// lines of steps at or after it (trained again now) are dropped first.
-fn open_metrics(path: &std::path::Path, start: u64) -> Result<std::fs::File> {
+pub fn open_metrics(path: &std::path::Path, start: u64) -> Result<std::fs::File> {
     if start > 0 && path.exists() {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
         let kept: String = text
@@ -395,7 +395,8 @@ fn open_metrics(path: &std::path::Path, start: u64) -> Result<std::fs::File> {
         .map_err(|e| Error::io("opening", path, e))
 }
 
-fn progress_bar(steps: u64, show: bool) -> indicatif::ProgressBar {
+/// The progress bar of a run (hidden when `show` is false).
+pub fn progress_bar(steps: u64, show: bool) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }

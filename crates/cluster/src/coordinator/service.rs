@@ -46,7 +46,8 @@ impl Cluster for Service {
                 r.software_version, cfg.software_version
             )));
         }
-        if r.config_digest != cfg.config_digest {
+        // An empty digest: the worker has no config of its own and takes the job's.
+        if !r.config_digest.is_empty() && r.config_digest != cfg.config_digest {
             return Err(Status::failed_precondition(format!(
                 "worker config digest {} != coordinator {} \
                  (the worker was started with a different job config)",

@@ -1,0 +1,168 @@
+//! `meshtrain coordinator`: serve a job, supervise its workers, write its
+//! metrics, stop it after too many lost workers.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cluster::{Coordinator, CoordinatorOptions, Event, TlsServer};
+use train::TrainConfig;
+
+use crate::{Error, Result, SOFTWARE_VERSION, seconds};
+
+/// How to run a job.
+pub struct Options {
+    /// The resolved job config (sent to every worker).
+    pub config: TrainConfig,
+    /// Address to listen on (the CLI defaults to loopback).
+    pub listen: SocketAddr,
+    /// Workers in the job.
+    pub workers: u32,
+    /// The job token.
+    pub token: String,
+    /// Show a progress bar.
+    pub show_progress: bool,
+    /// Called with the bound address once listening (e.g. to print it).
+    pub on_listen: Option<Box<dyn FnOnce(SocketAddr)>>,
+}
+
+/// What a finished job reports.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// `(step, loss)` of every logged step, as in `metrics.jsonl`.
+    pub losses: Vec<(u64, f64)>,
+    /// Workers lost (and replaced) during the job.
+    pub restarts: u32,
+}
+
+/// Runs the job to its end.
+pub fn run(opts: Options) -> Result<Summary> {
+    let cfg = &opts.config;
+    let rows = cfg.data.batch_size / cfg.optimizer.accumulation_steps;
+    if opts.workers == 0 || !rows.is_multiple_of(opts.workers as usize) {
+        return Err(train::Error::Config {
+            source_name: "--workers".into(),
+            key: "data.batch_size".into(),
+            message: format!(
+                "{rows} rows per micro-batch do not split over {} workers",
+                opts.workers
+            ),
+        }
+        .into());
+    }
+    let mut co = CoordinatorOptions::new(
+        opts.listen,
+        opts.workers,
+        opts.token.clone(),
+        SOFTWARE_VERSION,
+        cfg.to_toml(),
+    );
+    co.heartbeat_timeout = seconds(cfg.coordinator.heartbeat_timeout_s);
+    if let (Some(cert), Some(key)) = (&cfg.coordinator.tls_cert, &cfg.coordinator.tls_key) {
+        co.tls = Some(TlsServer {
+            cert_pem_path: cert.clone(),
+            key_pem_path: key.clone(),
+        });
+    }
+    let handle = Coordinator::start(co)?;
+    eprintln!(
+        "meshtrain coordinator: listening on {} for {} workers",
+        handle.addr(),
+        opts.workers
+    );
+    if let Some(f) = opts.on_listen {
+        f(handle.addr());
+    }
+    let run_dir = &cfg.train.run_dir;
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::Io {
+        action: "creating",
+        path: run_dir.clone(),
+        source: e,
+    })?;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let mut metrics: Option<std::fs::File> = None;
+    let mut losses: Vec<(u64, f64)> = Vec::new();
+    let bar = train::progress_bar(cfg.train.steps, opts.show_progress);
+    let say = |msg: String| bar.suspend(|| eprintln!("meshtrain coordinator: {msg}"));
+    let mut restarts = 0;
+    let mut stopped: Option<String> = None;
+    loop {
+        let Some(event) = handle.next_event(Duration::from_millis(200)) else {
+            continue;
+        };
+        match event {
+            Event::Registered {
+                process_id,
+                host,
+                replacement,
+            } => say(format!(
+                "worker {process_id} registered from {host}{}",
+                if replacement { " (replacement)" } else { "" }
+            )),
+            Event::Lost {
+                process_id,
+                host,
+                generation,
+            } => {
+                restarts += 1;
+                if restarts > cfg.coordinator.max_restarts {
+                    let reason = format!(
+                        "worker {process_id} ({host}) lost; {restarts} losses exceed coordinator.max_restarts = {}",
+                        cfg.coordinator.max_restarts
+                    );
+                    say(reason.clone());
+                    handle.stop(reason.clone());
+                    stopped = Some(reason);
+                } else {
+                    say(format!(
+                        "worker {process_id} ({host}) lost: heartbeat silent for {} s; the job waits for a worker to take its place, then resumes from the last committed checkpoint (generation {generation})",
+                        cfg.coordinator.heartbeat_timeout_s
+                    ));
+                }
+            }
+            Event::Metrics { step, reports } => {
+                let Some((_, line)) = reports.first() else {
+                    continue;
+                };
+                // A restart trains steps again: their old lines go.
+                if metrics.is_none() || losses.last().is_some_and(|(s, _)| *s >= step) {
+                    metrics = Some(train::open_metrics(&metrics_path, step)?);
+                    losses.retain(|(s, _)| *s < step);
+                }
+                let file = metrics.as_mut().expect("opened above");
+                writeln!(file, "{line}")
+                    .and_then(|()| file.flush())
+                    .map_err(|e| Error::Io {
+                        action: "writing",
+                        path: metrics_path.clone(),
+                        source: e,
+                    })?;
+                let loss = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["loss"].as_f64())
+                    .unwrap_or(f64::NAN);
+                losses.push((step, loss));
+                bar.set_position(step + 1);
+                bar.set_message(format!("loss {loss:.4}"));
+            }
+            Event::CheckpointCommitted { step } => {
+                say(format!("checkpoint {step}: every worker wrote its part"))
+            }
+            Event::CheckpointAborted { step, reason } => {
+                say(format!("checkpoint {step} not committed: {reason}"))
+            }
+            Event::Left { process_id } => say(format!("worker {process_id} finished")),
+            Event::Finished => break,
+            _ => {}
+        }
+        if stopped.is_some() && handle.live_workers().is_empty() {
+            break;
+        }
+    }
+    bar.finish();
+    handle.shutdown();
+    match stopped {
+        Some(reason) => Err(Error::Stopped(reason)),
+        None => Ok(Summary { losses, restarts }),
+    }
+}

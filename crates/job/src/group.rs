@@ -1,0 +1,77 @@
+//! The workers of a job as the training loop's process group.
+
+use std::time::Duration;
+
+use cluster::{Command, WorkerClient};
+use train::ProcessGroup;
+
+/// A worker's view of the job: collectives go through the coordinator.
+pub(crate) struct ClusterGroup<'a> {
+    pub client: &'a WorkerClient,
+    /// How long a checkpoint agreement may wait for the slowest worker.
+    pub timeout: Duration,
+}
+
+/// A lost worker means restart; anything else stops this worker.
+fn to_train(e: cluster::Error) -> train::Error {
+    match e {
+        cluster::Error::Restart { generation } => train::Error::Interrupted {
+            reason: format!("a worker was lost (job generation {generation})"),
+            restart: true,
+        },
+        other => train::Error::Group(other.to_string()),
+    }
+}
+
+impl ProcessGroup for ClusterGroup<'_> {
+    fn rank(&self) -> usize {
+        self.client.process_id() as usize
+    }
+
+    fn size(&self) -> usize {
+        self.client.world_size() as usize
+    }
+
+    fn all_reduce_sum(&self, step: u64, data: &mut [f32]) -> train::Result<()> {
+        self.client.all_reduce_sum(step, data).map_err(to_train)
+    }
+
+    fn agree_checkpoint(
+        &self,
+        step: u64,
+        written: std::result::Result<(), String>,
+    ) -> train::Result<bool> {
+        let error = written.as_ref().err().cloned().unwrap_or_default();
+        let verdict = self
+            .client
+            .commit_checkpoint(step, written.is_ok(), &error, self.timeout)
+            .map_err(to_train)?;
+        if !verdict.commit {
+            eprintln!(
+                "meshtrain worker: checkpoint {step} not committed: {}",
+                verdict.reason
+            );
+        }
+        Ok(verdict.commit)
+    }
+
+    fn report(&self, step: u64, metrics: &serde_json::Value) -> train::Result<()> {
+        self.client
+            .report_metrics(step, &metrics.to_string())
+            .map_err(to_train)
+    }
+
+    fn check(&self) -> train::Result<()> {
+        match self.client.command() {
+            Command::Continue => Ok(()),
+            Command::Stop { reason } => Err(train::Error::Interrupted {
+                reason,
+                restart: false,
+            }),
+            Command::Restart { generation, .. } => Err(train::Error::Interrupted {
+                reason: format!("a worker was lost (job generation {generation})"),
+                restart: true,
+            }),
+        }
+    }
+}
