@@ -41,6 +41,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Library warnings (refused RPCs, lost workers) go to stderr;
+    // MESHTRAIN_LOG=info|debug shows more.
+    let level = std::env::var("MESHTRAIN_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN);
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .init();
     // Commands that run XLA programs keep its per-execution temporaries in
     // the heap (see pjrt::tune_host_allocator); tokenizing on all cores
     // keeps glibc's per-thread arenas.

@@ -12,6 +12,9 @@ pub(crate) struct ClusterGroup<'a> {
     pub timeout: Duration,
 }
 
+/// The client's heartbeat interval (cluster's default).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// A lost worker means restart; anything else stops this worker.
 fn to_train(e: cluster::Error) -> train::Error {
     match e {
@@ -51,6 +54,15 @@ impl ProcessGroup for ClusterGroup<'_> {
                 "meshtrain worker: checkpoint {step} not committed: {}",
                 verdict.reason
             );
+            // A lost worker also aborts the agreement; its restart command
+            // follows on the next heartbeat.
+            let t = std::time::Instant::now();
+            while t.elapsed() < 2 * HEARTBEAT {
+                if let Command::Restart { .. } = self.client.command() {
+                    return self.check().map(|()| false);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         Ok(verdict.commit)
     }

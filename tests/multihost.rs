@@ -1,0 +1,313 @@
+//! Multi-process jobs on loopback with the real binary: a coordinator and
+//! CPU workers train like one process; a killed worker is detected, replaced
+//! and the job ends exactly as an uninterrupted one; wrong tokens and
+//! configs are refused; a lost coordinator is a clear error.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{meshtrain_ok, tiny_config};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshtrain");
+
+/// A child process whose stderr is collected as it comes.
+struct Proc {
+    child: Child,
+    err: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(args: &[String], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start meshtrain");
+        let err = Arc::new(Mutex::new(String::new()));
+        let (pipe, sink) = (child.stderr.take().unwrap(), err.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Proc { child, err }
+    }
+
+    fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr contains `text`; panics with it after `secs`.
+    fn wait_for(&self, text: &str, secs: u64) -> String {
+        let t = Instant::now();
+        loop {
+            let s = self.stderr();
+            if s.contains(text) {
+                return s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "no {text:?} after {secs} s:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for exit (at most `secs`); the exit status and stderr.
+    fn finish(mut self, secs: u64) -> (std::process::ExitStatus, String) {
+        let t = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                return (status, self.stderr());
+            }
+            if t.elapsed() > Duration::from_secs(secs) {
+                let _ = self.child.kill();
+                panic!("still running after {secs} s:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sets(args: &mut Vec<String>, sets: &[String]) {
+    for s in sets {
+        args.push("--set".into());
+        args.push(s.clone());
+    }
+}
+
+/// The job's settings: shuffled data, 6 rows a step (splits over 2 and 3).
+fn job_sets(run: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "data.shuffle=true".to_string(),
+        "data.batch_size=6".into(),
+        "train.log_every=1".into(),
+        format!("train.run_dir={:?}", run.display().to_string()),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn token(dir: &Path, name: &str, value: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, value).unwrap();
+    p
+}
+
+/// Starts a coordinator on a free loopback port; returns it and its address.
+fn coordinator(cfg: &Path, workers: u32, token: &Path, job: &[String]) -> (Proc, String) {
+    let mut args: Vec<String> = [
+        "coordinator",
+        "--quiet",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(cfg.display().to_string());
+    args.extend(["--workers".into(), workers.to_string()]);
+    args.extend(["--token-file".into(), token.display().to_string()]);
+    sets(&mut args, job);
+    let p = Proc::spawn(&args, &[]);
+    let err = p.wait_for("listening on ", 30);
+    let addr = err
+        .split("listening on ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    (p, addr)
+}
+
+fn worker(addr: &str, token: &Path, extra: &[String], env: &[(&str, &str)]) -> Proc {
+    let mut args: Vec<String> = vec![
+        "worker".into(),
+        "--coordinator".into(),
+        addr.into(),
+        "--token-file".into(),
+        token.display().to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    Proc::spawn(&args, env)
+}
+
+/// `(step, loss)` per line of a metrics file.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+fn run_job(dir: &Path, cfg: &Path, workers: u32, name: &str, extra: &[&str]) -> PathBuf {
+    let run = dir.join(name);
+    let tok = token(dir, "token", "job-secret");
+    let (coord, addr) = coordinator(cfg, workers, &tok, &job_sets(&run, extra));
+    let ws: Vec<Proc> = (0..workers)
+        .map(|_| worker(&addr, &tok, &[], &[]))
+        .collect();
+    for w in ws {
+        let (status, err) = w.finish(120);
+        assert!(status.success(), "worker: {err}");
+    }
+    let (status, err) = coord.finish(30);
+    assert!(status.success(), "coordinator: {err}");
+    run
+}
+
+#[test]
+fn two_and_three_workers_train_like_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    let single = dir.path().join("single");
+    let mut args: Vec<String> = vec!["train".into(), "--quiet".into(), "--config".into()];
+    args.push(cfg.display().to_string());
+    sets(&mut args, &job_sets(&single, &[]));
+    meshtrain_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let want = losses(&single);
+    assert_eq!(want.len(), 6);
+    for workers in [2, 3] {
+        let run = run_job(dir.path(), &cfg, workers, &format!("job{workers}"), &[]);
+        let got = losses(&run);
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{workers} workers: one line per step"
+        );
+        for (a, b) in want.iter().zip(&got) {
+            let rel = ((a.1 - b.1) / a.1).abs();
+            assert!(
+                a.0 == b.0 && rel < 1e-5,
+                "{workers} workers, step {}: {} vs {}",
+                a.0,
+                a.1,
+                b.1
+            );
+        }
+        assert!(run.join("final/model.safetensors").is_file());
+    }
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_the_job_ends_as_if_uninterrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    let extra = [
+        "train.steps=8",
+        "train.checkpoint_every=2",
+        "coordinator.heartbeat_timeout_s=3",
+    ];
+    let straight = run_job(dir.path(), &cfg, 2, "straight", &extra);
+
+    let run = dir.path().join("victim");
+    let tok = token(dir.path(), "token", "job-secret");
+    let (coord, addr) = coordinator(&cfg, 2, &tok, &job_sets(&run, &extra));
+    let w0 = worker(&addr, &tok, &[], &[]);
+    w0.wait_for("process 0 of 2", 30);
+    // Worker 1 hangs while writing its part of checkpoint 4: kill it there.
+    let w1 = worker(
+        &addr,
+        &tok,
+        &[],
+        &[("MESHTRAIN_FAULT_CHECKPOINT_STALL", "4:600")],
+    );
+    w1.wait_for("checkpoint step 4: shards written", 60);
+    drop(w1); // SIGKILL
+    coord.wait_for("worker 1", 10);
+    coord.wait_for("lost", 15);
+    let replacement = worker(&addr, &tok, &[], &[]);
+    let (status, err) = replacement.finish(120);
+    assert!(status.success(), "replacement: {err}");
+    assert!(
+        err.contains("resuming from") && err.contains("(step 2,"),
+        "{err}"
+    );
+    let (status, err0) = w0.finish(60);
+    assert!(status.success(), "worker 0: {err0}");
+    assert!(err0.contains("a worker was lost"), "{err0}");
+    let (status, cerr) = coord.finish(30);
+    assert!(status.success(), "{cerr}");
+    assert!(cerr.contains("(replacement)"), "{cerr}");
+
+    // Each step once, and the same numbers as the uninterrupted job.
+    let (a, b) = (losses(&straight), losses(&run));
+    assert_eq!(
+        b.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (0..8).collect::<Vec<_>>()
+    );
+    assert_eq!(a, b);
+    let model = |r: &Path| std::fs::read(r.join("final/model.safetensors")).unwrap();
+    assert_eq!(model(&straight), model(&run));
+}
+
+#[test]
+fn wrong_token_and_wrong_config_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    let run = dir.path().join("run");
+    let tok = token(dir.path(), "token", "job-secret");
+    let (coord, addr) = coordinator(&cfg, 1, &tok, &job_sets(&run, &[]));
+
+    let bad = token(dir.path(), "bad", "not-the-token");
+    let (status, err) = worker(&addr, &bad, &[], &[]).finish(30);
+    assert!(!status.success());
+    assert!(err.to_lowercase().contains("token"), "{err}");
+    let logged = coord.wait_for("token", 10);
+    assert!(
+        !logged.contains("job-secret") && !logged.contains("not-the-token"),
+        "{logged}"
+    );
+
+    // A worker whose own config differs from the job's.
+    let mut extra = vec!["--config".to_string(), cfg.display().to_string()];
+    sets(&mut extra, &job_sets(&run, &["optimizer.lr=0.5"]));
+    let (status, err) = worker(&addr, &tok, &extra, &[]).finish(30);
+    assert!(!status.success() && err.contains("config digest"), "{err}");
+    // The same config as the job's is accepted.
+    let mut same = vec!["--config".to_string(), cfg.display().to_string()];
+    sets(&mut same, &job_sets(&run, &[]));
+    let (status, err) = worker(&addr, &tok, &same, &[]).finish(120);
+    assert!(status.success(), "{err}");
+    let (status, err) = coord.finish(30);
+    assert!(status.success(), "{err}");
+}
+
+#[test]
+fn a_lost_coordinator_is_a_clear_error_for_waiting_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    let tok = token(dir.path(), "token", "job-secret");
+    let (coord, addr) = coordinator(&cfg, 2, &tok, &job_sets(&dir.path().join("run"), &[]));
+    let w = worker(&addr, &tok, &[], &[]);
+    w.wait_for("process 0 of 2", 30);
+    drop(coord); // SIGKILL while the worker waits at the start barrier
+    let t = Instant::now();
+    let (status, err) = w.finish(30);
+    assert!(!status.success());
+    assert!(
+        err.contains(&format!("lost the coordinator at {addr}")),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20));
+}
