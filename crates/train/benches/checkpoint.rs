@@ -132,19 +132,7 @@ fn smoke_steps(every: u64) -> (f64, f64, f64) {
     ];
     let cfg = TrainConfig::load(None, &sets).unwrap();
     train::train(&cfg, false).unwrap();
-    let mut times: Vec<f64> = std::fs::read_to_string(dir.path().join("run/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step_time_s"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    let mean = times.iter().sum::<f64>() / times.len() as f64;
-    (times[times.len() / 2], mean, *times.last().unwrap())
+    train::step_time_stats(&dir.path().join("run")).unwrap()
 }
 
 fn main() {

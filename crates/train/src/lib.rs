@@ -29,4 +29,4 @@ pub use error::{Error, Result};
 pub use group::ProcessGroup;
 pub use init::init_params;
 pub use plot::loss_svg;
-pub use run::{RunSummary, open_metrics, progress_bar, train, train_in_group};
+pub use run::{RunSummary, open_metrics, progress_bar, step_time_stats, train, train_in_group};

@@ -395,6 +395,24 @@ pub fn open_metrics(path: &std::path::Path, start: u64) -> Result<std::fs::File>
         .map_err(|e| Error::io("opening", path, e))
 }
 
+/// Step times of a run's `metrics.jsonl` after its first logged step (which
+/// carries warm-up): `(median, mean, max)` seconds.
+pub fn step_time_stats(run_dir: &std::path::Path) -> Result<(f64, f64, f64)> {
+    let path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    let mut times: Vec<f64> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step_time_s"].as_f64())
+        .collect();
+    if times.is_empty() {
+        return Ok((0.0, 0.0, 0.0));
+    }
+    times.sort_by(f64::total_cmp);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    Ok((times[times.len() / 2], mean, times[times.len() - 1]))
+}
+
 /// The progress bar of a run (hidden when `show` is false).
 pub fn progress_bar(steps: u64, show: bool) -> indicatif::ProgressBar {
     if !show {

@@ -34,10 +34,14 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let token = cluster::load_token(args.token_file.as_deref(), job::TOKEN_ENV)?;
-    let config = match &args.config {
-        Some(p) => Some(TrainConfig::load(Some(p), &args.sets)?.to_toml()),
+    let own = match &args.config {
+        Some(p) => Some(TrainConfig::load(Some(p), &args.sets)?),
         None => None,
     };
+    // Reported at registration; the job's config decides what is used.
+    let (backend, devices) = own.as_ref().map_or(("cpu".to_string(), 1), |c| {
+        (c.runtime.backend.clone(), c.runtime.device_count as u32)
+    });
     let tls = match args.tls_ca {
         Some(ca) => {
             let host = args.coordinator.rsplit_once(':').map(|h| h.0);
@@ -55,9 +59,9 @@ pub fn run(args: Args) -> Result<()> {
         coordinator: args.coordinator,
         token,
         tls,
-        config,
-        backend: "cpu".into(),
-        devices: 1,
+        config: own.map(|c| c.to_toml()),
+        backend,
+        devices,
         show_progress: args.progress,
     })?;
     eprintln!("meshtrain worker: process {pid} done");
