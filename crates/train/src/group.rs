@@ -3,7 +3,11 @@
 //! The transport (the coordinator's gRPC service) implements it elsewhere;
 //! training stays free of networking.
 
-use crate::Result;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+
+use crate::checkpoint::{self, Snapshot};
+use crate::{Error, Result};
 
 /// The processes of a data-parallel job. Every process runs the same
 /// config and sees the same global batch; process `rank` computes the
@@ -27,4 +31,114 @@ pub trait ProcessGroup {
     /// Called between steps: an error stops the loop (a lost process, a
     /// stop request).
     fn check(&self) -> Result<()>;
+}
+
+/// Checkpoints of a process group, written in the background: every
+/// process writes its part (process 0 the tensors, which all processes hold
+/// identically) on a thread while training goes on; at the end of the next
+/// step, the same step everywhere, the processes agree and process 0
+/// commits. The agreement point is fixed so no process can wait for it
+/// while another waits in the next step's all-reduce.
+pub(crate) struct GroupSaver<'g> {
+    group: &'g dyn ProcessGroup,
+    root: PathBuf,
+    keep: usize,
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    /// Loop step at which the save started.
+    started: u64,
+    /// The snapshot without tensors (what commit needs).
+    header: Snapshot,
+    write: JoinHandle<Result<()>>,
+}
+
+impl<'g> GroupSaver<'g> {
+    pub(crate) fn new(group: &'g dyn ProcessGroup, root: PathBuf, keep: usize) -> Self {
+        GroupSaver {
+            group,
+            root,
+            keep,
+            pending: None,
+        }
+    }
+
+    /// Starts writing this process's part of `snap` (taken after loop step `s`).
+    pub(crate) fn start(&mut self, s: u64, mut snap: Snapshot) -> Result<()> {
+        self.settle()?;
+        let rank = self.group.rank();
+        if rank != 0 {
+            snap.tensors.clear();
+        }
+        let header = Snapshot {
+            tensors: Vec::new(),
+            config_toml: snap.config_toml.clone(),
+            ..snap
+        };
+        let partial = checkpoint::partial_dir(&self.root, snap.step);
+        let write = std::thread::Builder::new()
+            .name(format!("checkpoint-{}", snap.step))
+            .spawn(move || {
+                std::fs::create_dir_all(&partial)
+                    .map_err(|e| Error::io("creating", &partial, e))?;
+                checkpoint::write_part(&partial, rank, &snap)
+            })
+            .map_err(|e| Error::io("starting the checkpoint thread for", &self.root, e))?;
+        self.pending = Some(Pending {
+            started: s,
+            header,
+            write,
+        });
+        Ok(())
+    }
+
+    /// At the end of loop step `s`: settles a save started before it.
+    pub(crate) fn after_step(&mut self, s: u64) -> Result<()> {
+        match &self.pending {
+            Some(p) if p.started < s => self.settle(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits for this process's part, agrees with the others, and (process
+    /// 0) commits.
+    pub(crate) fn settle(&mut self) -> Result<()> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let step = p.header.step;
+        let written = match p.write.join() {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("the checkpoint thread panicked".to_string()),
+        };
+        let all = self.group.agree_checkpoint(step, written.clone())?;
+        if let Err(e) = written {
+            return Err(Error::Save {
+                step,
+                kept: "this process's part failed".into(),
+                source: Box::new(Error::Group(e)),
+            });
+        }
+        if !all {
+            return Err(Error::Group(format!(
+                "checkpoint of step {step}: another process failed to write its part"
+            )));
+        }
+        if self.group.rank() == 0 {
+            checkpoint::commit(&self.root, &p.header, self.group.size(), self.keep)?;
+            eprintln!("meshtrain: checkpoint step {step} committed");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GroupSaver<'_> {
+    /// A run that stops (error, restart) lets its part finish writing, so
+    /// a restart in this process never races its own writer.
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            let _ = p.write.join();
+        }
+    }
 }

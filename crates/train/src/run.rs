@@ -10,6 +10,7 @@ use gemma::param_specs;
 use crate::config::TrainConfig;
 use crate::device::{Placement, make_client};
 use crate::exec::Stepper;
+use crate::group::GroupSaver;
 use crate::step::Plan;
 use crate::{Error, ProcessGroup, Result, checkpoint, mfu, state};
 
@@ -157,6 +158,8 @@ fn run(
         Some(_) => None,
     };
     let mut writer = checkpoint::Writer::new(ckpt_root.clone(), cfg.train.keep_checkpoints);
+    let mut group_saver =
+        group.map(|g| GroupSaver::new(g, ckpt_root.clone(), cfg.train.keep_checkpoints));
     let bar = progress_bar(cfg.train.steps, show_progress);
     bar.set_position(start.min(cfg.train.steps));
     let mut losses = Vec::new();
@@ -211,6 +214,9 @@ fn run(
                 (None, None) => unreachable!("a single process writes metrics"),
             }
         }
+        if let Some(saver) = &mut group_saver {
+            saver.after_step(s)?;
+        }
         let every = cfg.train.checkpoint_every;
         if every > 0 && ((s + 1) % every == 0 || s + 1 == cfg.train.steps) {
             if let Some(f) = &mut metrics {
@@ -219,9 +225,9 @@ fn run(
                     .map_err(|e| Error::io("writing", &metrics_path, e))?;
             }
             let snap = state::snapshot(cfg, &plan, &params, &state, loader.state())?;
-            match group {
+            match &mut group_saver {
                 None => writer.start(snap)?,
-                Some(g) => save_in_group(g, &ckpt_root, snap, cfg.train.keep_checkpoints)?,
+                Some(saver) => saver.start(s, snap)?,
             }
         }
         if let Some(saved) = writer.poll()? {
@@ -233,6 +239,9 @@ fn run(
             tokens_per_step / dt
         ));
         bar.inc(1);
+    }
+    if let Some(saver) = &mut group_saver {
+        saver.settle()?;
     }
     if let Some(saved) = writer.wait()? {
         bar.suspend(|| eprintln!("meshtrain: checkpoint step {saved} committed"));
@@ -285,45 +294,6 @@ fn model_and_plan(cfg: &TrainConfig) -> Result<(gemma::GemmaConfig, Plan)> {
         mesh::Rules::with_overrides(&cfg.mesh.rules)?,
     );
     Ok((model, plan))
-}
-
-/// A checkpoint of a process group (synchronous): every process writes its
-/// part (process 0 the tensors, which every process holds identically), the
-/// group agrees, and process 0 commits.
-fn save_in_group(
-    group: &dyn ProcessGroup,
-    root: &std::path::Path,
-    mut snap: checkpoint::Snapshot,
-    keep: usize,
-) -> Result<()> {
-    let rank = group.rank();
-    if rank != 0 {
-        snap.tensors.clear();
-    }
-    let partial = checkpoint::partial_dir(root, snap.step);
-    let written = std::fs::create_dir_all(&partial)
-        .map_err(|e| Error::io("creating", &partial, e))
-        .and_then(|()| checkpoint::write_part(&partial, rank, &snap))
-        .map_err(|e| e.to_string());
-    let all = group.agree_checkpoint(snap.step, written.clone())?;
-    if let Err(e) = written {
-        return Err(Error::Save {
-            step: snap.step,
-            kept: "this process's part failed".into(),
-            source: Box::new(Error::Group(e)),
-        });
-    }
-    if !all {
-        return Err(Error::Group(format!(
-            "checkpoint of step {}: another process failed to write its part",
-            snap.step
-        )));
-    }
-    if rank == 0 {
-        checkpoint::commit(root, &snap, group.size(), keep)?;
-        eprintln!("meshtrain: checkpoint step {} committed", snap.step);
-    }
-    Ok(())
 }
 
 /// The checkpoint `train.resume` asks for, checked against the model.
