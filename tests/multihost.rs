@@ -311,3 +311,65 @@ fn a_lost_coordinator_is_a_clear_error_for_waiting_workers() {
     );
     assert!(t.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn a_tls_job_trains_and_too_many_losses_stop_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let tls = [
+        format!("coordinator.tls_cert={:?}", cert_path.display().to_string()),
+        format!("coordinator.tls_key={:?}", key_path.display().to_string()),
+    ];
+    let tok = token(dir.path(), "token", "job-secret");
+    let tls_args = [
+        "--tls-ca".to_string(),
+        cert_path.display().to_string(),
+        "--tls-domain".into(),
+        "localhost".into(),
+    ];
+
+    // Over TLS: a one-worker job runs to the end.
+    let run = dir.path().join("tls");
+    let mut job = job_sets(&run, &[]);
+    job.extend(tls.iter().cloned());
+    let (coord, addr) = coordinator(&cfg, 1, &tok, &job);
+    // A plaintext worker cannot talk to a TLS coordinator.
+    let (status, err) = worker(&addr, &tok, &[], &[]).finish(30);
+    assert!(!status.success(), "{err}");
+    let (status, err) = worker(&addr, &tok, &tls_args, &[]).finish(120);
+    assert!(status.success(), "{err}");
+    assert!(coord.finish(30).0.success());
+    assert_eq!(losses(&run).len(), 6);
+
+    // max_restarts = 0: the first lost worker stops the job, and the
+    // surviving worker is told so.
+    let run = dir.path().join("stop");
+    let extra = [
+        "train.steps=8",
+        "train.checkpoint_every=2",
+        "coordinator.heartbeat_timeout_s=3",
+        "coordinator.max_restarts=0",
+    ];
+    let (coord, addr) = coordinator(&cfg, 2, &tok, &job_sets(&run, &extra));
+    let w0 = worker(&addr, &tok, &[], &[]);
+    w0.wait_for("process 0 of 2", 30);
+    let w1 = worker(
+        &addr,
+        &tok,
+        &[],
+        &[("MESHTRAIN_FAULT_CHECKPOINT_STALL", "4:600")],
+    );
+    w1.wait_for("checkpoint step 4: shards written", 60);
+    drop(w1);
+    let (status, err) = coord.finish(60);
+    assert!(
+        !status.success() && err.contains("coordinator.max_restarts = 0"),
+        "{err}"
+    );
+    let (status, err) = w0.finish(60);
+    assert!(!status.success() && err.contains("max_restarts"), "{err}");
+}

@@ -54,11 +54,11 @@ impl ProcessGroup for ClusterGroup<'_> {
                 "meshtrain worker: checkpoint {step} not committed: {}",
                 verdict.reason
             );
-            // A lost worker also aborts the agreement; its restart command
-            // follows on the next heartbeat.
+            // A lost worker also aborts the agreement; the restart (or
+            // stop) command follows on the next heartbeat.
             let t = std::time::Instant::now();
             while t.elapsed() < 2 * HEARTBEAT {
-                if let Command::Restart { .. } = self.client.command() {
+                if self.client.command() != Command::Continue {
                     return self.check().map(|()| false);
                 }
                 std::thread::sleep(Duration::from_millis(20));
