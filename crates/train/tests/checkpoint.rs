@@ -209,6 +209,15 @@ fn corrupt_or_incomplete_checkpoints_are_refused_and_auto_falls_back() {
     let resumed = run(d.path(), 1, &["train.steps=6", "train.checkpoint_every=0"]).unwrap();
     assert_eq!(bits(&straight.losses[2..]), bits(&resumed.losses));
 
+    // Naming a missing directory or a non-checkpoint says so.
+    let err = Checkpoint::open(&d.path().join("nope"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("does not exist"), "{err}");
+    let err = Checkpoint::open(d.path()).err().unwrap().to_string();
+    assert!(err.contains("not a meshtrain checkpoint"), "{err}");
+
     // Naming a corrupt checkpoint explicitly is an error, not a fallback.
     let resume = format!("train.resume={:?}", ckpt(d.path(), 6).display().to_string());
     let err = run(d.path(), 1, &["train.steps=8", &resume])

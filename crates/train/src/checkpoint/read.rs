@@ -79,6 +79,15 @@ impl Checkpoint {
             path: dir.to_owned(),
             message,
         };
+        if !dir.is_dir() {
+            return Err(bad("does not exist or is not a directory".into()));
+        }
+        if !dir.join(MARKER).exists() && !dir.join(MANIFEST).exists() {
+            return Err(bad(format!(
+                "not a meshtrain checkpoint (no {MANIFEST}); a Hugging Face model directory \
+                 is used as is by `meshtrain eval` or model.init = \"hf:DIR\""
+            )));
+        }
         let marker = std::fs::read_to_string(dir.join(MARKER)).map_err(|_| {
             bad(format!(
                 "incomplete: no {MARKER} marker (its write was interrupted)"
