@@ -155,7 +155,7 @@ fn corrupt_or_incomplete_checkpoints_are_refused_and_auto_falls_back() {
         "train.keep_checkpoints=0",
     ];
     let straight = run(d.path(), 1, &sets).unwrap();
-    let shard = |step| ckpt(d.path(), step).join("shards/p00000-d00000.safetensors");
+    let shard = |step| ckpt(d.path(), step).join("shards/p00000-d00000-000.safetensors");
 
     // A flipped byte in step 6: refused, naming the file and the checksum.
     let mut bytes = std::fs::read(shard(6)).unwrap();
@@ -167,7 +167,7 @@ fn corrupt_or_incomplete_checkpoints_are_refused_and_auto_falls_back() {
         .unwrap()
         .to_string();
     assert!(
-        err.contains("p00000-d00000.safetensors") && err.contains("sha256"),
+        err.contains("p00000-d00000-000.safetensors") && err.contains("sha256"),
         "{err}"
     );
     // A truncated file in step 4.

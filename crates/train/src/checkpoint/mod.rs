@@ -10,9 +10,10 @@
 //!                               every tensor's global shape and where its pieces are
 //!     config.toml               the resolved config of the run
 //!     part-00000.json           what process 0 wrote (one per process)
-//!     shards/p00000-d00003.safetensors
-//!                               the pieces device 3 of process 0 owns: `params/<hf name>`,
-//!                               `m/<hf name>`, `v/<hf name>`, each a box of the global tensor
+//!     shards/p00000-d00003-007.safetensors
+//!                               pieces device 3 of process 0 owns: `params/<hf name>`,
+//!                               `m/<hf name>`, `v/<hf name>`, each a box of the global
+//!                               tensor; files of at most 64 MiB (unless one box is larger)
 //!   step_00000200.partial/      being written (or left by a crash): never read
 //! ```
 //! A tensor replicated over some mesh axes is written once: of the devices

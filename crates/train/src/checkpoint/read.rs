@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 
-use super::format::{Manifest, TensorRecord, sha256};
+use super::format::{Manifest, TensorRecord, parallel, sha256};
 use super::{FORMAT, MANIFEST, MARKER, PARTIAL, parse_dir_name};
 use crate::{Error, Result, TrainConfig};
 
@@ -108,7 +108,6 @@ impl Checkpoint {
                 manifest.format
             )));
         }
-        let mut files = BTreeMap::new();
         for f in &manifest.files {
             if f.path.split('/').any(|c| c.is_empty() || c == "..") {
                 return Err(bad(format!(
@@ -116,6 +115,9 @@ impl Checkpoint {
                     f.path
                 )));
             }
+        }
+        // Every file mapped and checked, all cores at once.
+        let checked = parallel(&manifest.files, |f| -> Result<Mmap> {
             let p = dir.join(&f.path);
             let file = std::fs::File::open(&p)
                 .map_err(|e| bad(format!("{}: missing or unreadable: {e}", f.path)))?;
@@ -137,7 +139,11 @@ impl Checkpoint {
                     f.path
                 )));
             }
-            files.insert(f.path.clone(), map);
+            Ok(map)
+        });
+        let mut files = BTreeMap::new();
+        for (f, map) in manifest.files.iter().zip(checked) {
+            files.insert(f.path.clone(), map?);
         }
         let c = Checkpoint {
             dir: dir.to_owned(),

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use super::format::{
-    FileRecord, Manifest, MeshRecord, Part, TensorRecord, sha256, sync_dir, write_durable,
-    write_safetensors,
+    FileRecord, Manifest, MeshRecord, Part, TensorRecord, parallel, sha256, sync_dir,
+    write_durable, write_safetensors,
 };
 use super::{FORMAT, MANIFEST, MARKER, PARTIAL, dir_name};
 use crate::{Error, Result};
@@ -53,6 +53,10 @@ pub struct Piece {
     pub data: Vec<f32>,
 }
 
+/// Target size of one shard file: big enough to stream, small enough that
+/// a large model's files are written (and verified) by all cores at once.
+const FILE_BYTES: usize = 64 << 20;
+
 fn part_name(process: usize) -> String {
     format!("part-{process:05}.json")
 }
@@ -90,13 +94,39 @@ pub fn write_part(partial: &Path, process: usize, snap: &Snapshot) -> Result<()>
         .enumerate()
         .map(|(i, t)| (t.name.as_str(), i))
         .collect();
+    // Files of at most FILE_BYTES (a larger box gets a file of its own),
+    // written in parallel.
+    let mut jobs: Vec<(String, Vec<(&str, &Piece)>)> = Vec::new();
     for (device, pieces) in &by_device {
-        let rel = format!("shards/p{process:05}-d{device:05}.safetensors");
+        let mut chunk: Vec<(&str, &Piece)> = Vec::new();
+        let mut bytes = 0;
+        for &(name, p) in pieces {
+            if !chunk.is_empty() && bytes + 4 * p.data.len() > FILE_BYTES {
+                let rel = format!(
+                    "shards/p{process:05}-d{device:05}-{:03}.safetensors",
+                    jobs.len()
+                );
+                jobs.push((rel, std::mem::take(&mut chunk)));
+                bytes = 0;
+            }
+            bytes += 4 * p.data.len();
+            chunk.push((name, p));
+        }
+        let rel = format!(
+            "shards/p{process:05}-d{device:05}-{:03}.safetensors",
+            jobs.len()
+        );
+        jobs.push((rel, chunk));
+    }
+    let written = parallel(&jobs, |(rel, pieces)| {
         let entries: Vec<(&str, &[usize], &[f32])> = pieces
             .iter()
             .map(|(name, p)| (*name, p.shape.as_slice(), p.data.as_slice()))
             .collect();
-        files.push(write_safetensors(partial, &rel, &entries)?);
+        write_safetensors(partial, rel, &entries)
+    });
+    for ((rel, pieces), record) in jobs.iter().zip(written) {
+        files.push(record?);
         for (name, p) in pieces {
             tensors[index[name]].pieces.push(super::PieceRecord {
                 file: rel.clone(),
