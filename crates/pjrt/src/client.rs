@@ -34,6 +34,8 @@ pub(crate) struct ClientInner {
     pub(crate) devices: Vec<*mut sys::PJRT_Device>,
     infos: Vec<DeviceInfo>,
     platform: String,
+    /// The key-value store the plugin's callbacks use; outlives the client.
+    _kv: Option<crate::kv::StoreBox>,
 }
 
 // SAFETY: PJRT clients are thread-safe; the device pointers are owned by it.
@@ -61,6 +63,26 @@ impl Client {
     /// Creates a client with named options, e.g. `[("cpu_device_count", 8.into())]`.
     /// Option types are checked first (see [`OptionValue`]).
     pub fn new(plugin: &Arc<Plugin>, options: &[(&str, OptionValue)]) -> Result<Client> {
+        Self::create(plugin, options, None)
+    }
+
+    /// A client of a multi-process job: the plugin's distributed runtime
+    /// exchanges its topology through `store` (with options such as
+    /// `node_id` and `num_nodes`, as the CUDA plugin takes them). The CPU
+    /// plugins ignore the store.
+    pub fn with_key_value_store(
+        plugin: &Arc<Plugin>,
+        options: &[(&str, OptionValue)],
+        store: Arc<dyn crate::KeyValueStore>,
+    ) -> Result<Client> {
+        Self::create(plugin, options, Some(Box::new(store)))
+    }
+
+    fn create(
+        plugin: &Arc<Plugin>,
+        options: &[(&str, OptionValue)],
+        kv: Option<crate::kv::StoreBox>,
+    ) -> Result<Client> {
         let owned: Vec<(String, OptionValue)> = options
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
@@ -71,6 +93,9 @@ impl Client {
             create_options: raw_opts.as_ptr(),
             num_options: raw_opts.len(),
         });
+        if let Some(store) = &kv {
+            crate::kv::install(&mut a, store);
+        }
         pjrt_call!(plugin, PJRT_Client_Create, &mut a)?;
         let mut inner = ClientInner {
             plugin: plugin.clone(),
@@ -78,6 +103,7 @@ impl Client {
             devices: Vec::new(),
             infos: Vec::new(),
             platform: String::new(),
+            _kv: kv,
         };
         let mut p = args!(PJRT_Client_PlatformName_Args { client: inner.raw });
         pjrt_call!(plugin, PJRT_Client_PlatformName, &mut p)?;

@@ -197,3 +197,56 @@ fn portable_executable_runs_on_any_device() {
         assert_eq!(out[0].to_host::<f32>().unwrap()[0], 1.0);
     }
 }
+
+/// A store that counts what the plugin asks of it.
+#[derive(Default)]
+struct CountingStore(std::sync::atomic::AtomicUsize);
+
+impl pjrt::KeyValueStore for CountingStore {
+    fn get(&self, key: &str, _: std::time::Duration) -> Result<Vec<u8>, String> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(format!("no {key}"))
+    }
+    fn try_get(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(None)
+    }
+    fn put(&self, _: &str, _: &[u8]) -> Result<(), String> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_client_with_a_key_value_store_runs_and_outlives_nothing() {
+    // The CPU plugin ignores the callbacks (it has no multi-process mode);
+    // this checks the create call with them filled in, and that the store
+    // lives as long as the client.
+    let plugin =
+        pjrt::Plugin::load(pjrt::install::resolve(pjrt::install::Backend::Cpu, None).unwrap())
+            .unwrap();
+    let store = std::sync::Arc::new(CountingStore::default());
+    let c = pjrt::Client::with_key_value_store(
+        &plugin,
+        &[("cpu_device_count", pjrt::OptionValue::Int(2))],
+        store.clone(),
+    )
+    .unwrap();
+    assert_eq!(c.devices().len(), 2);
+    let exe = c.compile(MATMUL, &CompileOptions::single()).unwrap();
+    let a = c.buffer_from_host(&[1f32; 12], &[3, 4], 0).unwrap();
+    let b = c.buffer_from_host(&[2f32; 20], &[4, 5], 0).unwrap();
+    let out = exe.execute(&[vec![&a, &b]]).unwrap();
+    assert_eq!(out[0][0].to_host::<f32>().unwrap(), vec![8f32; 15]);
+    assert_eq!(
+        std::sync::Arc::strong_count(&store),
+        2,
+        "the client holds the store"
+    );
+    drop((out, a, b, exe, c));
+    assert_eq!(
+        std::sync::Arc::strong_count(&store),
+        1,
+        "released with the client"
+    );
+}

@@ -1,0 +1,264 @@
+//! The key-value store a plugin's distributed runtime uses to exchange
+//! topology between the processes of a multi-process client (the CUDA
+//! plugin's `kv_get` / `kv_try_get` / `kv_put` callbacks in
+//! `PJRT_Client_Create_Args`). meshtrain's coordinator serves such a store;
+//! [`crate::Client::with_key_value_store`] hands one to a plugin.
+//!
+//! The callbacks are C functions receiving the store through `user_arg`;
+//! values handed to the plugin are allocated here with a length header and
+//! freed by the deleter given with them.
+
+use std::ffi::c_void;
+use std::time::Duration;
+
+use crate::sys;
+
+/// A store shared by the processes of a job. Errors are messages; a
+/// missing key in `try_get` is `Ok(None)`.
+pub trait KeyValueStore: Send + Sync {
+    /// The value of `key`, waiting up to `timeout` for another process to put it.
+    fn get(&self, key: &str, timeout: Duration) -> Result<Vec<u8>, String>;
+    /// The value of `key` if present now.
+    fn try_get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    /// Stores `value` under `key`.
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), String>;
+}
+
+/// What the client keeps alive for the plugin's callbacks.
+pub(crate) type StoreBox = Box<std::sync::Arc<dyn KeyValueStore>>;
+
+/// Fills the callback fields of a client-create call with `store`.
+pub(crate) fn install(a: &mut sys::PJRT_Client_Create_Args, store: &StoreBox) {
+    let arg = store as *const StoreBox as *mut c_void;
+    a.kv_get_callback = Some(kv_get);
+    a.kv_get_user_arg = arg;
+    a.kv_try_get_callback = Some(kv_try_get);
+    a.kv_try_get_user_arg = arg;
+    a.kv_put_callback = Some(kv_put);
+    a.kv_put_user_arg = arg;
+}
+
+/// # Safety
+/// `ptr` is null or points to `len` readable bytes.
+unsafe fn text(ptr: *const std::ffi::c_char, len: usize) -> String {
+    if ptr.is_null() {
+        return String::new();
+    }
+    // SAFETY: per the caller.
+    String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
+        .into_owned()
+}
+
+/// # Safety
+/// `callback_error` is the plugin's error constructor.
+unsafe fn error(
+    callback_error: *mut sys::PJRT_CallbackError,
+    code: sys::PJRT_Error_Code,
+    message: &str,
+) -> *mut sys::PJRT_Error {
+    // SAFETY: the plugin passes a valid pointer to its constructor.
+    match unsafe { callback_error.as_ref() }.copied().flatten() {
+        Some(f) => unsafe { f(code, message.as_ptr().cast(), message.len()) },
+        None => std::ptr::null_mut(),
+    }
+}
+
+/// A copy of `value` the plugin frees with [`free_value`]: 8 bytes of
+/// length before the data.
+fn hand_over(value: &[u8]) -> (*mut std::ffi::c_char, usize) {
+    let mut buf = Vec::with_capacity(8 + value.len());
+    buf.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    buf.extend_from_slice(value);
+    let boxed = buf.into_boxed_slice();
+    let base = Box::into_raw(boxed) as *mut u8;
+    // SAFETY: the allocation is 8 + len bytes long.
+    (unsafe { base.add(8) }.cast(), value.len())
+}
+
+/// Frees a value made by [`hand_over`].
+unsafe extern "C" fn free_value(value: *mut std::ffi::c_char) {
+    if value.is_null() {
+        return;
+    }
+    // SAFETY: `value` came from `hand_over`: the length sits 8 bytes before.
+    unsafe {
+        let base = value.cast::<u8>().sub(8);
+        let len = u64::from_le_bytes(*(base as *const [u8; 8])) as usize;
+        drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+            base,
+            8 + len,
+        )));
+    }
+}
+
+/// # Safety
+/// `user_arg` is the `StoreBox` installed by [`install`].
+unsafe fn store<'a>(user_arg: *mut c_void) -> &'a dyn KeyValueStore {
+    // SAFETY: per the caller; the client keeps the box alive.
+    unsafe { &**(user_arg as *const StoreBox) }.as_ref()
+}
+
+unsafe extern "C" fn kv_get(a: *mut sys::PJRT_KeyValueGetCallback_Args) -> *mut sys::PJRT_Error {
+    // SAFETY: the plugin passes valid arguments.
+    let a = unsafe { &mut *a };
+    let key = unsafe { text(a.key, a.key_size) };
+    let timeout = Duration::from_millis(a.timeout_in_ms.max(0) as u64);
+    match unsafe { store(a.user_arg) }.get(&key, timeout) {
+        Ok(v) => {
+            (a.value, a.value_size) = hand_over(&v);
+            a.value_deleter_callback = Some(free_value);
+            std::ptr::null_mut()
+        }
+        Err(m) => unsafe {
+            error(
+                a.callback_error,
+                sys::PJRT_Error_Code::PJRT_Error_Code_DEADLINE_EXCEEDED,
+                &m,
+            )
+        },
+    }
+}
+
+unsafe extern "C" fn kv_try_get(
+    a: *mut sys::PJRT_KeyValueTryGetCallback_Args,
+) -> *mut sys::PJRT_Error {
+    // SAFETY: the plugin passes valid arguments.
+    let a = unsafe { &mut *a };
+    let key = unsafe { text(a.key, a.key_size) };
+    match unsafe { store(a.user_arg) }.try_get(&key) {
+        Ok(Some(v)) => {
+            (a.value, a.value_size) = hand_over(&v);
+            a.value_deleter_callback = Some(free_value);
+            std::ptr::null_mut()
+        }
+        Ok(None) => unsafe {
+            error(
+                a.callback_error,
+                sys::PJRT_Error_Code::PJRT_Error_Code_NOT_FOUND,
+                &format!("key {key} not found"),
+            )
+        },
+        Err(m) => unsafe {
+            error(
+                a.callback_error,
+                sys::PJRT_Error_Code::PJRT_Error_Code_INTERNAL,
+                &m,
+            )
+        },
+    }
+}
+
+unsafe extern "C" fn kv_put(a: *mut sys::PJRT_KeyValuePutCallback_Args) -> *mut sys::PJRT_Error {
+    // SAFETY: the plugin passes valid arguments.
+    let a = unsafe { &mut *a };
+    let key = unsafe { text(a.key, a.key_size) };
+    let value = if a.value.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: `value` has `value_size` bytes.
+        unsafe { std::slice::from_raw_parts(a.value.cast::<u8>(), a.value_size) }
+    };
+    match unsafe { store(a.user_arg) }.put(&key, value) {
+        Ok(()) => std::ptr::null_mut(),
+        Err(m) => unsafe {
+            error(
+                a.callback_error,
+                sys::PJRT_Error_Code::PJRT_Error_Code_INTERNAL,
+                &m,
+            )
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The callbacks driven the way a plugin drives them: C argument
+    //! structs, an error constructor, the value deleter.
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Memory(Mutex<HashMap<String, Vec<u8>>>);
+
+    impl KeyValueStore for Memory {
+        fn get(&self, key: &str, _: Duration) -> Result<Vec<u8>, String> {
+            self.0
+                .lock()
+                .unwrap()
+                .get(key)
+                .cloned()
+                .ok_or(format!("timed out waiting for {key}"))
+        }
+        fn try_get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.0.lock().unwrap().get(key).cloned())
+        }
+        fn put(&self, key: &str, value: &[u8]) -> Result<(), String> {
+            self.0.lock().unwrap().insert(key.into(), value.into());
+            Ok(())
+        }
+    }
+
+    static LAST: Mutex<Option<(u32, String)>> = Mutex::new(None);
+
+    /// Stands in for the plugin's error constructor: records, returns a marker.
+    unsafe extern "C" fn make_error(
+        code: sys::PJRT_Error_Code,
+        message: *const std::ffi::c_char,
+        size: usize,
+    ) -> *mut sys::PJRT_Error {
+        *LAST.lock().unwrap() = Some((code.0, unsafe { text(message, size) }));
+        std::ptr::dangling_mut()
+    }
+
+    #[test]
+    fn put_get_try_get_and_errors_through_the_c_callbacks() {
+        let store: StoreBox = Box::new(Arc::new(Memory::default()));
+        let mut create: sys::PJRT_Client_Create_Args = unsafe { std::mem::zeroed() };
+        install(&mut create, &store);
+        let mut ctor: sys::PJRT_CallbackError = Some(make_error);
+        let (key, value) = ("gpu:0:topology", b"\x00\x01binary\xff".to_vec());
+
+        let mut put: sys::PJRT_KeyValuePutCallback_Args = unsafe { std::mem::zeroed() };
+        put.key = key.as_ptr().cast();
+        put.key_size = key.len();
+        put.value = value.as_ptr().cast();
+        put.value_size = value.len();
+        put.callback_error = &mut ctor;
+        put.user_arg = create.kv_put_user_arg;
+        assert!(unsafe { create.kv_put_callback.unwrap()(&mut put) }.is_null());
+
+        let mut get: sys::PJRT_KeyValueGetCallback_Args = unsafe { std::mem::zeroed() };
+        get.key = key.as_ptr().cast();
+        get.key_size = key.len();
+        get.timeout_in_ms = 100;
+        get.callback_error = &mut ctor;
+        get.user_arg = create.kv_get_user_arg;
+        assert!(unsafe { create.kv_get_callback.unwrap()(&mut get) }.is_null());
+        let got = unsafe { std::slice::from_raw_parts(get.value.cast::<u8>(), get.value_size) };
+        assert_eq!(got, value);
+        unsafe { get.value_deleter_callback.unwrap()(get.value) };
+
+        let missing = "gpu:1:topology";
+        let mut tg: sys::PJRT_KeyValueTryGetCallback_Args = unsafe { std::mem::zeroed() };
+        tg.key = missing.as_ptr().cast();
+        tg.key_size = missing.len();
+        tg.callback_error = &mut ctor;
+        tg.user_arg = create.kv_try_get_user_arg;
+        assert!(!unsafe { create.kv_try_get_callback.unwrap()(&mut tg) }.is_null());
+        let (code, message) = LAST.lock().unwrap().clone().unwrap();
+        assert_eq!(code, sys::PJRT_Error_Code::PJRT_Error_Code_NOT_FOUND.0);
+        assert!(message.contains(missing));
+
+        get.key = missing.as_ptr().cast();
+        get.key_size = missing.len();
+        assert!(!unsafe { create.kv_get_callback.unwrap()(&mut get) }.is_null());
+        let (code, message) = LAST.lock().unwrap().clone().unwrap();
+        assert_eq!(
+            code,
+            sys::PJRT_Error_Code::PJRT_Error_Code_DEADLINE_EXCEEDED.0
+        );
+        assert!(message.contains("timed out"));
+    }
+}
