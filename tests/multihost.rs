@@ -14,6 +14,14 @@ use common::{meshtrain_ok, tiny_config};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshtrain");
 
+/// One job at a time: jobs in parallel on 2 cores would starve heartbeats
+/// into false losses (the kill test uses a 3 s heartbeat timeout).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A child process whose stderr is collected as it comes.
 struct Proc {
     child: Child,
@@ -178,6 +186,7 @@ fn run_job(dir: &Path, cfg: &Path, workers: u32, name: &str, extra: &[&str]) -> 
 
 #[test]
 fn two_and_three_workers_train_like_one_process() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path());
     let single = dir.path().join("single");
@@ -211,6 +220,7 @@ fn two_and_three_workers_train_like_one_process() {
 
 #[test]
 fn a_killed_worker_is_replaced_and_the_job_ends_as_if_uninterrupted() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path());
     let extra = [
@@ -263,6 +273,7 @@ fn a_killed_worker_is_replaced_and_the_job_ends_as_if_uninterrupted() {
 
 #[test]
 fn wrong_token_and_wrong_config_are_refused() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path());
     let run = dir.path().join("run");
@@ -295,6 +306,7 @@ fn wrong_token_and_wrong_config_are_refused() {
 
 #[test]
 fn a_lost_coordinator_is_a_clear_error_for_waiting_workers() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path());
     let tok = token(dir.path(), "token", "job-secret");
@@ -314,6 +326,7 @@ fn a_lost_coordinator_is_a_clear_error_for_waiting_workers() {
 
 #[test]
 fn a_tls_job_trains_and_too_many_losses_stop_it() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path());
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
