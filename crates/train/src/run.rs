@@ -252,9 +252,12 @@ fn run(
             .map_err(|e| Error::io("writing", &metrics_path, e))?;
     }
     if lead {
+        // A resumed run's plot starts with the logged steps before it.
+        let mut curve = earlier_losses(&metrics_path, start);
+        curve.extend(&losses);
         write_file(
             &run_dir.join("loss.svg"),
-            crate::plot::loss_svg(&losses, "training loss").as_bytes(),
+            crate::plot::loss_svg(&curve, "training loss").as_bytes(),
         )?;
     }
     if cfg.train.export_final && lead {
@@ -338,6 +341,20 @@ fn find_resume(
         }
     }
     Ok(found)
+}
+
+/// `(step, loss)` of the lines of `metrics.jsonl` before step `start`
+/// (empty if it cannot be read: the plot is a convenience).
+fn earlier_losses(path: &std::path::Path, start: u64) -> Vec<(u64, f32)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some((v["step"].as_u64()?, v["loss"].as_f64()? as f32))
+        })
+        .filter(|(s, _)| *s < start)
+        .collect()
 }
 
 /// Opens `metrics.jsonl` for appending; on a resume from step `start` the

@@ -73,6 +73,9 @@ fn stop_and_resume_is_bit_identical_to_a_straight_run() {
     assert_eq!(ca.manifest.loader.batches, 10);
     let model = |d: &Path| std::fs::read(d.join("run/final/model.safetensors")).unwrap();
     assert_eq!(model(a.path()), model(b.path()));
+    // The resumed run's loss plot covers the whole run.
+    let svg = |d: &Path| std::fs::read_to_string(d.join("run/loss.svg")).unwrap();
+    assert_eq!(svg(a.path()), svg(b.path()));
     // metrics.jsonl of the resumed run holds each step once.
     let steps = |d: &Path| -> Vec<(u64, f64)> {
         std::fs::read_to_string(d.join("run/metrics.jsonl"))
