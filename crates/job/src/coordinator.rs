@@ -38,18 +38,7 @@ pub struct Summary {
 /// Runs the job to its end.
 pub fn run(opts: Options) -> Result<Summary> {
     let cfg = &opts.config;
-    let rows = cfg.data.batch_size / cfg.optimizer.accumulation_steps;
-    if opts.workers == 0 || !rows.is_multiple_of(opts.workers as usize) {
-        return Err(train::Error::Config {
-            source_name: "--workers".into(),
-            key: "data.batch_size".into(),
-            message: format!(
-                "{rows} rows per micro-batch do not split over {} workers",
-                opts.workers
-            ),
-        }
-        .into());
-    }
+    cfg.rows_per_process(opts.workers as usize)?;
     let mut co = CoordinatorOptions::new(
         opts.listen,
         opts.workers,

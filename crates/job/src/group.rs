@@ -15,13 +15,18 @@ pub(crate) struct ClusterGroup<'a> {
 /// The client's heartbeat interval (cluster's default).
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// The job lost a worker and restarts in `generation`.
+fn lost(generation: u64) -> train::Error {
+    train::Error::Interrupted {
+        reason: format!("a worker was lost (job generation {generation})"),
+        restart: true,
+    }
+}
+
 /// A lost worker means restart; anything else stops this worker.
 fn to_train(e: cluster::Error) -> train::Error {
     match e {
-        cluster::Error::Restart { generation } => train::Error::Interrupted {
-            reason: format!("a worker was lost (job generation {generation})"),
-            restart: true,
-        },
+        cluster::Error::Restart { generation } => lost(generation),
         other => train::Error::Group(other.to_string()),
     }
 }
@@ -80,10 +85,7 @@ impl ProcessGroup for ClusterGroup<'_> {
                 reason,
                 restart: false,
             }),
-            Command::Restart { generation, .. } => Err(train::Error::Interrupted {
-                reason: format!("a worker was lost (job generation {generation})"),
-                restart: true,
-            }),
+            Command::Restart { generation, .. } => Err(lost(generation)),
         }
     }
 }

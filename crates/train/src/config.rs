@@ -378,6 +378,23 @@ impl TrainConfig {
         }
     }
 
+    /// Rows of each micro-batch one of `processes` data-parallel
+    /// processes computes; an error if they do not split evenly.
+    pub fn rows_per_process(&self, processes: usize) -> Result<usize> {
+        let rows = self.data.batch_size / self.optimizer.accumulation_steps;
+        if processes == 0 || !rows.is_multiple_of(processes) {
+            return Err(Error::config(
+                "data",
+                "data.batch_size",
+                format!(
+                    "{rows} rows per micro-batch (data.batch_size / optimizer.accumulation_steps) \
+                     do not split over {processes} processes"
+                ),
+            ));
+        }
+        Ok(rows / processes)
+    }
+
     /// The resolved config as TOML (saved beside the metrics).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serializes")

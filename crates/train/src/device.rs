@@ -95,13 +95,23 @@ pub(crate) fn put<T: pjrt::NativeType>(
 
 /// Gathers one buffer per device back into a host array.
 pub(crate) fn get(plan: &Plan, slot: &Slot, shards: &[&Buffer]) -> Result<Vec<f32>> {
-    let n: usize = slot.shape.iter().product();
-    let mut out = vec![0f32; n];
+    let mut out = vec![0f32; slot.shape.iter().product()];
+    get_into(plan, slot, shards, &mut out)?;
+    Ok(out)
+}
+
+/// Gathers one buffer per device into `out` (the slot's size).
+pub(crate) fn get_into(
+    plan: &Plan,
+    slot: &Slot,
+    shards: &[&Buffer],
+    out: &mut [f32],
+) -> Result<()> {
     for (p, buf) in shards.iter().enumerate() {
         let r = shard_ranges(&plan.mesh, &slot.shape, &slot.axes, p);
-        insert(&mut out, &slot.shape, &r, &buf.to_host::<f32>()?);
+        insert(out, &slot.shape, &r, &buf.to_host::<f32>()?);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Compiles `mlir` for the plan's devices in `order` (partition order) and

@@ -4,10 +4,10 @@
 
 use pjrt::{Buffer, Client, LoadedExecutable};
 
-use crate::device::{Placement, compile, get, put};
+use crate::device::{Placement, compile, get_into, put};
 use crate::state::DeviceState;
 use crate::step::{Plan, Slot, StepShape, build_split, build_step};
-use crate::{Error, ProcessGroup, Result, TrainConfig};
+use crate::{ProcessGroup, Result, TrainConfig};
 
 /// What a step reports.
 pub(crate) struct StepOut {
@@ -48,20 +48,10 @@ impl<'g> Stepper<'g> {
         let model = cfg.model.resolve()?;
         let a = cfg.optimizer.accumulation_steps;
         let processes = group.map_or(1, |g| g.size());
-        let rows = cfg.data.batch_size / a;
-        if !rows.is_multiple_of(processes) {
-            return Err(Error::config(
-                "data",
-                "data.batch_size",
-                format!(
-                    "{} rows per micro-batch (data.batch_size / optimizer.accumulation_steps) do not split over {processes} processes",
-                    rows
-                ),
-            ));
-        }
+        let micro_batch = cfg.rows_per_process(processes)?;
         let shape = StepShape {
             accumulation: a,
-            micro_batch: rows / processes,
+            micro_batch,
             seq_len: cfg.data.seq_len,
             total_steps: cfg.optimizer.schedule_steps.unwrap_or(cfg.train.steps),
         };
@@ -153,18 +143,21 @@ impl<'g> Stepper<'g> {
                 );
                 let outs = execute(grads, state, params.len(), &[&inputs])?;
                 let by_partition = by_partition(grads, &outs);
-                let mut flat = Vec::new();
+                // Gradients straight into the exchange buffer, then the loss.
+                let sizes: Vec<usize> = params.iter().map(|p| p.shape.iter().product()).collect();
+                let mut flat = vec![0f32; sizes.iter().sum::<usize>() + 1];
+                let mut offset = 0;
                 for (i, slot) in params.iter().enumerate() {
                     let shards: Vec<&Buffer> = by_partition.iter().map(|o| &o[i]).collect();
-                    flat.extend(get(plan, slot, &shards)?);
+                    get_into(plan, slot, &shards, &mut flat[offset..offset + sizes[i]])?;
+                    offset += sizes[i];
                 }
-                flat.push(scalars(&outs[0][params.len()..])?[0]);
+                flat[offset] = scalars(&outs[0][params.len()..])?[0];
                 group.all_reduce_sum(s, &mut flat)?;
                 let loss = flat.pop().expect("loss");
                 let mut summed: Vec<Vec<Buffer>> = Vec::with_capacity(params.len());
                 let mut offset = 0;
-                for slot in params {
-                    let n: usize = slot.shape.iter().product();
+                for (slot, n) in params.iter().zip(&sizes) {
                     summed.push(put(client, plan, at, slot, &flat[offset..offset + n])?);
                     offset += n;
                 }

@@ -343,16 +343,21 @@ fn find_resume(
     Ok(found)
 }
 
+/// The JSON objects of a `metrics.jsonl` (unreadable lines skipped).
+fn metric_lines(path: &std::path::Path) -> std::io::Result<Vec<serde_json::Value>> {
+    Ok(std::fs::read_to_string(path)?
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
 /// `(step, loss)` of the lines of `metrics.jsonl` before step `start`
 /// (empty if it cannot be read: the plot is a convenience).
 fn earlier_losses(path: &std::path::Path, start: u64) -> Vec<(u64, f32)> {
-    std::fs::read_to_string(path)
+    metric_lines(path)
         .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            Some((v["step"].as_u64()?, v["loss"].as_f64()? as f32))
-        })
+        .iter()
+        .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()? as f32)))
         .filter(|(s, _)| *s < start)
         .collect()
 }
@@ -386,11 +391,11 @@ pub fn open_metrics(path: &std::path::Path, start: u64) -> Result<std::fs::File>
 /// carries warm-up): `(median, mean, max)` seconds.
 pub fn step_time_stats(run_dir: &std::path::Path) -> Result<(f64, f64, f64)> {
     let path = run_dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
-    let mut times: Vec<f64> = text
-        .lines()
+    let lines = metric_lines(&path).map_err(|e| Error::io("reading", &path, e))?;
+    let mut times: Vec<f64> = lines
+        .iter()
         .skip(1)
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step_time_s"].as_f64())
+        .filter_map(|v| v["step_time_s"].as_f64())
         .collect();
     if times.is_empty() {
         return Ok((0.0, 0.0, 0.0));

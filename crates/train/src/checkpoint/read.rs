@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 
-use super::format::{Manifest, TensorRecord, parallel, sha256};
+use super::format::{Manifest, PieceRecord, TensorRecord, parallel, sha256};
 use super::{FORMAT, MANIFEST, MARKER, PARTIAL, parse_dir_name};
 use crate::{Error, Result, TrainConfig};
 
@@ -185,13 +185,8 @@ impl Checkpoint {
         let t = self.record(name)?;
         let mut out = vec![0f32; t.shape.iter().product()];
         for p in &t.pieces {
-            let st = SafeTensors::deserialize(&self.files[&p.file])
-                .map_err(|e| self.bad(format!("{}: not a safetensors file: {e}", p.file)))?;
-            let view = st
-                .tensor(&p.key)
-                .map_err(|_| self.bad(format!("{}: has no tensor {}", p.file, p.key)))?;
-            let data: Vec<f32> = view
-                .data()
+            let data: Vec<f32> = self
+                .piece_bytes(p)?
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
@@ -207,6 +202,31 @@ impl Checkpoint {
         }
     }
 
+    /// The stored bytes of piece `p`: its file is listed, holds the key,
+    /// with the manifest's shape, as F32.
+    fn piece_bytes(&self, p: &PieceRecord) -> Result<&[u8]> {
+        let map = self
+            .files
+            .get(&p.file)
+            .ok_or_else(|| self.bad(format!("piece {}: file {} is not listed", p.key, p.file)))?;
+        let st = SafeTensors::deserialize(map)
+            .map_err(|e| self.bad(format!("{}: not a safetensors file: {e}", p.file)))?;
+        let view = st
+            .tensor(&p.key)
+            .map_err(|_| self.bad(format!("{}: has no tensor {}", p.file, p.key)))?;
+        if view.shape() != p.shape.as_slice() || view.dtype() != safetensors::Dtype::F32 {
+            return Err(self.bad(format!(
+                "{}: {} is {:?} {:?}, the manifest says F32 {:?}",
+                p.file,
+                p.key,
+                view.dtype(),
+                view.shape(),
+                p.shape
+            )));
+        }
+        Ok(view.data())
+    }
+
     /// Each piece is stored with its shape, lies inside the tensor, no two
     /// overlap, and together they cover it.
     fn check_tiling(&self, t: &TensorRecord) -> Result<()> {
@@ -218,24 +238,7 @@ impl Checkpoint {
         }
         let mut volume = 0usize;
         for (i, p) in t.pieces.iter().enumerate() {
-            let map = self.files.get(&p.file).ok_or_else(|| {
-                self.bad(format!("tensor {}: file {} is not listed", t.name, p.file))
-            })?;
-            let st = SafeTensors::deserialize(map)
-                .map_err(|e| self.bad(format!("{}: not a safetensors file: {e}", p.file)))?;
-            let view = st
-                .tensor(&p.key)
-                .map_err(|_| self.bad(format!("{}: has no tensor {}", p.file, p.key)))?;
-            if view.shape() != p.shape.as_slice() || view.dtype() != safetensors::Dtype::F32 {
-                return Err(self.bad(format!(
-                    "{}: {} is {:?} {:?}, the manifest says F32 {:?}",
-                    p.file,
-                    p.key,
-                    view.dtype(),
-                    view.shape(),
-                    p.shape
-                )));
-            }
+            self.piece_bytes(p)?;
             let inside = p.start.len() == t.shape.len()
                 && p.shape.len() == t.shape.len()
                 && (0..t.shape.len()).all(|d| p.start[d] + p.shape[d] <= t.shape[d]);
