@@ -4,15 +4,14 @@
 //! last complete checkpoint and ends bit-identical to an uninterrupted one,
 //! and no incomplete checkpoint is ever picked up.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use train::checkpoint::{self, Checkpoint};
 
 mod common;
-use common::{meshtrain_ok, tiny_config};
+use common::{Proc, losses, meshtrain_ok, tiny_config};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshtrain");
 
@@ -44,30 +43,15 @@ fn train_args(cfg: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
-fn spawn(args: &[String], env: &[(&str, &str)]) -> Child {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("start meshtrain")
-}
+/// What a run ends with: final parameters and per-step losses.
+type Outcome = (Vec<u8>, Vec<(u64, f64)>);
 
-/// What an uninterrupted run ends with: final parameters and per-step losses.
-fn outcome(run: &Path) -> (Vec<u8>, Vec<(u64, String)>) {
+fn outcome(run: &Path) -> Outcome {
     let model = std::fs::read(run.join("final/model.safetensors")).unwrap();
-    let losses = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), v["loss"].to_string())
-        })
-        .collect();
-    (model, losses)
+    (model, losses(run))
 }
 
-fn straight(dir: &Path, cfg: &Path) -> (Vec<u8>, Vec<(u64, String)>) {
+fn straight(dir: &Path, cfg: &Path) -> Outcome {
     let run = dir.join("straight");
     let args = train_args(cfg, &run, &["train.log_every=1"]);
     meshtrain_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -95,20 +79,9 @@ fn kill_9_during_a_checkpoint_write_then_resume_loses_nothing() {
         &run,
         &["train.log_every=1", "train.checkpoint_every=2"],
     );
-    let mut child = spawn(&args, &[("MESHTRAIN_FAULT_CHECKPOINT_STALL", "4:120")]);
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("checkpoint step 4: shards written") {
-            break;
-        }
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    assert!(seen.contains("checkpoint step 4: shards written"), "{seen}");
+    let victim = Proc::spawn(&args, &[("MESHTRAIN_FAULT_CHECKPOINT_STALL", "4:120")]);
+    victim.wait_for("checkpoint step 4: shards written", 120);
+    drop(victim); // SIGKILL
     let root = run.join("checkpoints");
     assert!(
         root.join("step_00000004.partial/shards").is_dir(),
@@ -150,19 +123,22 @@ fn killed_at_random_instants_always_resumes_to_the_same_result() {
         &["train.log_every=1", "train.checkpoint_every=1"],
     );
     // Pseudo-random instants, different on every test run.
-    let mut seed = Instant::now().elapsed().subsec_nanos() as u64 | 1;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
     for _ in 0..4 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let at = Duration::from_millis(500 + seed % 2500);
-        let mut child = spawn(&args, &[]);
+        let mut victim = Proc::spawn(&args, &[]);
         let t = Instant::now();
-        while t.elapsed() < at && child.try_wait().unwrap().is_none() {
+        while t.elapsed() < at && victim.running() {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = child.kill();
-        child.wait().unwrap();
+        drop(victim); // SIGKILL
         assert_no_bad_committed(&run);
     }
     let resumed = Command::new(BIN).args(&args).output().unwrap();

@@ -3,16 +3,12 @@
 //! and the job ends exactly as an uninterrupted one; wrong tokens and
 //! configs are refused; a lost coordinator is a clear error.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{meshtrain_ok, tiny_config};
-
-const BIN: &str = env!("CARGO_BIN_EXE_meshtrain");
+use common::{Proc, losses, meshtrain_ok, tiny_config};
 
 /// One job at a time: jobs in parallel on 2 cores would starve heartbeats
 /// into false losses (the kill test uses a 3 s heartbeat timeout).
@@ -20,76 +16,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A child process whose stderr is collected as it comes.
-struct Proc {
-    child: Child,
-    err: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn spawn(args: &[String], env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start meshtrain");
-        let err = Arc::new(Mutex::new(String::new()));
-        let (pipe, sink) = (child.stderr.take().unwrap(), err.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Proc { child, err }
-    }
-
-    fn stderr(&self) -> String {
-        self.err.lock().unwrap().clone()
-    }
-
-    /// Waits until stderr contains `text`; panics with it after `secs`.
-    fn wait_for(&self, text: &str, secs: u64) -> String {
-        let t = Instant::now();
-        loop {
-            let s = self.stderr();
-            if s.contains(text) {
-                return s;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(secs),
-                "no {text:?} after {secs} s:\n{s}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for exit (at most `secs`); the exit status and stderr.
-    fn finish(mut self, secs: u64) -> (std::process::ExitStatus, String) {
-        let t = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50));
-                return (status, self.stderr());
-            }
-            if t.elapsed() > Duration::from_secs(secs) {
-                let _ = self.child.kill();
-                panic!("still running after {secs} s:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn sets(args: &mut Vec<String>, sets: &[String]) {
@@ -154,18 +80,6 @@ fn worker(addr: &str, token: &Path, extra: &[String], env: &[(&str, &str)]) -> P
     ];
     args.extend(extra.iter().cloned());
     Proc::spawn(&args, env)
-}
-
-/// `(step, loss)` per line of a metrics file.
-fn losses(run: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
-        })
-        .collect()
 }
 
 fn run_job(dir: &Path, cfg: &Path, workers: u32, name: &str, extra: &[&str]) -> PathBuf {
