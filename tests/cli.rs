@@ -280,6 +280,10 @@ fn export_a_checkpoint_to_hugging_face_and_score_it_identically() {
         "--set",
         "train.checkpoint_every=3",
     ]);
+    // Run again: resume = "auto" finds the finished run.
+    let again = meshtrain_ok(&["train", "--config", cfg.to_str().unwrap(), "--quiet"]);
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(said.starts_with("nothing to train"), "{said}");
     let ckpt = dir.path().join("run/checkpoints/step_00000006");
     let tokens = dir.path().join("tokens.json");
     let eval = |model: &std::path::Path| -> f64 {

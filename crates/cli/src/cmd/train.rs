@@ -22,6 +22,14 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let cfg = TrainConfig::load(args.config.as_deref(), &args.sets)?;
     let summary = train::train(&cfg, !args.quiet)?;
+    if summary.losses.is_empty() {
+        println!(
+            "nothing to train: the checkpoints in {} already reached train.steps = {}",
+            summary.run_dir.display(),
+            cfg.train.steps
+        );
+        return Ok(());
+    }
     let first = summary.losses.first().map_or(f32::NAN, |l| l.1);
     let last = summary.losses.last().map_or(f32::NAN, |l| l.1);
     println!(
