@@ -87,7 +87,7 @@ fn kill_9_during_a_checkpoint_write_then_resume_loses_nothing() {
         root.join("step_00000004.partial/shards").is_dir(),
         "killed mid-write"
     );
-    let newest = checkpoint::latest(&root)
+    let newest = checkpoint::latest(&root, true)
         .unwrap()
         .expect("step 2 was committed");
     assert_eq!(
@@ -274,5 +274,5 @@ fn read_only_checkpoint_directory_is_reported_and_keeps_the_previous() {
             && err.contains("step_00000004.partial"),
         "{err}"
     );
-    assert_eq!(checkpoint::latest(&ckpts).unwrap().unwrap().step(), 2);
+    assert_eq!(checkpoint::latest(&ckpts, true).unwrap().unwrap().step(), 2);
 }

@@ -38,6 +38,9 @@
 //!
 //! `Loader::new(cfg, host_index, host_count, state)`: `data.batch_size` is global and each host
 //! gets `batch_size / host_count` rows, from its own slice of each epoch's document order.
+//! Training uses [`RowLoader`]: one stream per row of the global batch, so that the batch does
+//! not depend on the number of hosts or the mesh, and a host loads exactly the rows its devices
+//! hold.
 //!
 //! # The Gemma tokenizer: where it comes from, and its licence
 //!
@@ -67,6 +70,7 @@ mod error;
 pub mod ingest;
 pub mod loader;
 pub mod pack;
+pub mod rows;
 pub mod setup;
 pub mod shard;
 pub mod tokenizer;
@@ -76,6 +80,7 @@ pub use error::{Error, Result};
 pub use ingest::{InputFormat, Issue, OnError, Summary, TextUnit, TokenizeOptions, tokenize};
 pub use loader::{DataInfo, Loader, LoaderState, read_token_rows};
 pub use pack::Batch;
+pub use rows::RowLoader;
 pub use setup::{cache_dir, setup_tokenizer};
 pub use tokenizer::{Tokenizer, train_bpe};
 

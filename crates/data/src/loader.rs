@@ -87,7 +87,7 @@ pub struct DataInfo {
 }
 
 /// Builds batches from a [`Source`] in [`Order`].
-struct Producer {
+pub(crate) struct Producer {
     source: Arc<Source>,
     order: Order,
     seq_len: usize,
@@ -102,6 +102,86 @@ struct Producer {
 }
 
 impl Producer {
+    /// The stream of host (or row stream) `host` of `hosts` over `opened`,
+    /// filling `batch_size / hosts` rows a batch, at the start or at `resume`.
+    pub(crate) fn new(
+        cfg: &DataConfig,
+        opened: &Opened,
+        host: usize,
+        hosts: usize,
+        resume: Option<LoaderState>,
+    ) -> Result<Producer> {
+        let n = opened.source.len();
+        if n < hosts as u64 {
+            return Err(Error::config(
+                "data.path",
+                format!("{n} documents cannot be split over {hosts} hosts"),
+            ));
+        }
+        let rows = cfg.batch_size / hosts;
+        let mut fp = splitmix(n);
+        for v in [
+            cfg.seed,
+            cfg.shuffle as u64,
+            opened.packing as u64,
+            host as u64,
+            hosts as u64,
+            cfg.seq_len as u64,
+            rows as u64,
+            cfg.format as u64,
+        ] {
+            fp = splitmix(fp ^ v);
+        }
+        let state = match resume {
+            None => LoaderState {
+                epoch: 0,
+                document: 0,
+                offset: 0,
+                batches: 0,
+                fingerprint: fp,
+            },
+            Some(s) if s.fingerprint != fp => {
+                return Err(Error::Resume(format!(
+                    "the saved state is for other data or settings (fingerprint {:#x}, this loader {fp:#x}): \
+                     data size, seed, shuffle, packing, host index/count, seq_len and batch size must match",
+                    s.fingerprint
+                )));
+            }
+            Some(s) => s,
+        };
+        let producer = Producer {
+            source: opened.source.clone(),
+            order: Order {
+                n,
+                host: host as u64,
+                hosts: hosts as u64,
+                shuffle: cfg.shuffle,
+                seed: cfg.seed,
+            },
+            seq_len: cfg.seq_len,
+            rows,
+            wrap: opened.wrap,
+            packing: opened.packing,
+            pad: opened.pad,
+            state,
+            doc: Vec::new(),
+            loaded: false,
+        };
+        if state.document >= producer.order.host_len() {
+            return Err(Error::Resume(format!(
+                "document {} is past this host's {} documents",
+                state.document,
+                producer.order.host_len()
+            )));
+        }
+        Ok(producer)
+    }
+
+    /// Where the stream stands.
+    pub(crate) fn state(&self) -> LoaderState {
+        self.state
+    }
+
     fn load(&mut self) {
         let g = self.order.global(self.state.epoch, self.state.document);
         self.doc.clear();
@@ -126,7 +206,7 @@ impl Producer {
         self.loaded = false;
     }
 
-    fn fill_row(&mut self, batch: &mut Batch, r: usize) {
+    pub(crate) fn fill_row(&mut self, batch: &mut Batch, r: usize) {
         let mut pos = 0;
         let mut segment = 0;
         while pos < self.seq_len {
@@ -148,6 +228,11 @@ impl Producer {
             self.state.offset += n as u64;
         }
         batch.finish_row(r, self.pad);
+    }
+
+    /// Counts one batch done (after its rows are filled).
+    pub(crate) fn count_batch(&mut self) {
+        self.state.batches += 1;
     }
 
     fn next(&mut self) -> (Batch, LoaderState) {
@@ -198,76 +283,10 @@ impl Loader {
         cache_dir: &Path,
     ) -> Result<Self> {
         cfg.validate(host_index, host_count)?;
-        let (source, wrap, packing, pad, vocab_size) = open_source(cfg, cache_dir)?;
-        let n = source.len();
-        if n < host_count as u64 {
-            return Err(Error::config(
-                "data.path",
-                format!("{n} documents cannot be split over {host_count} hosts"),
-            ));
-        }
-        let rows = cfg.batch_size / host_count;
-        let mut fp = splitmix(n);
-        for v in [
-            cfg.seed,
-            cfg.shuffle as u64,
-            packing as u64,
-            host_index as u64,
-            host_count as u64,
-            cfg.seq_len as u64,
-            rows as u64,
-            cfg.format as u64,
-        ] {
-            fp = splitmix(fp ^ v);
-        }
-        let state = match resume {
-            None => LoaderState {
-                epoch: 0,
-                document: 0,
-                offset: 0,
-                batches: 0,
-                fingerprint: fp,
-            },
-            Some(s) if s.fingerprint != fp => {
-                return Err(Error::Resume(format!(
-                    "the saved state is for other data or settings (fingerprint {:#x}, this loader {fp:#x}): \
-                     data size, seed, shuffle, packing, host index/count, seq_len and batch size must match",
-                    s.fingerprint
-                )));
-            }
-            Some(s) => s,
-        };
-        let info = DataInfo {
-            vocab_size,
-            documents: n,
-            pad_id: pad,
-            rows_per_host: rows,
-        };
-        let mut producer = Producer {
-            source: Arc::new(source),
-            order: Order {
-                n,
-                host: host_index as u64,
-                hosts: host_count as u64,
-                shuffle: cfg.shuffle,
-                seed: cfg.seed,
-            },
-            seq_len: cfg.seq_len,
-            rows,
-            wrap,
-            packing,
-            pad,
-            state,
-            doc: Vec::new(),
-            loaded: false,
-        };
-        if state.document >= producer.order.host_len() {
-            return Err(Error::Resume(format!(
-                "document {} is past this host's {} documents",
-                state.document,
-                producer.order.host_len()
-            )));
-        }
+        let opened = open_source(cfg, cache_dir)?;
+        let mut producer = Producer::new(cfg, &opened, host_index, host_count, resume)?;
+        let state = producer.state;
+        let info = opened.info(producer.rows);
         let (tx, rx): (SyncSender<(Batch, LoaderState)>, _) = sync_channel(cfg.prefetch);
         let thread = std::thread::Builder::new()
             .name(format!("data-loader-{host_index}"))
@@ -318,9 +337,42 @@ impl Drop for Loader {
     }
 }
 
-type Opened = (Source, Option<(u32, u32)>, bool, u32, Option<usize>);
+/// A data source opened once (files mapped or tokenized), shared by the
+/// streams that read it.
+pub(crate) struct Opened {
+    source: Arc<Source>,
+    /// `<bos>`/`<eos>` around documents (not for `tokens` rows).
+    wrap: Option<(u32, u32)>,
+    packing: bool,
+    pad: u32,
+    vocab_size: Option<usize>,
+}
 
-fn open_source(cfg: &DataConfig, cache_dir: &Path) -> Result<Opened> {
+impl Opened {
+    pub(crate) fn info(&self, rows: usize) -> DataInfo {
+        DataInfo {
+            vocab_size: self.vocab_size,
+            documents: self.source.len(),
+            pad_id: self.pad,
+            rows_per_host: rows,
+        }
+    }
+}
+
+pub(crate) fn open_source(cfg: &DataConfig, cache_dir: &Path) -> Result<Opened> {
+    let (source, wrap, packing, pad, vocab_size) = open_parts(cfg, cache_dir)?;
+    Ok(Opened {
+        source: Arc::new(source),
+        wrap,
+        packing,
+        pad,
+        vocab_size,
+    })
+}
+
+type Parts = (Source, Option<(u32, u32)>, bool, u32, Option<usize>);
+
+fn open_parts(cfg: &DataConfig, cache_dir: &Path) -> Result<Parts> {
     match cfg.format {
         DataFormat::Shards => {
             let dir = PathBuf::from(&cfg.path);

@@ -9,14 +9,18 @@
 //! resumes from the last committed checkpoint (its loader state included,
 //! so no batch is trained twice or skipped).
 //!
-//! On TPU and GPU the PJRT plugin joins the hosts itself (one program over
-//! all chips, see `scripts/launch-tpu-slice.sh`); this crate's data-parallel
-//! path is for CPU processes, which the CPU plugin cannot join.
+//! On TPU and GPU ([`pod`]) every worker brings up the plugin's
+//! multi-process client through the coordinator's key-value store and all
+//! run one SPMD program over the global mesh; XLA's collectives move the
+//! data and the coordinator never carries a tensor. The data-parallel
+//! gradient exchange through the coordinator is for CPU processes only,
+//! which the CPU plugin cannot join (it is refused for other backends).
 #![deny(missing_docs)]
 
 pub mod coordinator;
 mod error;
 mod group;
+pub mod pod;
 pub mod worker;
 
 pub use error::{Error, Result};

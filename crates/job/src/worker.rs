@@ -1,12 +1,14 @@
 //! `meshtrain worker`: join a job, train this process's share, restart from
 //! the last committed checkpoint when another worker is lost.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cluster::{ClientOptions, Command, TlsClient, WorkerClient};
 use train::TrainConfig;
 
 use crate::group::ClusterGroup;
+use crate::pod::CoordinatorStore;
 use crate::{Error, Result, SOFTWARE_VERSION, seconds};
 
 /// How to join a job.
@@ -47,7 +49,7 @@ pub fn run(opts: Options) -> Result<u32> {
     copts.backend = opts.backend.clone();
     copts.devices = opts.devices;
     copts.tls = opts.tls.clone();
-    let client = WorkerClient::connect(copts)?;
+    let client = Arc::new(WorkerClient::connect(copts)?);
     let reg = client.registration().clone();
     let cfg = TrainConfig::from_toml(
         &reg.job_config,
@@ -64,6 +66,9 @@ pub fn run(opts: Options) -> Result<u32> {
         client: &client,
         timeout: barrier_timeout,
     };
+    // CPU workers sum gradients through the coordinator; TPU and GPU hosts
+    // run one SPMD program over every host's devices.
+    let pod = cfg.runtime.backend != "cpu";
     loop {
         let generation = client.generation();
         match client.barrier(&format!("start-{generation}"), barrier_timeout) {
@@ -74,7 +79,16 @@ pub fn run(opts: Options) -> Result<u32> {
             }
             Err(e) => return Err(e.into()),
         }
-        match train::train_in_group(&cfg, opts.show_progress, &group) {
+        let trained = if pod {
+            // A fresh multi-process client each generation: the plugin's
+            // distributed runtime cannot lose a member and go on.
+            let store = Arc::new(CoordinatorStore::new(client.clone()));
+            train::make_pod_client(&cfg, store, pid as usize, reg.world_size as usize)
+                .and_then(|pjrt| train::train_on_pod(&cfg, opts.show_progress, pjrt, &group))
+        } else {
+            train::train_in_group(&cfg, opts.show_progress, &group)
+        };
+        match trained {
             Ok(_) => break,
             Err(train::Error::Interrupted {
                 reason,
@@ -92,7 +106,15 @@ pub fn run(opts: Options) -> Result<u32> {
             Err(e) => return Err(e.into()),
         }
     }
-    client.leave()?;
+    // The plugin's client (and the store it held) went with the run.
+    match Arc::try_unwrap(client) {
+        Ok(c) => c.leave()?,
+        Err(_) => {
+            return Err(Error::Stopped(
+                "the plugin client still holds the coordinator connection".into(),
+            ));
+        }
+    }
     Ok(pid)
 }
 

@@ -33,6 +33,9 @@ pub(crate) struct ClientInner {
     pub(crate) raw: *mut sys::PJRT_Client,
     pub(crate) devices: Vec<*mut sys::PJRT_Device>,
     infos: Vec<DeviceInfo>,
+    /// Every device of the job (all processes), with attributes.
+    global: Vec<crate::TopologyDevice>,
+    process_index: i32,
     platform: String,
     /// The key-value store the plugin's callbacks use; outlives the client.
     _kv: Option<crate::kv::StoreBox>,
@@ -102,6 +105,8 @@ impl Client {
             raw: a.client,
             devices: Vec::new(),
             infos: Vec::new(),
+            global: Vec::new(),
+            process_index: 0,
             platform: String::new(),
             _kv: kv,
         };
@@ -116,6 +121,22 @@ impl Client {
             .iter()
             .map(|&dev| device_info(plugin, dev))
             .collect::<Result<_>>()?;
+        let mut g = args!(PJRT_Client_Devices_Args { client: inner.raw });
+        pjrt_call!(plugin, PJRT_Client_Devices, &mut g)?;
+        inner.global = raw_list(g.devices, g.num_devices)
+            .into_iter()
+            .map(|dev| {
+                let mut d = args!(PJRT_Device_GetDescription_Args { device: dev });
+                pjrt_call!(plugin, PJRT_Device_GetDescription, &mut d)?;
+                Ok(crate::TopologyDevice {
+                    info: description_info(plugin, d.device_description)?,
+                    attributes: description_attributes(plugin, d.device_description)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut pi = args!(PJRT_Client_ProcessIndex_Args { client: inner.raw });
+        pjrt_call!(plugin, PJRT_Client_ProcessIndex, &mut pi)?;
+        inner.process_index = pi.process_index;
         Ok(Client {
             inner: Arc::new(inner),
         })
@@ -135,6 +156,19 @@ impl Client {
     /// and executions name devices by their index in this list.
     pub fn devices(&self) -> &[DeviceInfo] {
         &self.inner.infos
+    }
+
+    /// Every device of the job, this process's and the others' (on a
+    /// multi-process TPU or GPU client), with the attributes the plugin
+    /// reports (`coords`, `slice_index`, ...). A single-process client's
+    /// global devices are its addressable ones.
+    pub fn global_devices(&self) -> &[crate::TopologyDevice] {
+        &self.inner.global
+    }
+
+    /// The index of this process in a multi-process client (0 otherwise).
+    pub fn process_index(&self) -> i32 {
+        self.inner.process_index
     }
 
     /// Copies host data to a new buffer on device `device` (an index into
@@ -194,7 +228,8 @@ impl Client {
 
     /// Compiles a StableHLO module (MLIR text) for this client's devices.
     pub fn compile(&self, mlir: &str, options: &CompileOptions) -> Result<LoadedExecutable> {
-        let ids: Vec<i64> = self.inner.infos.iter().map(|d| d.id as i64).collect();
+        // A multi-process program is assigned over the job's global devices.
+        let ids: Vec<i64> = self.inner.global.iter().map(|d| d.info.id as i64).collect();
         options.validate(Some(&ids))?;
         let proto = options.encode();
         let program = crate::compile::mlir_program(mlir);

@@ -98,12 +98,19 @@ unsafe fn store<'a>(user_arg: *mut c_void) -> &'a dyn KeyValueStore {
     unsafe { &**(user_arg as *const StoreBox) }.as_ref()
 }
 
+/// Runs a store call so that a panic in it becomes an error returned to the
+/// plugin: unwinding across the C boundary would abort the process.
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err("the key-value store panicked".into()))
+}
+
 unsafe extern "C" fn kv_get(a: *mut sys::PJRT_KeyValueGetCallback_Args) -> *mut sys::PJRT_Error {
     // SAFETY: the plugin passes valid arguments.
     let a = unsafe { &mut *a };
     let key = unsafe { text(a.key, a.key_size) };
     let timeout = Duration::from_millis(a.timeout_in_ms.max(0) as u64);
-    match unsafe { store(a.user_arg) }.get(&key, timeout) {
+    match guarded(|| unsafe { store(a.user_arg) }.get(&key, timeout)) {
         Ok(v) => {
             (a.value, a.value_size) = hand_over(&v);
             a.value_deleter_callback = Some(free_value);
@@ -125,7 +132,7 @@ unsafe extern "C" fn kv_try_get(
     // SAFETY: the plugin passes valid arguments.
     let a = unsafe { &mut *a };
     let key = unsafe { text(a.key, a.key_size) };
-    match unsafe { store(a.user_arg) }.try_get(&key) {
+    match guarded(|| unsafe { store(a.user_arg) }.try_get(&key)) {
         Ok(Some(v)) => {
             (a.value, a.value_size) = hand_over(&v);
             a.value_deleter_callback = Some(free_value);
@@ -158,7 +165,7 @@ unsafe extern "C" fn kv_put(a: *mut sys::PJRT_KeyValuePutCallback_Args) -> *mut 
         // SAFETY: `value` has `value_size` bytes.
         unsafe { std::slice::from_raw_parts(a.value.cast::<u8>(), a.value_size) }
     };
-    match unsafe { store(a.user_arg) }.put(&key, value) {
+    match guarded(|| unsafe { store(a.user_arg) }.put(&key, value)) {
         Ok(()) => std::ptr::null_mut(),
         Err(m) => unsafe {
             error(
@@ -170,10 +177,120 @@ unsafe extern "C" fn kv_put(a: *mut sys::PJRT_KeyValuePutCallback_Args) -> *mut 
     }
 }
 
+/// The callbacks of a store driven exactly as a plugin's distributed
+/// runtime drives them: `PJRT_Client_Create_Args` filled by the same code a
+/// client uses, C argument structs, the plugin's error constructor (stood
+/// in for here), and the value deleter. For testing a [`KeyValueStore`]
+/// (for example one served over the network) through the C boundary.
+pub struct PluginSide {
+    create: sys::PJRT_Client_Create_Args,
+    _store: StoreBox,
+}
+
+/// An error a callback returned to the plugin: `(PJRT error code, message)`.
+pub type CallbackFailure = (u32, String);
+
+thread_local! {
+    static LAST_ERROR: std::cell::RefCell<Option<CallbackFailure>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Stands in for the plugin's error constructor: records the error.
+unsafe extern "C" fn record_error(
+    code: sys::PJRT_Error_Code,
+    message: *const std::ffi::c_char,
+    size: usize,
+) -> *mut sys::PJRT_Error {
+    // SAFETY: the callbacks pass their message and its length.
+    let m = unsafe { text(message, size) };
+    LAST_ERROR.with(|e| *e.borrow_mut() = Some((code.0, m)));
+    std::ptr::dangling_mut()
+}
+
+fn failure() -> CallbackFailure {
+    LAST_ERROR
+        .with(|e| e.borrow_mut().take())
+        .unwrap_or((0, "an error without a message".into()))
+}
+
+impl PluginSide {
+    /// Installs `store`'s callbacks as a client would.
+    pub fn new(store: std::sync::Arc<dyn KeyValueStore>) -> PluginSide {
+        let store: StoreBox = Box::new(store);
+        // SAFETY: an all-zero argument struct is the C API's empty value.
+        let mut create: sys::PJRT_Client_Create_Args = unsafe { std::mem::zeroed() };
+        install(&mut create, &store);
+        PluginSide {
+            create,
+            _store: store,
+        }
+    }
+
+    /// `kv_put` through the C callback.
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<(), CallbackFailure> {
+        let mut ctor: sys::PJRT_CallbackError = Some(record_error);
+        // SAFETY: zeroed, then every field the callback reads is set.
+        let mut a: sys::PJRT_KeyValuePutCallback_Args = unsafe { std::mem::zeroed() };
+        a.key = key.as_ptr().cast();
+        a.key_size = key.len();
+        a.value = value.as_ptr().cast();
+        a.value_size = value.len();
+        a.callback_error = &mut ctor;
+        a.user_arg = self.create.kv_put_user_arg;
+        let f = self.create.kv_put_callback.expect("installed");
+        // SAFETY: the arguments are valid for the call.
+        if unsafe { f(&mut a) }.is_null() { Ok(()) } else { Err(failure()) }
+    }
+
+    /// `kv_get` through the C callback, waiting up to `timeout_ms`.
+    pub fn get(&self, key: &str, timeout_ms: i32) -> Result<Vec<u8>, CallbackFailure> {
+        let mut ctor: sys::PJRT_CallbackError = Some(record_error);
+        // SAFETY: zeroed, then every field the callback reads is set.
+        let mut a: sys::PJRT_KeyValueGetCallback_Args = unsafe { std::mem::zeroed() };
+        a.key = key.as_ptr().cast();
+        a.key_size = key.len();
+        a.timeout_in_ms = timeout_ms;
+        a.callback_error = &mut ctor;
+        a.user_arg = self.create.kv_get_user_arg;
+        let f = self.create.kv_get_callback.expect("installed");
+        // SAFETY: the arguments are valid for the call.
+        if !unsafe { f(&mut a) }.is_null() {
+            return Err(failure());
+        }
+        // SAFETY: the callback handed over `value_size` bytes at `value`,
+        // freed by its deleter as the plugin would.
+        unsafe {
+            let v = std::slice::from_raw_parts(a.value.cast::<u8>(), a.value_size).to_vec();
+            a.value_deleter_callback.expect("a deleter with a value")(a.value);
+            Ok(v)
+        }
+    }
+
+    /// `kv_try_get` through the C callback; a missing key is `NOT_FOUND`.
+    pub fn try_get(&self, key: &str) -> Result<Vec<u8>, CallbackFailure> {
+        let mut ctor: sys::PJRT_CallbackError = Some(record_error);
+        // SAFETY: zeroed, then every field the callback reads is set.
+        let mut a: sys::PJRT_KeyValueTryGetCallback_Args = unsafe { std::mem::zeroed() };
+        a.key = key.as_ptr().cast();
+        a.key_size = key.len();
+        a.callback_error = &mut ctor;
+        a.user_arg = self.create.kv_try_get_user_arg;
+        let f = self.create.kv_try_get_callback.expect("installed");
+        // SAFETY: the arguments are valid for the call.
+        if !unsafe { f(&mut a) }.is_null() {
+            return Err(failure());
+        }
+        // SAFETY: as in `get`.
+        unsafe {
+            let v = std::slice::from_raw_parts(a.value.cast::<u8>(), a.value_size).to_vec();
+            a.value_deleter_callback.expect("a deleter with a value")(a.value);
+            Ok(v)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    //! The callbacks driven the way a plugin drives them: C argument
-    //! structs, an error constructor, the value deleter.
+    //! The callbacks driven the way a plugin drives them.
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
@@ -200,65 +317,49 @@ mod tests {
         }
     }
 
-    static LAST: Mutex<Option<(u32, String)>> = Mutex::new(None);
-
-    /// Stands in for the plugin's error constructor: records, returns a marker.
-    unsafe extern "C" fn make_error(
-        code: sys::PJRT_Error_Code,
-        message: *const std::ffi::c_char,
-        size: usize,
-    ) -> *mut sys::PJRT_Error {
-        *LAST.lock().unwrap() = Some((code.0, unsafe { text(message, size) }));
-        std::ptr::dangling_mut()
-    }
-
     #[test]
     fn put_get_try_get_and_errors_through_the_c_callbacks() {
-        let store: StoreBox = Box::new(Arc::new(Memory::default()));
-        let mut create: sys::PJRT_Client_Create_Args = unsafe { std::mem::zeroed() };
-        install(&mut create, &store);
-        let mut ctor: sys::PJRT_CallbackError = Some(make_error);
+        let side = PluginSide::new(Arc::new(Memory::default()));
         let (key, value) = ("gpu:0:topology", b"\x00\x01binary\xff".to_vec());
-
-        let mut put: sys::PJRT_KeyValuePutCallback_Args = unsafe { std::mem::zeroed() };
-        put.key = key.as_ptr().cast();
-        put.key_size = key.len();
-        put.value = value.as_ptr().cast();
-        put.value_size = value.len();
-        put.callback_error = &mut ctor;
-        put.user_arg = create.kv_put_user_arg;
-        assert!(unsafe { create.kv_put_callback.unwrap()(&mut put) }.is_null());
-
-        let mut get: sys::PJRT_KeyValueGetCallback_Args = unsafe { std::mem::zeroed() };
-        get.key = key.as_ptr().cast();
-        get.key_size = key.len();
-        get.timeout_in_ms = 100;
-        get.callback_error = &mut ctor;
-        get.user_arg = create.kv_get_user_arg;
-        assert!(unsafe { create.kv_get_callback.unwrap()(&mut get) }.is_null());
-        let got = unsafe { std::slice::from_raw_parts(get.value.cast::<u8>(), get.value_size) };
-        assert_eq!(got, value);
-        unsafe { get.value_deleter_callback.unwrap()(get.value) };
+        side.put(key, &value).unwrap();
+        assert_eq!(side.get(key, 100).unwrap(), value);
+        assert_eq!(side.try_get(key).unwrap(), value);
 
         let missing = "gpu:1:topology";
-        let mut tg: sys::PJRT_KeyValueTryGetCallback_Args = unsafe { std::mem::zeroed() };
-        tg.key = missing.as_ptr().cast();
-        tg.key_size = missing.len();
-        tg.callback_error = &mut ctor;
-        tg.user_arg = create.kv_try_get_user_arg;
-        assert!(!unsafe { create.kv_try_get_callback.unwrap()(&mut tg) }.is_null());
-        let (code, message) = LAST.lock().unwrap().clone().unwrap();
+        let (code, message) = side.try_get(missing).unwrap_err();
         assert_eq!(code, sys::PJRT_Error_Code::PJRT_Error_Code_NOT_FOUND.0);
         assert!(message.contains(missing));
-
-        get.key = missing.as_ptr().cast();
-        get.key_size = missing.len();
-        assert!(!unsafe { create.kv_get_callback.unwrap()(&mut get) }.is_null());
-        let (code, message) = LAST.lock().unwrap().clone().unwrap();
+        let (code, message) = side.get(missing, 100).unwrap_err();
         assert_eq!(
             code,
             sys::PJRT_Error_Code::PJRT_Error_Code_DEADLINE_EXCEEDED.0
         );
         assert!(message.contains("timed out"));
+    }
+
+    struct Panics;
+
+    impl KeyValueStore for Panics {
+        fn get(&self, _: &str, _: Duration) -> Result<Vec<u8>, String> {
+            panic!("store bug")
+        }
+        fn try_get(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+            panic!("store bug")
+        }
+        fn put(&self, _: &str, _: &[u8]) -> Result<(), String> {
+            panic!("store bug")
+        }
+    }
+
+    #[test]
+    fn a_panicking_store_is_an_error_to_the_plugin_not_an_abort() {
+        let side = PluginSide::new(Arc::new(Panics));
+        for r in [
+            side.put("k", b"v").map(drop),
+            side.get("k", 10).map(drop),
+            side.try_get("k").map(drop),
+        ] {
+            assert!(r.unwrap_err().1.contains("panicked"));
+        }
     }
 }

@@ -88,7 +88,7 @@ pub use compile::{CompileOptions, XlaOption};
 pub use error::{Error, Result};
 pub use executable::{Executable, LoadedExecutable, MemoryStats};
 pub use host::tune_host_allocator;
-pub use kv::KeyValueStore;
+pub use kv::{CallbackFailure, KeyValueStore, PluginSide};
 pub use options::OptionValue;
 pub use plugin::{HEADER_API_VERSION, Plugin};
 pub use timing::time_module;

@@ -69,13 +69,16 @@ fn random_snapshot(cfg: &TrainConfig) -> (Snapshot, u64) {
             fsdp: 1,
             tensor: 1,
         },
-        loader: data::LoaderState {
-            epoch: 0,
-            document: 0,
-            offset: 0,
-            batches: 1,
-            fingerprint: 0,
-        },
+        loader_rows: vec![(
+            0,
+            data::LoaderState {
+                epoch: 0,
+                document: 0,
+                offset: 0,
+                batches: 1,
+                fingerprint: 0,
+            },
+        )],
         seed: 0,
         config_toml: cfg.to_toml(),
         tensors,
@@ -94,7 +97,7 @@ fn io_row(name: &str, cfg: &TrainConfig) {
     let (snap, bytes) = random_snapshot(cfg);
     let params = bytes / 12;
     let t = Instant::now();
-    let saved = checkpoint::save(dir.path(), &snap, 0).unwrap();
+    let saved = checkpoint::save(dir.path(), std::slice::from_ref(&snap), 0).unwrap();
     let write = t.elapsed().as_secs_f64();
     drop(snap);
     let cache = drop_page_cache();

@@ -264,6 +264,11 @@ pub struct RuntimeConfig {
     /// XLA options for compiling the step (`CompileOptionsProto`'s
     /// `env_option_overrides`), e.g. `xla_cpu_enable_fast_math = true`.
     pub xla_options: BTreeMap<String, toml::Value>,
+    /// CPU only: split the client's devices into this many emulated hosts
+    /// (consecutive devices each), each running the per-host path of a pod
+    /// job (its own batch rows, buffers, checkpoint part and restore
+    /// reads); they are combined only when the step executes. 1: off.
+    pub emulate_hosts: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -273,6 +278,7 @@ impl Default for RuntimeConfig {
             device_count: 1,
             plugin: None,
             xla_options: BTreeMap::new(),
+            emulate_hosts: 1,
         }
     }
 }
@@ -505,6 +511,33 @@ impl TrainConfig {
         }
         if self.runtime.device_count == 0 {
             return bad("runtime.device_count", "must be at least 1".into());
+        }
+        let hosts = self.runtime.emulate_hosts;
+        if hosts == 0 || !self.runtime.device_count.is_multiple_of(hosts) {
+            return bad(
+                "runtime.emulate_hosts",
+                format!(
+                    "{hosts}: expected a positive divisor of runtime.device_count = {}",
+                    self.runtime.device_count
+                ),
+            );
+        }
+        if hosts > 1 && self.runtime.backend != "cpu" {
+            return bad(
+                "runtime.emulate_hosts",
+                format!(
+                    "{hosts} with backend {:?}: hosts are emulated on the CPU plugin only",
+                    self.runtime.backend
+                ),
+            );
+        }
+        if hosts > 1 && self.train.export_final && self.train.checkpoint_every == 0 {
+            return bad(
+                "train.export_final",
+                "with several hosts the final model is exported from the final checkpoint: \
+                 set train.checkpoint_every (or train.export_final = false)"
+                    .into(),
+            );
         }
         if !matches!(self.mesh.tensor_along.as_str(), "x" | "y") {
             return bad(

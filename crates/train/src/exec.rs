@@ -4,7 +4,7 @@
 
 use pjrt::{Buffer, Client, LoadedExecutable};
 
-use crate::device::{Placement, compile, get_into, put};
+use crate::device::{PerPartition, Placement, compile, get_into, put, put_rows};
 use crate::state::DeviceState;
 use crate::step::{Plan, Slot, StepShape, build_split, build_step};
 use crate::{ProcessGroup, Result, TrainConfig};
@@ -97,7 +97,16 @@ impl<'g> Stepper<'g> {
         }
     }
 
-    /// Runs step `s` on `batch` (the global batch), updating `state`.
+    /// The batch slots (`[accumulation, micro, seq_len]` each).
+    pub(crate) fn batch_slots(&self) -> &[Slot] {
+        match self {
+            Stepper::Fused { batch, .. } | Stepper::Split { batch, .. } => batch,
+        }
+    }
+
+    /// Runs step `s` on `batch`, updating `state`: the fused step takes
+    /// each host's rows (`(host, rows)`); the split step of a process
+    /// group takes the whole global batch as one host's.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn run(
         &self,
@@ -105,18 +114,24 @@ impl<'g> Stepper<'g> {
         plan: &Plan,
         at: &Placement,
         params: &[Slot],
-        state: &mut [DeviceState],
-        batch: &data::Batch,
+        state: &mut PerPartition<DeviceState>,
+        batch: &[(usize, &[usize], data::Batch)],
         s: u64,
     ) -> Result<StepOut> {
         let k = 3 * params.len() + 1;
         match self {
             Stepper::Fused { exe, batch: slots } => {
-                let inputs = put_batch(client, plan, at, slots, batch)?;
+                let mut inputs: Vec<PerPartition<Buffer>> = slots
+                    .iter()
+                    .map(|_| (0..at.device_of.len()).map(|_| None).collect())
+                    .collect();
+                for (host, rows, b) in batch {
+                    put_host_batch(client, plan, at, *host, slots, rows, b, &mut inputs)?;
+                }
                 let mut outs = execute(exe, state, k, &[&inputs])?;
                 let scalars = scalars(&outs[0][k..k + 3])?;
                 for (i, o) in outs.iter_mut().enumerate() {
-                    state[exe.partition_of[i]] = o.drain(..k).collect();
+                    state[exe.partition_of[i]] = Some(o.drain(..k).collect());
                 }
                 Ok(StepOut {
                     loss: scalars[0],
@@ -130,6 +145,7 @@ impl<'g> Stepper<'g> {
                 batch: slots,
                 group,
             } => {
+                let batch = &batch[0].2;
                 // The global token count, so the summed gradients are those
                 // of the global mean loss (integers: exact in f32).
                 let count = batch.loss_mask.iter().sum::<f32>().max(1.0);
@@ -138,8 +154,8 @@ impl<'g> Stepper<'g> {
                 inputs.push(
                     at.device_of
                         .iter()
-                        .map(|&d| Ok(client.buffer_from_host(&[count], &[], d)?))
-                        .collect::<Result<_>>()?,
+                        .map(|d| d.map(|d| client.buffer_from_host(&[count], &[], d)).transpose())
+                        .collect::<std::result::Result<_, _>>()?,
                 );
                 let outs = execute(grads, state, params.len(), &[&inputs])?;
                 let by_partition = by_partition(grads, &outs);
@@ -155,7 +171,7 @@ impl<'g> Stepper<'g> {
                 flat[offset] = scalars(&outs[0][params.len()..])?[0];
                 group.all_reduce_sum(s, &mut flat)?;
                 let loss = flat.pop().expect("loss");
-                let mut summed: Vec<Vec<Buffer>> = Vec::with_capacity(params.len());
+                let mut summed: Vec<PerPartition<Buffer>> = Vec::with_capacity(params.len());
                 let mut offset = 0;
                 for (slot, n) in params.iter().zip(&sizes) {
                     summed.push(put(client, plan, at, slot, &flat[offset..offset + n])?);
@@ -164,7 +180,7 @@ impl<'g> Stepper<'g> {
                 let mut outs = execute(apply, state, k, &[&summed])?;
                 let scalars = scalars(&outs[0][k..k + 2])?;
                 for (i, o) in outs.iter_mut().enumerate() {
-                    state[apply.partition_of[i]] = o.drain(..k).collect();
+                    state[apply.partition_of[i]] = Some(o.drain(..k).collect());
                 }
                 Ok(StepOut {
                     loss,
@@ -176,14 +192,15 @@ impl<'g> Stepper<'g> {
     }
 }
 
-/// The batch arrays as per-partition buffers, in slot order.
+/// The batch arrays as per-partition buffers, in slot order (every
+/// partition local: a process group's worker).
 fn put_batch(
     client: &Client,
     plan: &Plan,
     at: &Placement,
     slots: &[Slot],
     b: &data::Batch,
-) -> Result<Vec<Vec<Buffer>>> {
+) -> Result<Vec<PerPartition<Buffer>>> {
     Ok(vec![
         put(client, plan, at, &slots[0], &b.tokens)?,
         put(client, plan, at, &slots[1], &b.targets)?,
@@ -193,25 +210,46 @@ fn put_batch(
     ])
 }
 
+/// Host `host`'s batch rows (`rows`, global indices) onto its partitions.
+#[allow(clippy::too_many_arguments)]
+fn put_host_batch(
+    client: &Client,
+    plan: &Plan,
+    at: &Placement,
+    host: usize,
+    slots: &[Slot],
+    rows: &[usize],
+    b: &data::Batch,
+    out: &mut [PerPartition<Buffer>],
+) -> Result<()> {
+    put_rows(client, plan, at, host, &slots[0], rows, &b.tokens, &mut out[0])?;
+    put_rows(client, plan, at, host, &slots[1], rows, &b.targets, &mut out[1])?;
+    put_rows(client, plan, at, host, &slots[2], rows, &b.loss_mask, &mut out[2])?;
+    put_rows(client, plan, at, host, &slots[3], rows, &b.segment_ids, &mut out[3])?;
+    put_rows(client, plan, at, host, &slots[4], rows, &b.positions, &mut out[4])
+}
+
 /// Runs `exe` with, per partition, the first `take` state buffers followed
-/// by each input group.
+/// by each input group (this process's partitions: those of all the hosts
+/// it runs, combined here and only here).
 fn execute(
     exe: &Exe,
-    state: &[DeviceState],
+    state: &PerPartition<DeviceState>,
     take: usize,
-    inputs: &[&Vec<Vec<Buffer>>],
+    inputs: &[&Vec<PerPartition<Buffer>>],
 ) -> Result<Vec<Vec<Buffer>>> {
     let args: Vec<Vec<&Buffer>> = exe
         .partition_of
         .iter()
         .map(|&p| {
-            state[p][..take]
+            let local = state[p].as_ref().expect("the executable runs local partitions");
+            local[..take]
                 .iter()
-                .chain(
-                    inputs
+                .chain(inputs.iter().flat_map(|group| {
+                    group
                         .iter()
-                        .flat_map(|group| group.iter().map(move |x| &x[p])),
-                )
+                        .map(move |x| x[p].as_ref().expect("inputs of local partitions"))
+                }))
                 .collect()
         })
         .collect();

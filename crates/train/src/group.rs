@@ -43,6 +43,10 @@ pub(crate) struct GroupSaver<'g> {
     group: &'g dyn ProcessGroup,
     root: PathBuf,
     keep: usize,
+    /// Each process writes the boxes its devices hold (one SPMD program
+    /// over hosts); otherwise process 0 writes every tensor (the replicas
+    /// of a data-parallel CPU group hold identical ones).
+    own_boxes: bool,
     pending: Option<Pending>,
 }
 
@@ -55,11 +59,17 @@ struct Pending {
 }
 
 impl<'g> GroupSaver<'g> {
-    pub(crate) fn new(group: &'g dyn ProcessGroup, root: PathBuf, keep: usize) -> Self {
+    pub(crate) fn new(
+        group: &'g dyn ProcessGroup,
+        root: PathBuf,
+        keep: usize,
+        own_boxes: bool,
+    ) -> Self {
         GroupSaver {
             group,
             root,
             keep,
+            own_boxes,
             pending: None,
         }
     }
@@ -68,12 +78,13 @@ impl<'g> GroupSaver<'g> {
     pub(crate) fn start(&mut self, s: u64, mut snap: Snapshot) -> Result<()> {
         self.settle()?;
         let rank = self.group.rank();
-        if rank != 0 {
+        if rank != 0 && !self.own_boxes {
             snap.tensors.clear();
         }
         let header = Snapshot {
             tensors: Vec::new(),
             config_toml: snap.config_toml.clone(),
+            loader_rows: snap.loader_rows.clone(),
             ..snap
         };
         let partial = checkpoint::partial_dir(&self.root, snap.step);

@@ -12,6 +12,7 @@ mod error;
 pub mod eval;
 mod exec;
 mod group;
+pub mod host;
 mod init;
 pub mod mfu;
 pub mod plan;
@@ -24,9 +25,11 @@ mod state;
 pub mod step;
 
 pub use config::TrainConfig;
-pub use device::make_client;
+pub use device::{make_client, make_pod_client};
 pub use error::{Error, Result};
 pub use group::ProcessGroup;
 pub use init::init_params;
 pub use plot::loss_svg;
-pub use run::{RunSummary, open_metrics, progress_bar, step_time_stats, train, train_in_group};
+pub use run::{
+    RunSummary, open_metrics, progress_bar, step_time_stats, train, train_in_group, train_on_pod,
+};

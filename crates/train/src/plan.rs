@@ -124,28 +124,7 @@ pub fn plan(cfg: &TrainConfig, topology: &str, slices: usize) -> Result<PlanRepo
     if slices == 0 {
         return Err(Error::config("--slices", "0", "at least 1"));
     }
-    let (chip, shape) = parse_topology(topology)?;
-    let path = pjrt::install::resolve(pjrt::install::Backend::Tpu, None)?;
-    let plugin = Plugin::load(path)?;
-    let dims: Vec<i64> = shape
-        .split('x')
-        .map(|d| d.parse().expect("listed shapes are numeric"))
-        .collect();
-    let torus = dims.iter().take(2).all(|&d| d >= 16);
-    let wrap = if torus { vec![1, 1, 0] } else { vec![0, 0, 0] };
-    let topo = Topology::new(
-        &plugin,
-        topology,
-        &[
-            ("chip_config_name", OptionValue::Str("default".into())),
-            (
-                "chips_per_host_bounds",
-                OptionValue::Ints(host_bounds(&dims)),
-            ),
-            ("num_slices", OptionValue::Int(slices as i64)),
-            ("wrap", OptionValue::Ints(wrap)),
-        ],
-    )?;
+    let (chip, topo) = open_topology(topology, slices)?;
     let devices = topo.devices()?;
     let n = devices.len();
     let hosts = devices
@@ -173,15 +152,11 @@ pub fn plan(cfg: &TrainConfig, topology: &str, slices: usize) -> Result<PlanRepo
         ));
     }
     let (model, step_plan, step) = build_for(&cfg)?;
-    let coords: Vec<mesh::Device> = devices
-        .iter()
-        .map(|d| mesh::Device {
-            id: d.info.id as i64,
-            coords: d.ints("coords").map(<[i64]>::to_vec).unwrap_or_default(),
-            slice: d.int("slice_index").unwrap_or(0),
-        })
-        .collect();
-    let order = mesh::device_order(&step_plan.mesh, &coords, cfg.tensor_along())?;
+    // The device order training uses on the pod: by chip coordinates.
+    let order = crate::host::JobLayout::new(&step_plan, &devices, cfg.tensor_along(), |d| {
+        d.info.process_index.max(0) as usize
+    })?
+    .order;
     let options = CompileOptions {
         device_assignment: Some(vec![order.clone()]),
         ..CompileOptions::spmd(n as i64)
@@ -237,6 +212,35 @@ pub fn plan(cfg: &TrainConfig, topology: &str, slices: usize) -> Result<PlanRepo
         Err(e) => return Err(e.into()),
     }
     Ok(report)
+}
+
+/// libtpu's description of `slices` copies of `topology` (e.g.
+/// `v5e:16x16`), with no TPU: every chip with its coordinates, slice and
+/// owning host (process index), as a pod's processes see them.
+pub fn open_topology(topology: &str, slices: usize) -> Result<(&'static Chip, Topology)> {
+    let (chip, shape) = parse_topology(topology)?;
+    let path = pjrt::install::resolve(pjrt::install::Backend::Tpu, None)?;
+    let plugin = Plugin::load(path)?;
+    let dims: Vec<i64> = shape
+        .split('x')
+        .map(|d| d.parse().expect("listed shapes are numeric"))
+        .collect();
+    let torus = dims.iter().take(2).all(|&d| d >= 16);
+    let wrap = if torus { vec![1, 1, 0] } else { vec![0, 0, 0] };
+    let topo = Topology::new(
+        &plugin,
+        topology,
+        &[
+            ("chip_config_name", OptionValue::Str("default".into())),
+            (
+                "chips_per_host_bounds",
+                OptionValue::Ints(host_bounds(&dims)),
+            ),
+            ("num_slices", OptionValue::Int(slices as i64)),
+            ("wrap", OptionValue::Ints(wrap)),
+        ],
+    )?;
+    Ok((chip, topo))
 }
 
 /// Chips per host: four (2x2) on multi-host slices; single-host products

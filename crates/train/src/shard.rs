@@ -97,6 +97,51 @@ pub fn insert<T: Copy>(data: &mut [T], shape: &[usize], ranges: &[Range<usize>],
     });
 }
 
+/// The intersection of two boxes, if they overlap.
+pub fn overlap(a: &[Range<usize>], b: &[Range<usize>]) -> Option<Vec<Range<usize>>> {
+    let r: Vec<Range<usize>> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| x.start.max(y.start)..x.end.min(y.end))
+        .collect();
+    r.iter().all(|x| x.start < x.end).then_some(r)
+}
+
+/// Copies the overlap of box `src_box` (its elements row-major through
+/// `src(i)`) into `dst`, which holds box `dst_box` row-major; both boxes
+/// are in the coordinates of one global tensor.
+pub fn copy_overlap(
+    src: impl Fn(usize) -> f32,
+    src_box: &[Range<usize>],
+    dst: &mut [f32],
+    dst_box: &[Range<usize>],
+) {
+    let Some(common) = overlap(src_box, dst_box) else {
+        return;
+    };
+    let src_shape: Vec<usize> = src_box.iter().map(|r| r.len()).collect();
+    let dst_shape: Vec<usize> = dst_box.iter().map(|r| r.len()).collect();
+    let local = |b: &[Range<usize>]| -> Vec<Range<usize>> {
+        common
+            .iter()
+            .zip(b)
+            .map(|(c, o)| c.start - o.start..c.end - o.start)
+            .collect()
+    };
+    let (in_src, in_dst) = (local(src_box), local(dst_box));
+    let mut runs = Vec::new();
+    for_each_run(&src_shape, &in_src, |full, _, len| runs.push((full, len)));
+    let mut at = 0;
+    for_each_run(&dst_shape, &in_dst, |full, _, len| {
+        let (from, n) = runs[at];
+        debug_assert_eq!(n, len);
+        for k in 0..len {
+            dst[full + k] = src(from + k);
+        }
+        at += 1;
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +189,21 @@ mod tests {
         let r = shard_ranges(&m, &[16, 4], &axes(&[&[], &["fsdp"]]), 7);
         assert_eq!(r, vec![0..16, 3..4]);
         assert_eq!(extract(&[7.0f32], &[], &[]), vec![7.0]);
+    }
+
+    #[test]
+    fn overlaps_copy_between_boxes() {
+        // A 4x6 tensor; a piece holding rows 0..2, cols 2..6, read into the
+        // box rows 1..4, cols 0..4.
+        let full: Vec<f32> = (0..24).map(|x| x as f32).collect();
+        let piece_box = [0..2, 2..6];
+        let piece = extract(&full, &[4, 6], &piece_box);
+        let want_box = [1..4, 0..4];
+        let mut out = vec![-1.0; 12];
+        copy_overlap(|i| piece[i], &piece_box, &mut out, &want_box);
+        // Only (row 1, cols 2..4) overlaps: full values 8, 9.
+        let expect = [-1., -1., 8., 9., -1., -1., -1., -1., -1., -1., -1., -1.];
+        assert_eq!(out, expect);
+        assert_eq!(overlap(&[0..2, 0..2], &[2..4, 0..2]), None);
     }
 }

@@ -69,8 +69,9 @@ fn stop_and_resume_is_bit_identical_to_a_straight_run() {
         Checkpoint::open(&ckpt(a.path(), 10)).unwrap(),
         Checkpoint::open(&ckpt(b.path(), 10)).unwrap(),
     );
-    assert_eq!(ca.manifest.loader, cb.manifest.loader);
-    assert_eq!(ca.manifest.loader.batches, 10);
+    assert_eq!(ca.manifest.loader_rows, cb.manifest.loader_rows);
+    assert_eq!(ca.manifest.loader_rows.len(), 8);
+    assert!(ca.manifest.loader_rows.iter().all(|r| r.batches == 10));
     let model = |d: &Path| std::fs::read(d.join("run/final/model.safetensors")).unwrap();
     assert_eq!(model(a.path()), model(b.path()));
     // The resumed run's loss plot covers the whole run.
@@ -123,17 +124,22 @@ fn restores_under_other_meshes() {
             y.1
         );
     }
-    // The fsdp=8 checkpoint wrote each parameter box once per device.
+    // The fsdp=8 checkpoint wrote each parameter box once per device, and
+    // the unsharded tensors (norms) once, in a file of their own.
     let c2 = Checkpoint::open(&ckpt(d.path(), 2)).unwrap();
     assert_eq!(c2.manifest.mesh.fsdp, 8);
-    assert!(
-        c2.manifest
-            .files
-            .iter()
-            .filter(|f| f.path.starts_with("shards/"))
-            .count()
-            == 8
-    );
+    let mut shards: Vec<&str> = c2
+        .manifest
+        .files
+        .iter()
+        .filter_map(|f| f.path.strip_prefix("shards/"))
+        .collect();
+    shards.sort();
+    let mut expected: Vec<String> = (0..8)
+        .map(|d| format!("p00000-d{d:05}-{:03}.safetensors", d + 1))
+        .collect();
+    expected.push("p00000-whole-000.safetensors".into());
+    assert_eq!(shards, expected);
     // Restore is exact: a finished run restored under another mesh exports
     // exactly the checkpoint's parameters.
     let c6 = Checkpoint::open(&ckpt(d.path(), 6)).unwrap();
@@ -190,7 +196,7 @@ fn corrupt_or_incomplete_checkpoints_are_refused_and_auto_falls_back() {
     assert!(err.contains("incomplete"), "{err}");
     // None of them is picked up: auto starts over, and trains the same.
     assert!(
-        checkpoint::latest(&d.path().join("run/checkpoints"))
+        checkpoint::latest(&d.path().join("run/checkpoints"), true)
             .unwrap()
             .is_none()
     );

@@ -1,7 +1,9 @@
 //! Planning a TPU job on this CPU-only machine: libtpu compiles the real
 //! step for a slice; topology names are checked; an over-large batch is a
 //! clear "does not fit" answer. Tests that need libtpu say SKIPPED loudly
-//! and return when it cannot be fetched.
+//! and return when it cannot be fetched, except under CI (`CI` set), where
+//! that is a failure. The pod layout of the shipped configs is checked
+//! against libtpu's own v5e:16x16 topology and process indices.
 
 use train::TrainConfig;
 
@@ -10,6 +12,9 @@ mod common;
 fn have_libtpu() -> bool {
     match pjrt::install::resolve(pjrt::install::Backend::Tpu, None) {
         Ok(_) => true,
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("libtpu could not be installed, and CI must run this check: {e}")
+        }
         Err(e) => {
             eprintln!("SKIPPED: libtpu could not be installed: {e}");
             false
@@ -170,4 +175,59 @@ fn every_generation_and_single_host_shapes_compile() {
         assert_eq!((r.devices, r.hosts), (chips, hosts), "{topology}");
         assert!(r.fits, "{topology}: {}", r.render());
     }
+}
+
+/// The 64 hosts of a v5e-256 slice under a shipped config: the rows of the
+/// global batch they load partition it (hosts of one tensor group load the
+/// same rows, any two others disjoint ones, all rows loaded), and the
+/// boxes they write to a checkpoint tile every tensor exactly once.
+fn pod_layout_tiles(config: &str) {
+    if !have_libtpu() {
+        return;
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(config);
+    let cfg = TrainConfig::load(Some(&path), &[]).unwrap();
+    let (_, topo) = train::plan::open_topology("v5e:16x16", 1).unwrap();
+    let devices = topo.devices().unwrap();
+    let (plan, params, batch) = train::step::slots_for(&cfg).unwrap();
+    let layout = train::host::JobLayout::new(&plan, &devices, cfg.tensor_along(), |d| {
+        d.info.process_index as usize
+    })
+    .unwrap();
+    assert_eq!(layout.hosts, 64, "{config}");
+    let rows: Vec<Vec<usize>> = (0..64).map(|h| layout.batch_rows(&plan, &batch[0], h)).collect();
+    let mut seen = vec![None::<&Vec<usize>>; cfg.data.batch_size];
+    for r in &rows {
+        assert!(!r.is_empty());
+        for &row in r {
+            match seen[row] {
+                None => seen[row] = Some(r),
+                Some(other) => assert_eq!(other, r, "{config}: hosts share row {row} but not all rows"),
+            }
+        }
+    }
+    assert!(seen.iter().all(Option::is_some), "{config}: every row is loaded");
+    for slot in &params {
+        let boxes: Vec<Vec<std::ops::Range<usize>>> = (0..256)
+            .filter(|&p| layout.writes_box(&plan, slot, p))
+            .map(|p| train::shard::shard_ranges(&plan.mesh, &slot.shape, &slot.axes, p))
+            .collect();
+        let volume: usize = boxes.iter().map(|b| b.iter().map(|r| r.len()).product::<usize>()).sum();
+        assert_eq!(volume, slot.shape.iter().product::<usize>(), "{config}: {}", slot.name);
+        for (i, a) in boxes.iter().enumerate() {
+            for b in &boxes[..i] {
+                assert!(train::shard::overlap(a, b).is_none(), "{config}: {} boxes overlap", slot.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn gemma_2b_on_a_v5e_256_tiles_rows_and_checkpoint_boxes_over_64_hosts() {
+    pod_layout_tiles("gemma-2b.toml");
+}
+
+#[test]
+fn gemma_7b_on_a_v5e_256_tiles_rows_and_checkpoint_boxes_over_64_hosts() {
+    pod_layout_tiles("gemma-7b.toml");
 }

@@ -70,13 +70,15 @@ pub(crate) struct Part {
     pub step: u64,
     pub files: Vec<FileRecord>,
     pub tensors: Vec<TensorRecord>,
+    /// The data-loader state of each batch row this process loaded.
+    pub loader_rows: Vec<(usize, data::LoaderState)>,
 }
 
 /// `manifest.json`: everything needed to verify and restore a checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// `meshtrain-checkpoint/1`.
+    /// `meshtrain-checkpoint/2`.
     pub format: String,
     /// Optimizer steps done (the step counter of the program).
     pub step: u64,
@@ -84,8 +86,10 @@ pub struct Manifest {
     pub mesh: MeshRecord,
     /// Processes that wrote parts.
     pub processes: usize,
-    /// Where the data loader stands: the next batch is the one after `step`.
-    pub loader: data::LoaderState,
+    /// Where the data stream of each row of the global batch stands
+    /// (index = row, see [`data::RowLoader`]): the next batch is the one
+    /// after `step`.
+    pub loader_rows: Vec<data::LoaderState>,
     /// Seed the parameters were initialised from. The step itself draws no
     /// random numbers (no dropout); the data order's randomness is the
     /// loader state's.

@@ -6,14 +6,19 @@
 //! run_dir/checkpoints/
 //!   step_00000100/              a committed checkpoint (100 steps done)
 //!     COMMITTED                 sha256 of manifest.json, written last
-//!     manifest.json             step, mesh, loader state, every file's size and sha256,
+//!     manifest.json             step, mesh, each batch row's loader state, every file's
+//!                               size and sha256,
 //!                               every tensor's global shape and where its pieces are
 //!     config.toml               the resolved config of the run
 //!     part-00000.json           what process 0 wrote (one per process)
 //!     shards/p00000-d00003-007.safetensors
-//!                               pieces device 3 of process 0 owns: `params/<hf name>`,
-//!                               `m/<hf name>`, `v/<hf name>`, each a box of the global
-//!                               tensor; files of at most 64 MiB (unless one box is larger)
+//!                               pieces device (partition) 3 of process 0 owns:
+//!                               `params/<hf name>`, `m/<hf name>`, `v/<hf name>`, each a
+//!                               box of the global tensor; files of at most 64 MiB (unless
+//!                               one box is larger)
+//!     shards/p00000-whole-000.safetensors
+//!                               tensors stored whole (replicated, e.g. norms), which
+//!                               every host reads
 //!   step_00000200.partial/      being written (or left by a crash): never read
 //! ```
 //! A tensor replicated over some mesh axes is written once: of the devices
@@ -29,11 +34,17 @@
 //! `train.keep_checkpoints` are deleted. A directory without a matching
 //! `COMMITTED` is incomplete and is never restored.
 //!
+//! Each process writes the boxes its own devices hold (a box replicated
+//! over hosts is written by the host of the lowest partition holding it)
+//! and the loader states of the batch rows it loads.
+//!
 //! # Restore
 //! [`Checkpoint::open`] checks the marker, the manifest, every file's size
-//! and sha256, and that each tensor's pieces tile its global shape;
-//! [`Checkpoint::tensor`] assembles a global tensor, which the run then
-//! splits under its own mesh (so a checkpoint restores under any mesh).
+//! and sha256, and that each tensor's pieces tile its global shape.
+//! [`Checkpoint::open_manifest`] checks all but the files' contents, which
+//! are verified when first read: a host reads, with
+//! [`Checkpoint::read_box`], only the pieces overlapping the boxes its own
+//! devices hold under the run's mesh (any mesh, any number of hosts).
 
 mod export;
 mod format;
@@ -68,4 +79,4 @@ const MARKER: &str = "COMMITTED";
 /// The manifest.
 const MANIFEST: &str = "manifest.json";
 /// The format written in manifests.
-const FORMAT: &str = "meshtrain-checkpoint/1";
+const FORMAT: &str = "meshtrain-checkpoint/2";

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use memmap2::Mmap;
 use safetensors::SafeTensors;
@@ -50,10 +52,19 @@ pub(crate) fn remove_partials(root: &Path) -> Result<()> {
 }
 
 /// The newest checkpoint under `root` that verifies; each newer one that
-/// does not is reported on stderr and skipped.
-pub fn latest(root: &Path) -> Result<Option<Checkpoint>> {
+/// does not is reported on stderr and skipped. `every_file`: verify every
+/// file's sha256 ([`Checkpoint::open`]; a single host reads them all
+/// anyway), else the manifest and file sizes only
+/// ([`Checkpoint::open_manifest`]; each host of a large job verifies what
+/// it reads).
+pub fn latest(root: &Path, every_file: bool) -> Result<Option<Checkpoint>> {
     for (_, dir) in list(root)?.into_iter().rev() {
-        match Checkpoint::open(&dir) {
+        let opened = if every_file {
+            Checkpoint::open(&dir)
+        } else {
+            Checkpoint::open_manifest(&dir)
+        };
+        match opened {
             Ok(c) => return Ok(Some(c)),
             Err(e) => eprintln!("meshtrain: skipping {e}; falling back to an older checkpoint"),
         }
@@ -61,13 +72,18 @@ pub fn latest(root: &Path) -> Result<Option<Checkpoint>> {
     Ok(None)
 }
 
-/// A verified checkpoint, its files mapped.
+/// A committed checkpoint. [`Checkpoint::open`] verifies every file up
+/// front; [`Checkpoint::open_manifest`] verifies the marker, the manifest
+/// and the files' sizes, and each file's sha256 when it is first read: a
+/// host of a large job reads (and verifies) only the files holding boxes
+/// it needs.
 pub struct Checkpoint {
     /// Its directory.
     pub dir: PathBuf,
     /// Its manifest.
     pub manifest: Manifest,
-    files: BTreeMap<String, Mmap>,
+    files: Mutex<BTreeMap<String, Arc<Mmap>>>,
+    bytes_read: AtomicU64,
 }
 
 impl Checkpoint {
@@ -75,6 +91,24 @@ impl Checkpoint {
     /// manifest, every file has its size and sha256, every tensor's pieces
     /// are present with their shapes and tile the global shape exactly.
     pub fn open(dir: &Path) -> Result<Checkpoint> {
+        let c = Self::open_manifest(dir)?;
+        // Every file mapped and checked, all cores at once.
+        let checked = parallel(&c.manifest.files, |f| c.verified(&f.path));
+        for r in checked {
+            r?;
+        }
+        for t in &c.manifest.tensors {
+            for p in &t.pieces {
+                c.piece_bytes(p)?;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Opens a committed checkpoint reading only its manifest: the marker
+    /// matches it, its files exist with their sizes, and each tensor's
+    /// pieces tile its shape. Files are verified as they are read.
+    pub fn open_manifest(dir: &Path) -> Result<Checkpoint> {
         let bad = |message: String| Error::Checkpoint {
             path: dir.to_owned(),
             message,
@@ -100,14 +134,18 @@ impl Checkpoint {
                 "{MANIFEST} does not match its {MARKER} marker"
             )));
         }
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| bad(format!("{MANIFEST} is not valid: {e}")))?;
-        if manifest.format != FORMAT {
+        let format = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["format"].as_str().map(str::to_owned));
+        if format.as_deref().is_some_and(|f| f != FORMAT) {
             return Err(bad(format!(
-                "format {:?}, this meshtrain reads {FORMAT:?}",
-                manifest.format
+                "format {format:?}, this meshtrain reads {FORMAT:?} (checkpoints of \
+                 meshtrain-checkpoint/1 kept one data-loader state for the whole batch; their \
+                 parameters can be exported with an older meshtrain and used as model.init)"
             )));
         }
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("{MANIFEST} is not valid: {e}")))?;
         for f in &manifest.files {
             if f.path.split('/').any(|c| c.is_empty() || c == "..") {
                 return Err(bad(format!(
@@ -115,45 +153,71 @@ impl Checkpoint {
                     f.path
                 )));
             }
-        }
-        // Every file mapped and checked, all cores at once.
-        let checked = parallel(&manifest.files, |f| -> Result<Mmap> {
             let p = dir.join(&f.path);
-            let file = std::fs::File::open(&p)
-                .map_err(|e| bad(format!("{}: missing or unreadable: {e}", f.path)))?;
-            // SAFETY: checkpoint files are never modified after commit; a
-            // concurrent truncation is the only hazard and is caught by the
-            // size check before any read.
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("mapping", &p, e))?;
-            if map.len() as u64 != f.bytes {
+            let len = std::fs::metadata(&p)
+                .map_err(|e| bad(format!("{}: missing or unreadable: {e}", f.path)))?
+                .len();
+            if len != f.bytes {
                 return Err(bad(format!(
-                    "{}: {} bytes, the manifest says {} (truncated or corrupt)",
-                    f.path,
-                    map.len(),
-                    f.bytes
+                    "{}: {len} bytes, the manifest says {} (truncated or corrupt)",
+                    f.path, f.bytes
                 )));
             }
-            if sha256(&map) != f.sha256 {
-                return Err(bad(format!(
-                    "{}: sha256 does not match the manifest (corrupt)",
-                    f.path
-                )));
-            }
-            Ok(map)
-        });
-        let mut files = BTreeMap::new();
-        for (f, map) in manifest.files.iter().zip(checked) {
-            files.insert(f.path.clone(), map?);
         }
         let c = Checkpoint {
             dir: dir.to_owned(),
             manifest,
-            files,
+            files: Mutex::new(BTreeMap::new()),
+            bytes_read: AtomicU64::new(0),
         };
         for t in &c.manifest.tensors {
             c.check_tiling(t)?;
         }
         Ok(c)
+    }
+
+    /// Bytes of checkpoint files read (and verified) so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// File `rel` mapped, checked against its size and sha256 the first time.
+    fn verified(&self, rel: &str) -> Result<Arc<Mmap>> {
+        if let Some(m) = self.files.lock().expect("not poisoned").get(rel) {
+            return Ok(m.clone());
+        }
+        let f = self
+            .manifest
+            .files
+            .iter()
+            .find(|f| f.path == rel)
+            .ok_or_else(|| self.bad(format!("file {rel} is not listed")))?;
+        let p = self.dir.join(rel);
+        let file = std::fs::File::open(&p)
+            .map_err(|e| self.bad(format!("{rel}: missing or unreadable: {e}")))?;
+        // SAFETY: checkpoint files are never modified after commit; a
+        // concurrent truncation is the only hazard and is caught by the
+        // size check before any read.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("mapping", &p, e))?;
+        if map.len() as u64 != f.bytes {
+            return Err(self.bad(format!(
+                "{rel}: {} bytes, the manifest says {} (truncated or corrupt)",
+                map.len(),
+                f.bytes
+            )));
+        }
+        if sha256(&map) != f.sha256 {
+            return Err(self.bad(format!(
+                "{rel}: sha256 does not match the manifest (corrupt)"
+            )));
+        }
+        self.bytes_read.fetch_add(f.bytes, Ordering::Relaxed);
+        let map = Arc::new(map);
+        self.files
+            .lock()
+            .expect("not poisoned")
+            .insert(rel.to_owned(), map.clone());
+        Ok(map)
     }
 
     /// Steps done when it was saved.
@@ -182,15 +246,37 @@ impl Checkpoint {
 
     /// Assembles global tensor `name` (row-major f32) from its pieces.
     pub fn tensor(&self, name: &str) -> Result<Vec<f32>> {
+        let shape = self.record(name)?.shape.clone();
+        self.read_box(name, &shape.iter().map(|&d| 0..d).collect::<Vec<_>>())
+    }
+
+    /// The box `ranges` of tensor `name` (row-major f32), read from the
+    /// pieces that overlap it only.
+    pub fn read_box(&self, name: &str, ranges: &[Range<usize>]) -> Result<Vec<f32>> {
         let t = self.record(name)?;
-        let mut out = vec![0f32; t.shape.iter().product()];
+        if ranges.len() != t.shape.len() || ranges.iter().zip(&t.shape).any(|(r, &d)| r.end > d) {
+            return Err(self.bad(format!(
+                "tensor {name} of shape {:?} has no box {ranges:?}",
+                t.shape
+            )));
+        }
+        let mut out = vec![0f32; ranges.iter().map(|r| r.len()).product()];
         for p in &t.pieces {
-            let data: Vec<f32> = self
-                .piece_bytes(p)?
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            crate::shard::insert(&mut out, &t.shape, &boxed(&p.start, &p.shape), &data);
+            let piece = boxed(&p.start, &p.shape);
+            if crate::shard::overlap(&piece, ranges).is_none() {
+                continue;
+            }
+            let (map, at, len) = self.piece_location(p)?;
+            let bytes = &map[at..at + len];
+            crate::shard::copy_overlap(
+                |i| {
+                    let b = &bytes[4 * i..4 * i + 4];
+                    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+                },
+                &piece,
+                &mut out,
+                ranges,
+            );
         }
         Ok(out)
     }
@@ -202,14 +288,12 @@ impl Checkpoint {
         }
     }
 
-    /// The stored bytes of piece `p`: its file is listed, holds the key,
-    /// with the manifest's shape, as F32.
-    fn piece_bytes(&self, p: &PieceRecord) -> Result<&[u8]> {
-        let map = self
-            .files
-            .get(&p.file)
-            .ok_or_else(|| self.bad(format!("piece {}: file {} is not listed", p.key, p.file)))?;
-        let st = SafeTensors::deserialize(map)
+    /// The file of piece `p` and where its bytes are in it, checked: the
+    /// file is listed and verified, holds the key with the manifest's
+    /// shape, as F32.
+    fn piece_location(&self, p: &PieceRecord) -> Result<(Arc<Mmap>, usize, usize)> {
+        let map = self.verified(&p.file)?;
+        let st = SafeTensors::deserialize(&map)
             .map_err(|e| self.bad(format!("{}: not a safetensors file: {e}", p.file)))?;
         let view = st
             .tensor(&p.key)
@@ -224,7 +308,14 @@ impl Checkpoint {
                 p.shape
             )));
         }
-        Ok(view.data())
+        let data = view.data();
+        let at = data.as_ptr() as usize - map.as_ptr() as usize;
+        Ok((map.clone(), at, data.len()))
+    }
+
+    /// Checks piece `p`'s stored form (see [`Checkpoint::piece_location`]).
+    fn piece_bytes(&self, p: &PieceRecord) -> Result<()> {
+        self.piece_location(p).map(|_| ())
     }
 
     /// Each piece is stored with its shape, lies inside the tensor, no two
@@ -238,7 +329,6 @@ impl Checkpoint {
         }
         let mut volume = 0usize;
         for (i, p) in t.pieces.iter().enumerate() {
-            self.piece_bytes(p)?;
             let inside = p.start.len() == t.shape.len()
                 && p.shape.len() == t.shape.len()
                 && (0..t.shape.len()).all(|d| p.start[d] + p.shape[d] <= t.shape[d]);

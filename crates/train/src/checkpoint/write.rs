@@ -19,8 +19,9 @@ pub struct Snapshot {
     pub step: u64,
     /// Mesh of the run.
     pub mesh: MeshRecord,
-    /// Loader state after the step's batch.
-    pub loader: data::LoaderState,
+    /// Loader state of each batch row this process loads, after the
+    /// step's batch: `(row, state)`.
+    pub loader_rows: Vec<(usize, data::LoaderState)>,
     /// Parameter init seed.
     pub seed: u64,
     /// The resolved config (TOML).
@@ -71,12 +72,22 @@ pub fn partial_dir(root: &Path, step: u64) -> PathBuf {
 pub fn write_part(partial: &Path, process: usize, snap: &Snapshot) -> Result<()> {
     let shards = partial.join("shards");
     std::fs::create_dir_all(&shards).map_err(|e| Error::io("creating", &shards, e))?;
-    let mut by_device: BTreeMap<usize, Vec<(&str, &Piece)>> = BTreeMap::new();
+    // Files per device, so a host restoring under the same sharding reads
+    // its own devices' files; whole (unsharded) tensors, which every host
+    // reads, go to files of their own (`None`).
+    let mut by_device: BTreeMap<Option<usize>, Vec<(&str, &Piece)>> = BTreeMap::new();
+    let sharded_mesh = snap.mesh.data * snap.mesh.fsdp * snap.mesh.tensor > 1;
     for t in &snap.tensors {
         for p in &t.pieces {
-            by_device.entry(p.device).or_default().push((&t.name, p));
+            let whole = sharded_mesh && p.shape == t.shape;
+            let key = (!whole).then_some(p.device);
+            by_device.entry(key).or_default().push((&t.name, p));
         }
     }
+    let file_name = |device: &Option<usize>, k: usize| match device {
+        Some(d) => format!("shards/p{process:05}-d{d:05}-{k:03}.safetensors"),
+        None => format!("shards/p{process:05}-whole-{k:03}.safetensors"),
+    };
     let mut files = Vec::new();
     let mut tensors: Vec<TensorRecord> = snap
         .tensors
@@ -102,20 +113,14 @@ pub fn write_part(partial: &Path, process: usize, snap: &Snapshot) -> Result<()>
         let mut bytes = 0;
         for &(name, p) in pieces {
             if !chunk.is_empty() && bytes + 4 * p.data.len() > FILE_BYTES {
-                let rel = format!(
-                    "shards/p{process:05}-d{device:05}-{:03}.safetensors",
-                    jobs.len()
-                );
+                let rel = file_name(device, jobs.len());
                 jobs.push((rel, std::mem::take(&mut chunk)));
                 bytes = 0;
             }
             bytes += 4 * p.data.len();
             chunk.push((name, p));
         }
-        let rel = format!(
-            "shards/p{process:05}-d{device:05}-{:03}.safetensors",
-            jobs.len()
-        );
+        let rel = file_name(device, jobs.len());
         jobs.push((rel, chunk));
     }
     let written = parallel(&jobs, |(rel, pieces)| {
@@ -149,6 +154,7 @@ pub fn write_part(partial: &Path, process: usize, snap: &Snapshot) -> Result<()>
         step: snap.step,
         files,
         tensors,
+        loader_rows: snap.loader_rows.clone(),
     };
     sync_dir(&shards)?;
     write_durable(
@@ -183,6 +189,7 @@ pub fn commit(root: &Path, snap: &Snapshot, processes: usize, keep: usize) -> Re
     let partial = partial_dir(root, snap.step);
     let mut files: Vec<FileRecord> = Vec::new();
     let mut tensors: BTreeMap<String, TensorRecord> = BTreeMap::new();
+    let mut rows: BTreeMap<usize, data::LoaderState> = BTreeMap::new();
     for process in 0..processes {
         let path = partial.join(part_name(process));
         let text = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
@@ -200,6 +207,14 @@ pub fn commit(root: &Path, snap: &Snapshot, processes: usize, keep: usize) -> Re
             });
         }
         files.extend(part.files);
+        for (row, state) in part.loader_rows {
+            if rows.insert(row, state).is_some_and(|had| had != state) {
+                return Err(Error::Checkpoint {
+                    path,
+                    message: format!("row {row}'s loader state differs from another part's"),
+                });
+            }
+        }
         for t in part.tensors {
             match tensors.get_mut(&t.name) {
                 Some(have) if have.shape == t.shape => have.pieces.extend(t.pieces),
@@ -223,12 +238,21 @@ pub fn commit(root: &Path, snap: &Snapshot, processes: usize, keep: usize) -> Re
             sha256: sha256(&text),
         });
     }
+    if rows.keys().copied().ne(0..rows.len()) {
+        return Err(Error::Checkpoint {
+            path: partial,
+            message: format!(
+                "the parts hold loader states of rows {:?}, not of every row of the batch",
+                rows.keys().collect::<Vec<_>>()
+            ),
+        });
+    }
     let manifest = Manifest {
         format: FORMAT.into(),
         step: snap.step,
         mesh: snap.mesh,
         processes,
-        loader: snap.loader,
+        loader_rows: rows.into_values().collect(),
         seed: snap.seed,
         software_version: env!("CARGO_PKG_VERSION").into(),
         files,
@@ -265,18 +289,23 @@ fn prune(root: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// Saves `snap` as a one-process checkpoint under `root` (blocking). On
-/// failure the partial directory is removed and the error says which
-/// checkpoint is still the newest.
-pub fn save(root: &Path, snap: &Snapshot, keep: usize) -> Result<PathBuf> {
+/// Saves a checkpoint under `root` (blocking) from the parts of every
+/// process: `parts[P]` is what process `P` writes (one part for a single
+/// process; one per host when emulating hosts). On failure the partial
+/// directory is removed and the error says which checkpoint is still the
+/// newest.
+pub fn save(root: &Path, parts: &[Snapshot], keep: usize) -> Result<PathBuf> {
+    let snap = &parts[0];
     let partial = partial_dir(root, snap.step);
     let result = (|| {
         if partial.exists() {
             std::fs::remove_dir_all(&partial).map_err(|e| Error::io("removing", &partial, e))?;
         }
         std::fs::create_dir_all(&partial).map_err(|e| Error::io("creating", &partial, e))?;
-        write_part(&partial, 0, snap)?;
-        commit(root, snap, 1, keep)
+        for (process, part) in parts.iter().enumerate() {
+            write_part(&partial, process, part)?;
+        }
+        commit(root, snap, parts.len(), keep)
     })();
     result.map_err(|source| {
         let _ = std::fs::remove_dir_all(&partial);
@@ -310,14 +339,14 @@ impl Writer {
     }
 
     /// Waits for the previous save (returning its error), then starts
-    /// writing `snap` on a background thread.
-    pub fn start(&mut self, snap: Snapshot) -> Result<()> {
+    /// writing `parts` (one per process, see [`save`]) on a background thread.
+    pub fn start(&mut self, parts: Vec<Snapshot>) -> Result<()> {
         self.wait()?;
         std::fs::create_dir_all(&self.root).map_err(|e| Error::io("creating", &self.root, e))?;
-        let (root, keep, step) = (self.root.clone(), self.keep, snap.step);
+        let (root, keep, step) = (self.root.clone(), self.keep, parts[0].step);
         let handle = std::thread::Builder::new()
             .name(format!("checkpoint-{step}"))
-            .spawn(move || save(&root, &snap, keep))
+            .spawn(move || save(&root, &parts, keep))
             .map_err(|e| Error::io("starting the checkpoint thread for", &self.root, e))?;
         self.job = Some((step, handle));
         Ok(())

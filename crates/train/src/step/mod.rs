@@ -327,6 +327,21 @@ fn donate_state(
 /// The model, sharding plan and step program a config describes: the one
 /// place where training and planning build their step.
 pub fn build_for(cfg: &crate::TrainConfig) -> Result<(GemmaConfig, Plan, StepProgram)> {
+    let (model, plan, shape) = shape_for(cfg)?;
+    let step = build_step(&model, &cfg.optimizer, cfg.compute_options()?, shape, &plan)?;
+    Ok((model, plan, step))
+}
+
+/// The plan and the parameter and batch slots of `cfg`'s fused step,
+/// without building the program: what decides which host holds what.
+pub fn slots_for(cfg: &crate::TrainConfig) -> Result<(Plan, Vec<Slot>, Vec<Slot>)> {
+    let (model, plan, shape) = shape_for(cfg)?;
+    let params = param_slots(&model, &plan);
+    let batch = batch_slots(&plan, shape);
+    Ok((plan, params, batch))
+}
+
+fn shape_for(cfg: &crate::TrainConfig) -> Result<(GemmaConfig, Plan, StepShape)> {
     let model = cfg.model.resolve()?;
     let plan = Plan::new(
         &model,
@@ -340,6 +355,5 @@ pub fn build_for(cfg: &crate::TrainConfig) -> Result<(GemmaConfig, Plan, StepPro
         seq_len: cfg.data.seq_len,
         total_steps: cfg.optimizer.schedule_steps.unwrap_or(cfg.train.steps),
     };
-    let step = build_step(&model, &cfg.optimizer, cfg.compute_options()?, shape, &plan)?;
-    Ok((model, plan, step))
+    Ok((model, plan, shape))
 }
