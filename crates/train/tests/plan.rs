@@ -185,7 +185,9 @@ fn pod_layout_tiles(config: &str) {
     if !have_libtpu() {
         return;
     }
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(config);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs")
+        .join(config);
     let cfg = TrainConfig::load(Some(&path), &[]).unwrap();
     let (_, topo) = train::plan::open_topology("v5e:16x16", 1).unwrap();
     let devices = topo.devices().unwrap();
@@ -195,28 +197,47 @@ fn pod_layout_tiles(config: &str) {
     })
     .unwrap();
     assert_eq!(layout.hosts, 64, "{config}");
-    let rows: Vec<Vec<usize>> = (0..64).map(|h| layout.batch_rows(&plan, &batch[0], h)).collect();
+    let rows: Vec<Vec<usize>> = (0..64)
+        .map(|h| layout.batch_rows(&plan, &batch[0], h))
+        .collect();
     let mut seen = vec![None::<&Vec<usize>>; cfg.data.batch_size];
     for r in &rows {
         assert!(!r.is_empty());
         for &row in r {
             match seen[row] {
                 None => seen[row] = Some(r),
-                Some(other) => assert_eq!(other, r, "{config}: hosts share row {row} but not all rows"),
+                Some(other) => {
+                    assert_eq!(other, r, "{config}: hosts share row {row} but not all rows")
+                }
             }
         }
     }
-    assert!(seen.iter().all(Option::is_some), "{config}: every row is loaded");
+    assert!(
+        seen.iter().all(Option::is_some),
+        "{config}: every row is loaded"
+    );
     for slot in &params {
         let boxes: Vec<Vec<std::ops::Range<usize>>> = (0..256)
             .filter(|&p| layout.writes_box(&plan, slot, p))
             .map(|p| train::shard::shard_ranges(&plan.mesh, &slot.shape, &slot.axes, p))
             .collect();
-        let volume: usize = boxes.iter().map(|b| b.iter().map(|r| r.len()).product::<usize>()).sum();
-        assert_eq!(volume, slot.shape.iter().product::<usize>(), "{config}: {}", slot.name);
+        let volume: usize = boxes
+            .iter()
+            .map(|b| b.iter().map(|r| r.len()).product::<usize>())
+            .sum();
+        assert_eq!(
+            volume,
+            slot.shape.iter().product::<usize>(),
+            "{config}: {}",
+            slot.name
+        );
         for (i, a) in boxes.iter().enumerate() {
             for b in &boxes[..i] {
-                assert!(train::shard::overlap(a, b).is_none(), "{config}: {} boxes overlap", slot.name);
+                assert!(
+                    train::shard::overlap(a, b).is_none(),
+                    "{config}: {} boxes overlap",
+                    slot.name
+                );
             }
         }
     }

@@ -118,14 +118,17 @@ impl<'g> Job<'g> {
                 );
                 state::restore(c, &client, &plan, &at, &params)?
             }
-            None => (state::initial(cfg, &client, &plan, &at, &params)?, Vec::new()),
+            None => (
+                state::initial(cfg, &client, &plan, &at, &params)?,
+                Vec::new(),
+            ),
         };
         let kind = client.devices().first().map_or("cpu", |d| d.kind.as_str());
         let bf16 = cfg.compute_options()?.dtype == hlo::DType::BF16;
         let peak_flops = mfu::job_peak_flops(
             kind,
             plan.mesh.devices() as usize,
-            mode.size().max(at.layout.hosts),
+            mode.size(),
             cfg.train.peak_flops_per_device,
             || mfu::measure_peak_flops(&client, bf16),
         )?;
@@ -187,9 +190,7 @@ fn open_feed(
     hosts
         .into_iter()
         .map(|(host, rows)| {
-            let loader = data::RowLoader::new(&cfg.data, &rows, |r| {
-                saved.as_ref().map(|s| s[r])
-            })?;
+            let loader = data::RowLoader::new(&cfg.data, &rows, |r| saved.as_ref().map(|s| s[r]))?;
             if let Some(v) = loader.info().vocab_size
                 && v > model.vocab_size
             {
