@@ -79,7 +79,7 @@ fn tpu_and_gpu_jobs_never_use_the_cpu_gradient_exchange() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "[model]\npreset = \"tiny\"\n[data]\nformat = \"tokens\"\npath = \"x.json\"\nseq_len = 8\nbatch_size = 2\n\
-         [train]\nrun_dir = {:?}\n[runtime]\nbackend = \"tpu\"\n",
+         [train]\nsteps = 1\nrun_dir = {:?}\n[runtime]\nbackend = \"tpu\"\n",
         dir.path().join("run").display().to_string()
     );
     let cfg = train::TrainConfig::from_toml(&text, "test", &[]).unwrap();
