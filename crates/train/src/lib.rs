@@ -11,6 +11,7 @@ mod device;
 mod error;
 pub mod eval;
 mod exec;
+pub mod generate;
 mod group;
 mod init;
 pub mod mfu;
