@@ -23,6 +23,7 @@ pub mod schedule;
 pub mod shard;
 mod state;
 pub mod step;
+pub mod tasks;
 
 pub use config::TrainConfig;
 pub use device::make_client;

@@ -22,6 +22,7 @@
 
 mod devices;
 mod programs;
+mod score;
 pub mod source;
 
 use std::collections::HashMap;
@@ -169,6 +170,7 @@ pub struct Generator {
     params: Vec<Slot>,
     weights: Vec<Vec<Buffer>>,
     programs: HashMap<(bool, Bucket, Choice), Exe>,
+    scorers: HashMap<(usize, usize), Exe>,
     /// Time spent so far.
     pub stats: GenerateStats,
 }
@@ -200,6 +202,7 @@ impl Generator {
             params,
             weights,
             programs: HashMap::new(),
+            scorers: HashMap::new(),
             stats: GenerateStats::default(),
         })
     }
