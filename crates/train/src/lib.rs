@@ -11,6 +11,7 @@ mod device;
 mod error;
 pub mod eval;
 mod exec;
+pub mod generate;
 mod group;
 pub mod host;
 mod init;
@@ -23,6 +24,7 @@ pub mod schedule;
 pub mod shard;
 mod state;
 pub mod step;
+pub mod tasks;
 
 pub use config::TrainConfig;
 pub use device::{make_client, make_pod_client};
