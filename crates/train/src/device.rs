@@ -171,6 +171,33 @@ impl Placement {
         })
     }
 
+    /// A single process running every partition of `layout` (one host).
+    pub(crate) fn one_host(layout: JobLayout, client: &Client) -> Result<Placement> {
+        let device_of = layout
+            .order
+            .iter()
+            .map(|id| {
+                client
+                    .devices()
+                    .iter()
+                    .position(|d| d.id as i64 == *id)
+                    .map(Some)
+                    .ok_or_else(|| {
+                        Error::config(
+                            "runtime",
+                            "runtime.device_count",
+                            format!("device {id} is not addressable by this process"),
+                        )
+                    })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Placement {
+            layout,
+            hosts: vec![0],
+            device_of,
+        })
+    }
+
     /// Whether this process runs every partition (one host, not emulated).
     pub(crate) fn all_local(&self) -> bool {
         self.layout.hosts == 1

@@ -8,6 +8,7 @@ use pjrt::{Buffer, Client};
 use crate::config::{MeshSection, RuntimeConfig};
 use crate::device::{Placement, put};
 use crate::exec::Exe;
+use crate::host::JobLayout;
 use crate::step::{Plan, Slot};
 use crate::{Error, Result};
 
@@ -73,35 +74,20 @@ impl Devices {
         .resolve(n as i64)?;
         m.check_divides("model.heads", model.heads as i64, &["tensor"])?;
         let plan = Plan::new(model, m, mesh::Rules::with_overrides(&mesh.rules)?);
-        let devices: Vec<mesh::Device> = client.devices()[..n]
-            .iter()
-            .map(|d| mesh::Device {
-                id: d.id as i64,
-                coords: vec![],
-                slice: 0,
-            })
-            .collect();
         let along = if mesh.tensor_along == "y" {
             mesh::TorusAxis::Y
         } else {
             mesh::TorusAxis::X
         };
-        let order = mesh::device_order(&plan.mesh, &devices, along)?;
-        let device_of = order
-            .iter()
-            .map(|id| {
-                client
-                    .devices()
-                    .iter()
-                    .position(|d| d.id as i64 == *id)
-                    .expect("ids come from the client")
-            })
-            .collect();
+        // One process holding every device of the mesh.
+        let layout = JobLayout::new(&plan, &client.global_devices()[..n], along, |_| 0)?;
+        let order = layout.order.clone();
+        let at = Placement::one_host(layout, &client)?;
         let xla = runtime.xla_options(dtype)?;
         Ok(Devices {
             client,
             plan,
-            at: Placement { device_of },
+            at,
             order,
             xla,
         })
@@ -140,7 +126,8 @@ impl Devices {
 
     /// A host array split into one buffer per partition, as `slot` says.
     pub(crate) fn put<T: pjrt::NativeType>(&self, slot: &Slot, data: &[T]) -> Result<Vec<Buffer>> {
-        put(&self.client, &self.plan, &self.at, slot, data)
+        let shards = put(&self.client, &self.plan, &self.at, slot, data)?;
+        Ok(shards.into_iter().map(|b| b.expect("every partition is local")).collect())
     }
 
     /// A scalar on every partition.
@@ -148,7 +135,10 @@ impl Devices {
         self.at
             .device_of
             .iter()
-            .map(|&d| Ok(self.client.buffer_from_host(&[value], &[], d)?))
+            .map(|d| {
+                let d = d.expect("every partition is local");
+                Ok(self.client.buffer_from_host(&[value], &[], d)?)
+            })
             .collect()
     }
 
