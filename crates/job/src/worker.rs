@@ -72,6 +72,7 @@ pub fn run(opts: Options) -> Result<u32> {
                 await_restart(&client)?;
                 continue;
             }
+            Err(cluster::Error::Stopped { reason }) => return Err(Error::Stopped(reason)),
             Err(e) => return Err(e.into()),
         }
         match train::train_in_group(&cfg, opts.show_progress, &group) {
