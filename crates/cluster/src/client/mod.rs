@@ -385,6 +385,13 @@ impl WorkerClient {
                     })
                 }
                 (Error::Stopped { reason }, Some(_)) => self.shared.set_stopped(reason),
+                // The coordinator may close right after telling this worker
+                // to stop: the reason is the better answer.
+                (Error::CoordinatorLost { .. }, _) => {
+                    if let Some(reason) = self.shared.stopped.borrow().clone() {
+                        return Error::Stopped { reason };
+                    }
+                }
                 _ => {}
             }
             e

@@ -148,14 +148,15 @@ impl Shared {
         loop {
             {
                 let mut st = self.lock();
-                if st.shutting_down {
-                    return Err(shutting_down());
-                }
+                // A stopped job says why, during its shutdown too.
                 if let Some(reason) = st.stop.clone() {
                     return match check(&mut st) {
                         Some(Ok(v)) => Ok(v),
                         _ => Err(stopped_status(&reason)),
                     };
+                }
+                if st.shutting_down {
+                    return Err(shutting_down());
                 }
                 if let Some(r) = check(&mut st) {
                     return r;
@@ -276,11 +277,9 @@ impl State {
     /// Refuses every call that would wait on others once the job is
     /// stopped (with its reason) or the coordinator is shutting down.
     pub(crate) fn check_stopped(&self) -> Result<(), Status> {
-        if self.shutting_down {
-            return Err(shutting_down());
-        }
         match &self.stop {
             Some(reason) => Err(stopped_status(reason)),
+            None if self.shutting_down => Err(shutting_down()),
             None => Ok(()),
         }
     }
