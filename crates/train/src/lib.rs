@@ -18,6 +18,7 @@ pub mod mfu;
 pub mod plan;
 mod plot;
 pub mod report;
+mod resolve;
 mod run;
 pub mod schedule;
 pub mod shard;
