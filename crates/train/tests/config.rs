@@ -168,6 +168,15 @@ fn a_bad_value_is_blamed_on_where_it_came_from_in_one_line() {
         e,
         "--set: model.dtype: \"f16\": expected \"f32\" or \"bf16\""
     );
+    // An init directory that is no model says so, not "reading .../config.json".
+    let no_preset = base().replace("preset = \"tiny\"\n", "");
+    let e = load(&no_preset, &["model.init=\"hf:/no/such/model\""]).unwrap_err();
+    assert_eq!(
+        e,
+        "--set: model.init: \"hf:/no/such/model\": /no/such/model is not a Hugging Face model \
+         directory (no config.json); expected one with config.json and *.safetensors, e.g. a \
+         run's final/"
+    );
 }
 
 #[test]
