@@ -9,7 +9,8 @@ use crate::shard::{extract, insert, shard_ranges};
 use crate::step::{Plan, Slot};
 use crate::{Error, Result};
 
-/// Creates the client the config asks for.
+/// Creates the client the config asks for. On CPU it has
+/// `runtime.device_count` devices, or one when the count is unset.
 pub fn make_client(cfg: &TrainConfig) -> Result<Client> {
     let backend = pjrt::install::Backend::parse(&cfg.runtime.backend)?;
     let plugin = load_plugin(cfg, backend)?;
@@ -17,7 +18,7 @@ pub fn make_client(cfg: &TrainConfig) -> Result<Client> {
     if backend == pjrt::install::Backend::Cpu {
         options.push((
             "cpu_device_count",
-            pjrt::OptionValue::Int(cfg.runtime.device_count as i64),
+            pjrt::OptionValue::Int(cfg.runtime.device_count.max(1) as i64),
         ));
     }
     let client = Client::new(&plugin, &options)?;

@@ -19,6 +19,7 @@ pub mod mfu;
 pub mod plan;
 mod plot;
 pub mod report;
+mod resolve;
 mod run;
 pub mod schedule;
 pub mod shard;

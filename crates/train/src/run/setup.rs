@@ -60,6 +60,13 @@ impl<'g> Job<'g> {
         mode: Mode<'g>,
         client: Option<Client>,
     ) -> Result<Job<'g>> {
+        // The client first: an unset device count is every device it has.
+        let client = match client {
+            Some(c) => c,
+            None => crate::make_client(cfg)?,
+        };
+        let what = format!("the {} plugin", client.platform_name());
+        let cfg = &cfg.with_device_count(client.global_devices().len(), &what, "the job config")?;
         let (model, plan) = model_and_plan(cfg)?;
         let lead = mode.rank() == 0;
         let run_dir = cfg.train.run_dir.clone();
@@ -72,10 +79,6 @@ impl<'g> Job<'g> {
         if lead {
             write_file(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         }
-        let client = match client {
-            Some(c) => c,
-            None => crate::make_client(cfg)?,
-        };
         let at = Placement::new(cfg, &client, &plan)?;
         let t0 = Instant::now();
         let (stepper, params) = Stepper::new(cfg, &client, &plan, &at.layout.order, mode.group())?;

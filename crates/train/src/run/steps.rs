@@ -49,7 +49,8 @@ impl Sink<'_> {
 pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
     let cfg = job.cfg.clone();
     let start = job.start;
-    if start >= cfg.train.steps {
+    // A single process's caller reports it (`RunSummary::start_step`).
+    if start >= cfg.train.steps && !matches!(job.mode, super::Mode::Single) {
         eprintln!(
             "meshtrain: {} already holds step {start} of train.steps = {}: nothing to train \
              (raise train.steps to continue, or use another train.run_dir to start over)",
