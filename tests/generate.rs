@@ -111,17 +111,23 @@ fn generate_text_with_a_tokenizer_streams_and_reports_texts() {
     for (k, c) in (33u8..123).enumerate() {
         vocab.insert((c as char).to_string(), (6 + k).into());
     }
-    let added: Vec<serde_json::Value> =
-        ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                serde_json::json!({
-                    "id": i, "content": c, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": true
-                })
-            })
-            .collect();
+    let added: Vec<serde_json::Value> = [
+        "<pad>",
+        "<eos>",
+        "<bos>",
+        "<unk>",
+        "<start_of_turn>",
+        "<end_of_turn>",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, c)| {
+        serde_json::json!({
+            "id": i, "content": c, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        })
+    })
+    .collect();
     let tok = serde_json::json!({
         "version": "1.0",
         "added_tokens": added,

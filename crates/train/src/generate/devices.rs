@@ -127,7 +127,10 @@ impl Devices {
     /// A host array split into one buffer per partition, as `slot` says.
     pub(crate) fn put<T: pjrt::NativeType>(&self, slot: &Slot, data: &[T]) -> Result<Vec<Buffer>> {
         let shards = put(&self.client, &self.plan, &self.at, slot, data)?;
-        Ok(shards.into_iter().map(|b| b.expect("every partition is local")).collect())
+        Ok(shards
+            .into_iter()
+            .map(|b| b.expect("every partition is local"))
+            .collect())
     }
 
     /// A scalar on every partition.
