@@ -111,12 +111,24 @@ fn generate_text_with_a_tokenizer_streams_and_reports_texts() {
     for (k, c) in (33u8..123).enumerate() {
         vocab.insert((c as char).to_string(), (6 + k).into());
     }
+    let added: Vec<serde_json::Value> = [
+        "<pad>",
+        "<eos>",
+        "<bos>",
+        "<unk>",
+        "<start_of_turn>",
+        "<end_of_turn>",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, c)| {
+        serde_json::json!({"id": i, "content": c, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+    })
+    .collect();
     let tok = serde_json::json!({
         "version": "1.0",
-        "added_tokens": ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
-            .iter().enumerate().map(|(i, c)| serde_json::json!({
-                "id": i, "content": c, "single_word": false, "lstrip": false, "rstrip": false,
-                "normalized": false, "special": true})).collect::<Vec<_>>(),
+        "added_tokens": added,
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
         "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": false},
         "decoder": {"type": "Fuse"},
