@@ -10,7 +10,7 @@
 //!
 //! `cargo bench -p meshtrain-train --bench generate`
 //! `MESHTRAIN_BENCH_PYTHON=/path/to/venv/bin/python cargo bench -p meshtrain-train --bench generate`
-//! `MESHTRAIN_BENCH_CASES=f32:1:64,bf16:8:64` picks cases.
+//! `MESHTRAIN_BENCH_CASES=f32:1:64,bf16:8:64` picks cases, `MESHTRAIN_BENCH_REPEATS=3` timed runs per case.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -22,7 +22,6 @@ use train::config::{MeshSection, RuntimeConfig};
 use train::generate::{Devices, GenerateOptions, Generator};
 
 const PROMPT: usize = 16;
-const REPEATS: usize = 3;
 
 fn model() -> gemma::hf::Checkpoint {
     let config = GemmaConfig {
@@ -57,7 +56,16 @@ struct Ours {
     compile_s: f64,
 }
 
+fn repeats() -> usize {
+    std::env::var("MESHTRAIN_BENCH_REPEATS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
 fn ours(ck: &gemma::hf::Checkpoint, dtype: DType, batch: usize, new: usize) -> Ours {
+    let repeats = repeats();
     let dev = Devices::new(
         &ck.config,
         &RuntimeConfig::default(),
@@ -90,7 +98,7 @@ fn ours(ck: &gemma::hf::Checkpoint, dtype: DType, batch: usize, new: usize) -> O
     let compile_s = g.stats.compile_seconds;
     let mut times = Vec::new();
     let mut steps = Vec::new();
-    for _ in 0..REPEATS {
+    for _ in 0..repeats {
         g.stats = Default::default();
         let t0 = Instant::now();
         let out = g.generate(&prompts, &opts, &mut |_| {}).unwrap();
@@ -101,8 +109,8 @@ fn ours(ck: &gemma::hf::Checkpoint, dtype: DType, batch: usize, new: usize) -> O
     times.sort_by(f64::total_cmp);
     steps.sort_by(f64::total_cmp);
     Ours {
-        tokens_per_s: (batch * new) as f64 / times[REPEATS / 2],
-        step_ms: 1e3 * steps[REPEATS / 2],
+        tokens_per_s: (batch * new) as f64 / times[repeats / 2],
+        step_ms: 1e3 * steps[repeats / 2],
         compile_s,
     }
 }
@@ -144,7 +152,7 @@ fn main() {
             "--cases",
             &spec.join(","),
             "--repeats",
-            &REPEATS.to_string(),
+            &repeats().to_string(),
         ])
         .output()
     {
@@ -188,8 +196,9 @@ fn main() {
 
     let ck = model();
     println!(
-        "decode bench: DESIGN model ({} params), prompt {PROMPT} tokens/row, greedy, median of {REPEATS}",
-        ck.config.num_params()
+        "decode bench: DESIGN model ({} params), prompt {PROMPT} tokens/row, greedy, median of {}",
+        ck.config.num_params(),
+        repeats()
     );
     println!(
         "| dtype | batch | new tokens | meshtrain tokens/s | ms per decode step | transformers tokens/s | speed-up | compile s |"

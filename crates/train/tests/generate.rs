@@ -245,7 +245,7 @@ fn sampled_frequencies_match_transformers_filtered_softmax() {
             max_batch: 4096,
         };
         let out = engine
-            .generate(&[prompt.clone()], &opts, &mut |_| {})
+            .generate(std::slice::from_ref(&prompt), &opts, &mut |_| {})
             .unwrap();
         let mut counts = vec![0usize; logits.len()];
         for s in &out[0].samples {
