@@ -39,7 +39,7 @@ impl Devices {
         if backend == pjrt::install::Backend::Cpu {
             options.push((
                 "cpu_device_count",
-                pjrt::OptionValue::Int(runtime.device_count as i64),
+                pjrt::OptionValue::Int(runtime.device_count.max(1) as i64),
             ));
         }
         let client = Client::new(&plugin, &options)?;
@@ -54,7 +54,8 @@ impl Devices {
         mesh: &MeshSection,
         dtype: DType,
     ) -> Result<Devices> {
-        let n = runtime.device_count;
+        // Unset (0): one device, as training on the CPU plugin.
+        let n = runtime.device_count.max(1);
         if n == 0 || client.devices().len() < n {
             return Err(Error::config(
                 "runtime",
