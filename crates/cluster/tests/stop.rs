@@ -17,6 +17,14 @@ use tokio_stream::wrappers::ReceiverStream;
 /// released by its own timeout.
 const HELD: Duration = Duration::from_secs(120);
 
+/// A coordinator that waits 30 s before declaring a silent peer lost: the
+/// raw peers below do not heartbeat, and must outlive a loaded machine.
+fn patient_options(n: u32) -> cluster::CoordinatorOptions {
+    let mut o = options(n);
+    o.heartbeat_timeout = Duration::from_secs(30);
+    o
+}
+
 /// Runs `f` on its own thread; its result arrives on the receiver. A call
 /// that never returns leaves the thread behind instead of hanging the test.
 fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> mpsc::Receiver<T> {
@@ -128,7 +136,7 @@ fn authorized<T>(msg: T) -> tonic::Request<T> {
 
 #[test]
 fn stop_releases_workers_held_in_every_kind_of_wait() {
-    let coord = coordinator(3);
+    let coord = cluster::Coordinator::start(patient_options(3)).unwrap();
     let workers: Vec<Arc<WorkerClient>> = connect_n(&coord, 2).into_iter().map(Arc::new).collect();
     // Process 2 holds the coordinator inside the upload of an all-reduce.
     let raw = RawPeer::register(&coord.addr().to_string());
@@ -231,14 +239,17 @@ fn untold_workers_are_those_still_to_hear_the_stop() {
         .untold_workers()
         .is_empty()));
     assert_eq!(coord.live_workers(), vec![0]);
-    assert!(matches!(w0.command(), Command::Stop { .. }));
+    assert!(eventually(Duration::from_secs(5), || matches!(
+        w0.command(),
+        Command::Stop { .. }
+    )));
 }
 
 /// Shutting down while a worker waits at a barrier, a peer holds an
 /// all-reduce upload open, and a TCP peer never speaks: bounded.
 fn shutdown_is_bounded(tls: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = options(3);
+    let mut opts = patient_options(3);
     let mut copts = None;
     if tls {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();

@@ -47,18 +47,19 @@ impl Shared {
         }
     }
 
-    /// Records the coordinator's stop: the command, and every call in
-    /// flight or to come fails with it.
+    /// Records the coordinator's stop: every call in flight or to come
+    /// fails with it (set first, so that a caller who sees the `Stop`
+    /// command finds its calls failing), and the command.
     pub fn set_stopped(&self, reason: &str) {
-        self.set_command(Command::Stop {
-            reason: reason.to_string(),
-        });
         self.stopped.send_if_modified(|r| {
             let first = r.is_none();
             if first {
                 *r = Some(reason.to_string());
             }
             first
+        });
+        self.set_command(Command::Stop {
+            reason: reason.to_string(),
         });
     }
 }

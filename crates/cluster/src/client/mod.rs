@@ -337,6 +337,8 @@ impl WorkerClient {
 
     /// Leaves the job cleanly.
     pub fn leave(self) -> Result<()> {
+        // A heartbeat after leaving would be answered "not a member".
+        self.heartbeat.abort();
         let mut req = Request::new(LeaveRequest {
             member: Some(self.shared.member),
         });
@@ -355,18 +357,15 @@ impl WorkerClient {
     fn block<T>(&self, wait: Duration, call: impl Future<Output = Result<T, Status>>) -> Result<T> {
         let limit = wait.saturating_add(self.rpc_timeout);
         let mut stopped = self.shared.stopped.subscribe();
+        if let Some(reason) = stopped.borrow_and_update().clone() {
+            return Err(Error::Stopped { reason });
+        }
         let mut lost = self.shared.lost.subscribe();
         let rt = self.rt.as_ref().expect("runtime lives until drop");
         let result = rt.block_on(async {
             tokio::select! {
+                // An answer that has come is the answer.
                 biased;
-                Ok(r) = stopped.wait_for(Option::is_some) => {
-                    Err((Error::Stopped { reason: r.clone().unwrap_or_default() }, None))
-                }
-                Ok(m) = lost.wait_for(Option::is_some) => {
-                    let message = m.clone().unwrap_or_default();
-                    Err((Error::CoordinatorLost { addr: self.shared.addr.clone(), message }, None))
-                }
                 r = tokio::time::timeout(limit, call) => match r {
                     Ok(r) => r.map_err(|s| (Error::from_status(s.clone(), &self.shared.addr), Some(s))),
                     Err(_) => Err((Error::Timeout(format!(
@@ -374,6 +373,13 @@ impl WorkerClient {
                         self.shared.addr
                     )), None)),
                 },
+                Ok(r) = stopped.wait_for(Option::is_some) => {
+                    Err((Error::Stopped { reason: r.clone().unwrap_or_default() }, None))
+                }
+                Ok(m) = lost.wait_for(Option::is_some) => {
+                    let message = m.clone().unwrap_or_default();
+                    Err((Error::CoordinatorLost { addr: self.shared.addr.clone(), message }, None))
+                }
             }
         });
         result.map_err(|(e, status)| {
