@@ -359,7 +359,7 @@ impl TrainConfig {
             Error::config(origin(&key), key, plain_types(e.inner().message()))
         })?;
         // A value is blamed on where it came from: the file or `--set`.
-        cfg.validate(source).map_err(|e| e.blamed_on(&origin))?;
+        cfg.validate(source).map_err(|e| e.blamed_on(origin))?;
         Ok(cfg)
     }
 
