@@ -242,7 +242,7 @@ pub(crate) fn put<T: pjrt::NativeType>(
 /// `rows` (global row indices `a * micro + i`, ascending) of the batch
 /// slot `[accumulation, micro, seq_len]`, each `seq_len` long; every
 /// partition's box is made of whole rows the host loaded.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // the rows' slot, their host and where they go
 pub(crate) fn put_rows<T: pjrt::NativeType>(
     client: &Client,
     plan: &Plan,
