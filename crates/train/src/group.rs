@@ -74,6 +74,7 @@ impl<'g> GroupSaver<'g> {
         let header = Snapshot {
             tensors: Vec::new(),
             config_toml: snap.config_toml.clone(),
+            loader: snap.loader.clone(),
             ..snap
         };
         let partial = checkpoint::partial_dir(&self.root, snap.step);

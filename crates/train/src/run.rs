@@ -68,7 +68,7 @@ fn run(
     }
 
     let client = make_client(cfg)?;
-    let loader_state = resume.as_ref().map(|c| c.manifest.loader);
+    let loader_state = resume.as_ref().map(|c| c.manifest.loader.clone());
     let mut loader = data::Loader::new(&cfg.data, 0, 1, loader_state)?;
     if let Some(v) = loader.info().vocab_size
         && v > model.vocab_size
@@ -205,6 +205,7 @@ fn run(
                 "tokens_per_second": tokens_per_step / dt,
                 "step_time_s": dt,
                 "mfu": flops_per_step / dt / peak,
+                "tokens_by_source": loader.tokens_by_source(),
             });
             match (&mut metrics, group) {
                 (Some(f), _) => {

@@ -228,7 +228,7 @@ pub fn commit(root: &Path, snap: &Snapshot, processes: usize, keep: usize) -> Re
         step: snap.step,
         mesh: snap.mesh,
         processes,
-        loader: snap.loader,
+        loader: snap.loader.clone(),
         seed: snap.seed,
         software_version: env!("CARGO_PKG_VERSION").into(),
         files,
