@@ -383,6 +383,69 @@ mod tests {
     }
 
     #[test]
+    fn tokenize_command_filters_and_writes_a_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("a.txt");
+        let doc = "the cat sat on the mat and looked at the dog across the quiet yard today";
+        std::fs::write(
+            &input,
+            format!("{doc}\n{doc}\nmail ada@example.org about it\nnothing to see here\n"),
+        )
+        .unwrap();
+        let eval = dir.path().join("eval.txt");
+        std::fs::write(&eval, "nothing to see here at all").unwrap();
+        let out = dir.path().join("out");
+        let report = dir.path().join("report.json");
+        let cli = Cli::try_parse_from([
+            "meshtrain",
+            "tokenize",
+            "--tokenizer",
+            &smoke(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--text-unit",
+            "line",
+            "--dedup",
+            "near",
+            "--dedup-threshold",
+            "0.9",
+            "--pii",
+            "redact",
+            "--decontaminate",
+            eval.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ])
+        .unwrap();
+        let Cmd::Tokenize(args) = cli.cmd else {
+            panic!("parsed as tokenize")
+        };
+        run_tokenize(args).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        for (key, value) in [
+            ("documents_in", 4),
+            ("documents_out", 3),
+            ("exact_duplicates", 1),
+            ("near_duplicates", 0),
+            ("pii_personal_docs", 1),
+            ("pii_sensitive_docs", 0),
+            // "nothing to see here" has 4 words: no 13-gram, so it is kept.
+            ("decontaminated", 0),
+            ("eval_texts_too_short", 1),
+        ] {
+            assert_eq!(r[key], value, "{key} in {r}");
+        }
+        for key in ["bytes_in", "bytes_out", "tokens_in", "tokens_out"] {
+            assert!(r[key].as_u64().unwrap() > 0, "{key} in {r}");
+        }
+        assert_eq!(r["dedup_threshold"], 0.9);
+        assert_eq!(crate::shard::Manifest::read(&out).unwrap().documents, 3);
+    }
+
+    #[test]
     fn tokenizer_commands_parse() {
         let cli = Cli::try_parse_from([
             "meshtrain",

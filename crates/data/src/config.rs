@@ -180,21 +180,22 @@ impl DataConfig {
         cfg
     }
 
-    /// The sources as `(name, format, path, weight)`: the mixture, or `path` as one source
-    /// named `data` with weight 1.
-    pub fn source_list(&self) -> Vec<(String, DataFormat, String, f64)> {
+    /// The sources, each with its format resolved: the mixture, or `path` as one source named
+    /// `data` with weight 1.
+    pub fn source_list(&self) -> Vec<SourceConfig> {
         if self.sources.is_empty() {
-            vec![("data".into(), self.format, self.path.clone(), 1.0)]
+            vec![SourceConfig {
+                name: "data".into(),
+                path: self.path.clone(),
+                weight: 1.0,
+                format: Some(self.format),
+            }]
         } else {
             self.sources
                 .iter()
-                .map(|s| {
-                    (
-                        s.name.clone(),
-                        s.format.unwrap_or(self.format),
-                        s.path.clone(),
-                        s.weight,
-                    )
+                .map(|s| SourceConfig {
+                    format: Some(s.format.unwrap_or(self.format)),
+                    ..s.clone()
                 })
                 .collect()
         }
@@ -233,7 +234,7 @@ impl DataConfig {
         let needs_tokenizer = self
             .source_list()
             .iter()
-            .any(|(_, f, _, _)| matches!(f, DataFormat::Text | DataFormat::Jsonl));
+            .any(|s| matches!(s.format, Some(DataFormat::Text | DataFormat::Jsonl)));
         if needs_tokenizer && self.tokenizer.is_none() {
             return Err(Error::config(
                 "data.tokenizer",

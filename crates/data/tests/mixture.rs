@@ -122,7 +122,10 @@ fn proportions_converge_to_the_weights() {
     }
     // The small source went round many more times than the large ones.
     let state = loader.state();
-    assert!(state.sources[2].epoch > 10 * state.sources[0].epoch, "{state:?}");
+    assert!(
+        state.sources[2].epoch > 10 * state.sources[0].epoch,
+        "{state:?}"
+    );
     // Shares follow the weights early on too, not only on average.
     let mut early = Loader::new(&m.cfg, 0, 1, None).unwrap();
     take(&mut early, 10);

@@ -35,7 +35,7 @@ use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DataConfig, DataFormat};
+use crate::config::{DataConfig, SourceConfig};
 use crate::hash::fnv64;
 use crate::pack::{Batch, Order, splitmix};
 use crate::{Error, Result};
@@ -43,8 +43,8 @@ use crate::{Error, Result};
 mod open;
 mod producer;
 
-use open::open_source;
 pub use open::read_token_rows;
+use open::{Vocab, open_source};
 use producer::{Producer, Stream};
 
 /// Where a loader stands after a batch: save it with a checkpoint, give it to [`Loader::new`].
@@ -141,29 +141,34 @@ impl Loader {
         cfg.validate(host_index, host_count)?;
         let mixture = !cfg.sources.is_empty();
         let list = cfg.source_list();
-        let total_weight: f64 = list.iter().map(|s| s.3).sum();
+        let total_weight: f64 = list.iter().map(|s| s.weight).sum();
         let mut tok = None;
         let mut streams = Vec::with_capacity(list.len());
-        let mut first: Option<(Option<(u32, u32)>, u32, Option<usize>, bool)> = None;
+        let mut first: Option<Vocab> = None;
         let mut fp = splitmix(0x6d69_7874_7572_6500);
-        for (i, (name, format, path, weight)) in list.iter().enumerate() {
+        for (i, src) in list.iter().enumerate() {
+            let (name, format) = (&src.name, src.format.expect("resolved"));
             let key = if mixture {
                 format!("data.sources[{i}] ({name:?})")
             } else {
                 "data.path".to_string()
             };
-            let o = open_source(cfg, *format, path, &mut tok, cache_dir)?;
-            let ids = (o.wrap, o.pad, o.vocab_size, o.packing);
+            let o = open_source(cfg, format, &src.path, &mut tok, cache_dir)?;
             match first {
-                None => first = Some(ids),
-                Some(f) if f != ids => {
+                None => first = Some(o.vocab),
+                Some(f) if f != o.vocab => {
                     return Err(Error::config(
                         &key,
                         format!(
                             "made with another tokenizer than data.sources[0] (vocabulary {:?}, \
                              <bos>/<eos> {:?}, <pad> {}; the first source has {:?}, {:?}, {}): \
                              all sources must share one tokenizer",
-                            o.vocab_size, o.wrap, o.pad, f.2, f.0, f.1
+                            o.vocab.vocab_size,
+                            o.vocab.wrap,
+                            o.vocab.pad,
+                            f.vocab_size,
+                            f.wrap,
+                            f.pad
                         ),
                     ));
                 }
@@ -181,7 +186,7 @@ impl Loader {
             } else {
                 cfg.seed
             };
-            for v in [n, fnv64(name.as_bytes()), *format as u64] {
+            for v in [n, fnv64(name.as_bytes()), format as u64] {
                 fp = splitmix(fp ^ v);
             }
             streams.push(Stream {
@@ -193,11 +198,16 @@ impl Loader {
                     shuffle: cfg.shuffle,
                     seed,
                 },
-                wrap: o.wrap,
-                share: weight / total_weight,
+                wrap: o.vocab.wrap,
+                share: src.weight / total_weight,
             });
         }
-        let (_, pad, vocab_size, packing) = first.expect("at least one source");
+        let Vocab {
+            pad,
+            vocab_size,
+            packing,
+            ..
+        } = first.expect("at least one source");
         let rows = cfg.batch_size / host_count;
         let common = [
             cfg.seed,
@@ -211,7 +221,7 @@ impl Loader {
         if !mixture {
             // The fingerprint of states saved before mixtures: they must still resume.
             fp = splitmix(streams[0].order.n);
-            for v in common.into_iter().chain([list[0].1 as u64]) {
+            for v in common.into_iter().chain([cfg.format as u64]) {
                 fp = splitmix(fp ^ v);
             }
         } else {
@@ -228,7 +238,7 @@ impl Loader {
             sources: list
                 .iter()
                 .zip(&streams)
-                .map(|(l, s)| (l.0.clone(), s.order.n))
+                .map(|(l, s)| (l.name.clone(), s.order.n))
                 .collect(),
         };
         let host_docs = streams.iter().map(|s| s.order.host_len()).collect();
@@ -307,7 +317,7 @@ impl Drop for Loader {
 
 /// The state to start from: fresh, or a saved one checked against this loader.
 fn start_state(
-    list: &[(String, DataFormat, String, f64)],
+    list: &[SourceConfig],
     streams: &[Stream],
     resume: Option<LoaderState>,
     fingerprint: u64,
@@ -321,7 +331,7 @@ fn start_state(
             sources: list
                 .iter()
                 .map(|l| SourceState {
-                    name: l.0.clone(),
+                    name: l.name.clone(),
                     ..SourceState::default()
                 })
                 .collect(),
@@ -345,7 +355,7 @@ fn start_state(
             0
         };
         s.sources = vec![SourceState {
-            name: list[0].0.clone(),
+            name: list[0].name.clone(),
             epoch: s.epoch,
             document: s.document,
             offset: s.offset,
@@ -353,7 +363,7 @@ fn start_state(
         }];
     }
     let names: Vec<&str> = s.sources.iter().map(|x| x.name.as_str()).collect();
-    let expected: Vec<&str> = list.iter().map(|l| l.0.as_str()).collect();
+    let expected: Vec<&str> = list.iter().map(|l| l.name.as_str()).collect();
     if names != expected {
         return Err(Error::Resume(format!(
             "the saved state has sources {names:?}, this loader {expected:?}"

@@ -40,12 +40,18 @@ impl Source {
 /// An opened source and what its tokenizer says.
 pub(super) struct Opened {
     pub source: Source,
+    pub vocab: Vocab,
+}
+
+/// What sources must agree on to be mixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Vocab {
     /// `<bos>`/`<eos>` put around documents (not for `tokens` rows).
     pub wrap: Option<(u32, u32)>,
-    /// Packing applies (never for `tokens` rows).
-    pub packing: bool,
     pub pad: u32,
     pub vocab_size: Option<usize>,
+    /// Packing applies (never for `tokens` rows).
+    pub packing: bool,
 }
 
 /// Opens `path` in `format`; `tok` holds the `data.tokenizer`, loaded on first need.
@@ -84,10 +90,12 @@ pub(super) fn open_source(
             }
             Ok(Opened {
                 source: Source::Shards { shards, starts },
-                wrap: Some((m.bos_id, m.eos_id)),
-                packing: cfg.packing,
-                pad: m.pad_id,
-                vocab_size: Some(m.vocab_size),
+                vocab: Vocab {
+                    wrap: Some((m.bos_id, m.eos_id)),
+                    packing: cfg.packing,
+                    pad: m.pad_id,
+                    vocab_size: Some(m.vocab_size),
+                },
             })
         }
         DataFormat::Text | DataFormat::Jsonl => {
@@ -122,20 +130,24 @@ pub(super) fn open_source(
                 .collect::<Result<_>>()?;
             Ok(Opened {
                 source: Source::Memory(docs),
-                wrap: Some((tok.bos_id(), tok.eos_id())),
-                packing: cfg.packing,
-                pad: tok.pad_id(),
-                vocab_size: Some(tok.vocab_size()),
+                vocab: Vocab {
+                    wrap: Some((tok.bos_id(), tok.eos_id())),
+                    packing: cfg.packing,
+                    pad: tok.pad_id(),
+                    vocab_size: Some(tok.vocab_size()),
+                },
             })
         }
         DataFormat::Tokens => {
             let rows = read_token_rows(Path::new(path), cfg.seq_len)?;
             Ok(Opened {
                 source: Source::Memory(rows),
-                wrap: None,
-                packing: false,
-                pad: crate::tokenizer::PAD_ID,
-                vocab_size: None,
+                vocab: Vocab {
+                    wrap: None,
+                    packing: false,
+                    pad: crate::tokenizer::PAD_ID,
+                    vocab_size: None,
+                },
             })
         }
     }

@@ -155,17 +155,45 @@ fn card_prefix(d: &[u8]) -> bool {
     }
 }
 
-/// Card numbers: network prefix and length, Luhn digit, and plain or regular groups.
+/// Whether a word that announces a card number is in the 48 bytes before `at`.
+fn card_context(text: &str, at: usize) -> bool {
+    let mut from = at.saturating_sub(48);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    let lead = text[from..at].to_ascii_lowercase();
+    const WORDS: [&str; 10] = [
+        "card",
+        "visa",
+        "mastercard",
+        "amex",
+        "discover",
+        "credit",
+        "debit",
+        "payment",
+        "cc#",
+        "ccn",
+    ];
+    WORDS.iter().any(|w| lead.contains(w))
+}
+
+/// Card numbers: network prefix and length, Luhn digit, and regular groups of digits (4-4-4-4,
+/// Amex 4-6-5), or a bare run of digits right after a word like "card" or "visa".
 pub(super) fn card(text: &str, r: Range<usize>) -> bool {
     if before(text, r.start) == Some('+') || glued(text, &r, &['.', '-', ',']) {
         return false;
     }
-    let s = &text[r];
+    let s = &text[r.clone()];
     let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_digit).collect();
     if !(13..=19).contains(&digits.len()) || digits.iter().all(|&d| d == digits[0]) {
         return false;
     }
     let seps: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_digit()).collect();
+    if seps.is_empty() && !card_context(text, r.start) {
+        // A bare run of digits is as likely a constant in code (u64 seeds, float tables) as a
+        // card: only with a card word just before it.
+        return false;
+    }
     if !seps.is_empty() {
         if seps.iter().any(|&c| c != seps[0]) {
             return false;
@@ -196,14 +224,22 @@ fn digit_count(s: &str) -> usize {
     s.bytes().filter(u8::is_ascii_digit).count()
 }
 
-/// `+CC …`: 8–15 digits (E.164), standing alone.
+/// `+CC …`: 8–15 digits (E.164), standing alone, and not a signed ISO date such as
+/// `+10000-01-01` or `+9999-365`.
 pub(super) fn phone_international(text: &str, r: Range<usize>) -> bool {
     if before(text, r.start).is_some_and(|c| c.is_alphanumeric() || c == '+' || c == '_')
-        || glued(text, &(r.start + 1..r.end), &['.', '-', ' '])
+        || glued(text, &(r.start + 1..r.end), &['.', '-', ' ', ':', '/'])
     {
         return false;
     }
-    (8..=15).contains(&digit_count(&text[r]))
+    let s = &text[r];
+    let groups: Vec<&str> = s[1..].split(['-', ' ', '.']).collect();
+    let date = groups.len() >= 2
+        && groups[0].len() >= 4
+        && groups[1].len() >= 2
+        && groups[1].bytes().all(|b| b.is_ascii_digit())
+        && s.as_bytes()[1 + groups[0].len()] == b'-';
+    !date && (8..=15).contains(&digit_count(s))
 }
 
 /// NANP numbers: one separator kind between the groups, standing alone.
@@ -217,7 +253,7 @@ pub(super) fn phone_nanp(text: &str, r: Range<usize>) -> bool {
 }
 
 /// Public IPv4 addresses: octets ≤ 255 without leading zeros, not part of a longer dotted
-/// number or a version (`v1.2.3.4`, all-single-digit octets), not private or reserved.
+/// number or a version (`v1.2.3.4`), not private or reserved, first octet 11 or more.
 pub(super) fn ipv4(text: &str, r: Range<usize>) -> bool {
     if glued(text, &r, &['.']) {
         return false;
@@ -233,7 +269,9 @@ pub(super) fn ipv4(text: &str, r: Range<usize>) -> bool {
             Err(_) => return false,
         }
     }
-    if octets.iter().all(|&o| o < 10) {
+    // 1.0.0.0–9.255.255.255 are left out: object identifiers and versions (2.5.29.15,
+    // 4.2.1.13, 7.3.17.1) look the same, and few people's addresses are there.
+    if octets[0] < 10 {
         return false;
     }
     let lead = text[..r.start].to_ascii_lowercase();
@@ -253,6 +291,7 @@ pub(super) fn ipv4(text: &str, r: Range<usize>) -> bool {
         || a == 0
         || a >= 240
         || (a == 100 && (64..128).contains(&b))
+        || (a == 192 && b == 0 && octets[2] == 0)
         || (a == 198 && (18..20).contains(&b)))
 }
 

@@ -7,8 +7,8 @@
 //! |---|---|---|---|
 //! | `Email` | personal | `local@domain.tld` | `<EMAIL>` |
 //! | `Phone` | personal | `+CC …` (8–15 digits), NANP `(415) 555-0132`, `415-555-0132`, `415.555.0132` | `<PHONE>` |
-//! | `IpAddress` | personal | public IPv4 and IPv6 addresses | `<IP_ADDRESS>` |
-//! | `CreditCard` | sensitive | 13–19 digits with a card-network prefix and a valid Luhn digit, plain or in groups of 4 (Amex 4-6-5) | `<CREDIT_CARD>` |
+//! | `IpAddress` | personal | public IPv4 (first octet ≥ 11) and global IPv6 addresses | `<IP_ADDRESS>` |
+//! | `CreditCard` | sensitive | 13–19 digits with a card-network prefix and a valid Luhn digit, in groups of 4 (Amex 4-6-5), or bare after a word like "card" | `<CREDIT_CARD>` |
 //! | `Ssn` | sensitive | US social security numbers `123-45-6789` of a valid area, group and serial | `<SSN>` |
 //! | `Secret` | sensitive | API keys of known shapes (AWS, GitHub, Slack, Stripe, Google, OpenAI/Anthropic style `sk-…`), `api_key = "…"`-style assignments of a random-looking value, and PEM private-key blocks | `<SECRET>` |
 //!
@@ -178,7 +178,7 @@ fn rules() -> &'static [Rule] {
             rule(
                 PiiKind::Secret,
                 // A BEGIN line whose END is missing: the header and its base64 lines.
-                r"-----BEGIN[A-Z0-9 ]{0,32} PRIVATE KEY(?: BLOCK)?-----(?:\r?\n[A-Za-z0-9+/=:, -]+)*",
+                r"-----BEGIN[A-Z0-9 ]{0,32} PRIVATE KEY(?: BLOCK)?-----(?:\r?\n[A-Za-z0-9+/=:, -]+)*\r?\n[A-Za-z0-9+/=]{40,}(?:\r?\n[A-Za-z0-9+/=]+)*",
                 0,
                 |_, _| true,
             ),
@@ -228,7 +228,7 @@ fn rules() -> &'static [Rule] {
             ),
             rule(
                 PiiKind::Phone,
-                r"\+[1-9][0-9]{0,3}(?:[ .-]?(?:\([0-9]{1,4}\)|[0-9]{1,5})){1,6}",
+                r"\+[1-9][0-9]{0,2}(?:[ .-]?(?:\([0-9]{1,4}\)|[0-9]{1,5})){1,6}",
                 0,
                 check::phone_international,
             ),
