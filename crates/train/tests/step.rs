@@ -223,7 +223,7 @@ fn training_lowers_the_loss_and_writes_metrics() {
             lines[3]
         );
     }
-    // One source, `data`, whose packed rows are all real tokens.
+    // One source, `data`, whose rows are full: every position is a real token.
     let per_step = (cfg.data.batch_size * cfg.data.seq_len) as u64;
     assert_eq!(
         lines[3]["tokens_by_source"]["data"].as_u64(),
