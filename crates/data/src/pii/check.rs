@@ -155,13 +155,18 @@ fn card_prefix(d: &[u8]) -> bool {
     }
 }
 
-/// Whether a word that announces a card number is in the 48 bytes before `at`.
-fn card_context(text: &str, at: usize) -> bool {
-    let mut from = at.saturating_sub(48);
+/// The (at most) `n` bytes of `text` before `at`, cut at a character boundary.
+fn window_before(text: &str, at: usize, n: usize) -> &str {
+    let mut from = at.saturating_sub(n);
     while !text.is_char_boundary(from) {
         from += 1;
     }
-    let lead = text[from..at].to_ascii_lowercase();
+    &text[from..at]
+}
+
+/// Whether a word that announces a card number is in the 48 bytes before `at`.
+fn card_context(text: &str, at: usize) -> bool {
+    let lead = window_before(text, at, 48).to_ascii_lowercase();
     const WORDS: [&str; 10] = [
         "card",
         "visa",
@@ -274,7 +279,7 @@ pub(super) fn ipv4(text: &str, r: Range<usize>) -> bool {
     if octets[0] < 10 {
         return false;
     }
-    let lead = text[..r.start].to_ascii_lowercase();
+    let lead = window_before(text, r.start, 12).to_ascii_lowercase();
     let lead = lead.trim_end();
     if lead.ends_with("version") || lead.ends_with("ver.") || lead.ends_with('v') {
         return false;
