@@ -240,7 +240,7 @@ impl Deduper {
         let id = self.kept() as u32;
         if self.signatures.len() == self.signatures.capacity() {
             // Grow by a quarter, not double: the signatures are most of the memory.
-            let more = self.signatures.len() / 4 + PERMUTATIONS * 4096;
+            let more = self.signatures.len() / 4 + PERMUTATIONS * 64;
             self.signatures.reserve_exact(more);
         }
         self.signatures.extend_from_slice(sig);
