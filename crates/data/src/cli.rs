@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::ingest::{InputFormat, OnError, TextUnit, TokenizeOptions};
+use crate::dedup::DedupMode;
+use crate::ingest::{FilterOptions, InputFormat, OnError, PiiMode, TextUnit, TokenizeOptions};
 use crate::{Tokenizer, cache_dir};
 
 /// `meshtrain setup tokenizer`: fetch the official Gemma tokenizer into the cache.
@@ -166,6 +167,28 @@ pub enum UnitArg {
     Line,
 }
 
+/// `--dedup` flag.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DedupArg {
+    /// Keep every document.
+    None,
+    /// Remove documents whose normalised text (lowercase, collapsed whitespace) repeats.
+    Exact,
+    /// Also remove near-duplicates (MinHash LSH over word 5-grams).
+    Near,
+}
+
+/// `--pii` flag.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PiiArg {
+    /// Count documents with personal or sensitive data.
+    Count,
+    /// Replace each finding with a placeholder such as <EMAIL>.
+    Redact,
+    /// Leave out documents with any finding.
+    Drop,
+}
+
 /// `meshtrain tokenize`: corpora to token shards.
 #[derive(Debug, clap::Args)]
 pub struct TokenizeArgs {
@@ -196,6 +219,24 @@ pub struct TokenizeArgs {
     /// Threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Remove duplicate documents.
+    #[arg(long, value_enum, default_value_t = DedupArg::None)]
+    pub dedup: DedupArg,
+    /// Estimated Jaccard similarity (of word 5-gram sets) at which `--dedup near` removes a
+    /// document.
+    #[arg(long, default_value_t = crate::dedup::DEFAULT_THRESHOLD)]
+    pub dedup_threshold: f64,
+    /// Find personal data (emails, phone numbers, IP addresses) and sensitive data (card
+    /// numbers, US SSNs, secrets) and count, redact or drop it.
+    #[arg(long, value_enum)]
+    pub pii: Option<PiiArg>,
+    /// Evaluation files (.jsonl, .json or text): drop training documents that share a 13-gram
+    /// of words with them.
+    #[arg(long, num_args = 1..)]
+    pub decontaminate: Vec<PathBuf>,
+    /// Write what the filters did as one JSON object.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 impl From<&TokenizeArgs> for TokenizeOptions {
@@ -218,6 +259,20 @@ impl From<&TokenizeArgs> for TokenizeOptions {
                 OnError::Fail
             } else {
                 OnError::Skip
+            },
+            filter: FilterOptions {
+                dedup: match a.dedup {
+                    DedupArg::None => DedupMode::None,
+                    DedupArg::Exact => DedupMode::Exact,
+                    DedupArg::Near => DedupMode::Near,
+                },
+                dedup_threshold: a.dedup_threshold,
+                pii: a.pii.map(|p| match p {
+                    PiiArg::Count => PiiMode::Count,
+                    PiiArg::Redact => PiiMode::Redact,
+                    PiiArg::Drop => PiiMode::Drop,
+                }),
+                decontaminate: a.decontaminate.clone(),
             },
         }
     }
@@ -255,6 +310,17 @@ pub fn run_tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
             "... and {} more skipped documents",
             summary.issues.len() - SHOWN
         );
+    }
+    let f = &summary.filter;
+    if f.eval_texts_too_short > 0 {
+        eprintln!(
+            "decontamination: {} of {} evaluation texts have fewer than 13 words and cannot be matched",
+            f.eval_texts_too_short, f.eval_texts
+        );
+    }
+    if let Some(path) = &args.report {
+        f.write(path)?;
+        println!("report in {}", path.display());
     }
     println!("shards in {}", args.output.display());
     Ok(())
@@ -314,6 +380,69 @@ mod tests {
         run_tokenize(args).unwrap();
         let m = crate::shard::Manifest::read(&out).unwrap();
         assert_eq!(m.documents, 1);
+    }
+
+    #[test]
+    fn tokenize_command_filters_and_writes_a_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("a.txt");
+        let doc = "the cat sat on the mat and looked at the dog across the quiet yard today";
+        std::fs::write(
+            &input,
+            format!("{doc}\n{doc}\nmail ada@example.org about it\nnothing to see here\n"),
+        )
+        .unwrap();
+        let eval = dir.path().join("eval.txt");
+        std::fs::write(&eval, "nothing to see here at all").unwrap();
+        let out = dir.path().join("out");
+        let report = dir.path().join("report.json");
+        let cli = Cli::try_parse_from([
+            "meshtrain",
+            "tokenize",
+            "--tokenizer",
+            &smoke(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--text-unit",
+            "line",
+            "--dedup",
+            "near",
+            "--dedup-threshold",
+            "0.9",
+            "--pii",
+            "redact",
+            "--decontaminate",
+            eval.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ])
+        .unwrap();
+        let Cmd::Tokenize(args) = cli.cmd else {
+            panic!("parsed as tokenize")
+        };
+        run_tokenize(args).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        for (key, value) in [
+            ("documents_in", 4),
+            ("documents_out", 3),
+            ("exact_duplicates", 1),
+            ("near_duplicates", 0),
+            ("pii_personal_docs", 1),
+            ("pii_sensitive_docs", 0),
+            // "nothing to see here" has 4 words: no 13-gram, so it is kept.
+            ("decontaminated", 0),
+            ("eval_texts_too_short", 1),
+        ] {
+            assert_eq!(r[key], value, "{key} in {r}");
+        }
+        for key in ["bytes_in", "bytes_out", "tokens_in", "tokens_out"] {
+            assert!(r[key].as_u64().unwrap() > 0, "{key} in {r}");
+        }
+        assert_eq!(r["dedup_threshold"], 0.9);
+        assert_eq!(crate::shard::Manifest::read(&out).unwrap().documents, 3);
     }
 
     #[test]

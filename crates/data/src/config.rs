@@ -22,6 +22,9 @@ pub enum DataFormat {
 
 /// The `[data]` table of a training config.
 ///
+/// One source (`format` and `path`), or a weighted mixture of sources (`[[data.sources]]`,
+/// see [`SourceConfig`]):
+///
 /// ```
 /// let cfg: data::DataConfig = toml::from_str(r#"
 ///     format = "shards"
@@ -30,14 +33,34 @@ pub enum DataFormat {
 ///     batch_size = 4
 /// "#).unwrap();
 /// assert!(cfg.shuffle && cfg.packing);
+///
+/// let mix: data::DataConfig = toml::from_str(r#"
+///     tokenizer = "gemma"
+///     seq_len = 2048
+///     batch_size = 512
+///     [[sources]]
+///     name = "web"
+///     path = "/data/web"
+///     weight = 0.8
+///     [[sources]]
+///     name = "code"
+///     path = "/data/code/*.jsonl"
+///     format = "jsonl"
+///     weight = 0.2
+/// "#).unwrap();
+/// assert_eq!(mix.sources[1].format, Some(data::DataFormat::Jsonl));
+/// assert!(mix.validate(0, 1).is_ok());
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Input format.
+    /// Input format of `path`, and of each source that does not name its own (default
+    /// `shards`).
+    #[serde(default = "default_format")]
     pub format: DataFormat,
     /// `tokens`: the JSON/JSONL file; `shards`: the directory; `text`/`jsonl`: files,
-    /// directories or glob patterns separated by commas.
+    /// directories or glob patterns separated by commas. Empty when `sources` is given.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
     /// Tokens per training sequence. May be left out of the `[data]` table (0) when the
     /// training crate fills it from its own config before [`crate::Loader::new`].
@@ -72,6 +95,33 @@ pub struct DataConfig {
     /// Check every shard's sha256 when the loader starts (reads all shards once).
     #[serde(default = "default_true")]
     pub verify_checksums: bool,
+    /// A weighted mixture instead of `path` (`[[data.sources]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// One source of a mixture (`[[data.sources]]`).
+///
+/// The loader interleaves sources so that each one's share of the tokens follows its weight
+/// (see [`crate::loader`]); weights are relative and need not sum to 1. Every source uses the
+/// `[data]` settings (`tokenizer`, `field`, `text_unit`, `packing`, ...), and shards must
+/// have been made with the same tokenizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Its name, in `tokens_by_source` and messages.
+    pub name: String,
+    /// Like `data.path`.
+    pub path: String,
+    /// Relative share of the tokens (positive).
+    pub weight: f64,
+    /// Its format (default: `data.format`); `tokens` cannot be mixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DataFormat>,
+}
+
+fn default_format() -> DataFormat {
+    DataFormat::Shards
 }
 
 fn default_true() -> bool {
@@ -107,6 +157,47 @@ impl DataConfig {
             packing: true,
             prefetch: default_prefetch(),
             verify_checksums: true,
+            sources: Vec::new(),
+        }
+    }
+
+    /// A mixture config: `sources` as `(name, format, path, weight)`.
+    pub fn mixture(
+        sources: &[(&str, DataFormat, &str, f64)],
+        seq_len: usize,
+        batch_size: usize,
+    ) -> Self {
+        let mut cfg = DataConfig::new(DataFormat::Shards, "", seq_len, batch_size);
+        cfg.sources = sources
+            .iter()
+            .map(|&(name, format, path, weight)| SourceConfig {
+                name: name.into(),
+                path: path.into(),
+                weight,
+                format: Some(format),
+            })
+            .collect();
+        cfg
+    }
+
+    /// The sources, each with its format resolved: the mixture, or `path` as one source named
+    /// `data` with weight 1.
+    pub fn source_list(&self) -> Vec<SourceConfig> {
+        if self.sources.is_empty() {
+            vec![SourceConfig {
+                name: "data".into(),
+                path: self.path.clone(),
+                weight: 1.0,
+                format: Some(self.format),
+            }]
+        } else {
+            self.sources
+                .iter()
+                .map(|s| SourceConfig {
+                    format: Some(s.format.unwrap_or(self.format)),
+                    ..s.clone()
+                })
+                .collect()
         }
     }
 
@@ -139,11 +230,69 @@ impl DataConfig {
         if self.prefetch == 0 {
             return Err(Error::config("data.prefetch", "must be at least 1"));
         }
-        if matches!(self.format, DataFormat::Text | DataFormat::Jsonl) && self.tokenizer.is_none() {
+        self.validate_sources()?;
+        let needs_tokenizer = self
+            .source_list()
+            .iter()
+            .any(|s| matches!(s.format, Some(DataFormat::Text | DataFormat::Jsonl)));
+        if needs_tokenizer && self.tokenizer.is_none() {
             return Err(Error::config(
                 "data.tokenizer",
                 "required for format text or jsonl (`gemma` or a tokenizer.json path)",
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_sources(&self) -> Result<()> {
+        if self.sources.is_empty() {
+            if self.path.is_empty() {
+                return Err(Error::config(
+                    "data.path",
+                    "missing: a file, directory or glob expected (or [[data.sources]])",
+                ));
+            }
+            return Ok(());
+        }
+        if !self.path.is_empty() {
+            return Err(Error::config(
+                "data.path",
+                format!(
+                    "{:?} given together with [[data.sources]]: use one or the other",
+                    self.path
+                ),
+            ));
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            let field = |f: &str| format!("data.sources[{i}].{f}");
+            if s.name.trim().is_empty() {
+                return Err(Error::config(&field("name"), "empty: a name expected"));
+            }
+            if self.sources[..i].iter().any(|o| o.name == s.name) {
+                return Err(Error::config(
+                    &field("name"),
+                    format!(
+                        "{:?} is used by an earlier source: names must differ",
+                        s.name
+                    ),
+                ));
+            }
+            if s.path.is_empty() {
+                return Err(Error::config(&field("path"), "empty: a path expected"));
+            }
+            if !(s.weight.is_finite() && s.weight > 0.0) {
+                return Err(Error::config(
+                    &field("weight"),
+                    format!("{} is not a positive number", s.weight),
+                ));
+            }
+            if s.format.unwrap_or(self.format) == DataFormat::Tokens {
+                return Err(Error::config(
+                    &field("format"),
+                    "tokens rows are whole training sequences and cannot be mixed: \
+                     shards, text or jsonl expected",
+                ));
+            }
         }
         Ok(())
     }

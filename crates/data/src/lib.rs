@@ -7,11 +7,14 @@
 //!   any `tokenizer.json`; [`train_bpe`] trains a small byte-fallback BPE for smoke runs.
 //!   Gemma ids equal SentencePiece's on `tokenizer.gemma` (`tests/gemma_tokenizer.rs`).
 //! * [`tokenize`]: text or JSONL files to a shard directory ([`shard`] documents the format),
-//!   on all cores, reporting every skipped document with file and line.
+//!   on all cores, reporting every skipped document with file and line; optionally removing
+//!   exact and near duplicates ([`dedup`]), documents overlapping evaluation sets
+//!   ([`decontam`]) and personal or sensitive data ([`pii`], whose [`pii::scan`] is the one
+//!   detector every part of meshtrain uses).
 //! * [`Loader`]: `data.format = "tokens" | "shards" | "text" | "jsonl"` ([`DataConfig`]) to
 //!   [`Batch`]es of `[batch, seq_len]` with segment ids, positions and a loss mask ([`pack`]),
 //!   prefetched on a background thread; [`Loader::state`] is a small [`LoaderState`] to save
-//!   with a checkpoint.
+//!   with a checkpoint. `[[data.sources]]` mixes several sources by weight ([`loader`]).
 //!
 //! ```
 //! use data::{DataConfig, DataFormat, Loader};
@@ -66,19 +69,27 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
+pub mod decontam;
+pub mod dedup;
 mod error;
+mod hash;
 pub mod ingest;
 pub mod loader;
 pub mod pack;
+pub mod pii;
 pub mod rows;
 pub mod setup;
 pub mod shard;
 pub mod tokenizer;
 
-pub use config::{DataConfig, DataFormat};
+pub use config::{DataConfig, DataFormat, SourceConfig};
+pub use dedup::DedupMode;
 pub use error::{Error, Result};
-pub use ingest::{InputFormat, Issue, OnError, Summary, TextUnit, TokenizeOptions, tokenize};
-pub use loader::{DataInfo, Loader, LoaderState, read_token_rows};
+pub use ingest::{
+    FilterOptions, FilterReport, InputFormat, Issue, OnError, PiiMode, Summary, TextUnit,
+    TokenizeOptions, tokenize,
+};
+pub use loader::{DataInfo, Loader, LoaderState, SourceState, read_token_rows};
 pub use pack::Batch;
 pub use rows::RowLoader;
 pub use setup::{cache_dir, setup_tokenizer};

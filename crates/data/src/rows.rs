@@ -9,11 +9,12 @@
 //! The source is opened once and the rows are built on one background
 //! thread, a bounded `data.prefetch` batches ahead.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
-use crate::loader::{Producer, open_source};
+use crate::loader::Sources;
 use crate::pack::Batch;
 use crate::{DataConfig, DataInfo, Error, LoaderState, Result};
 
@@ -62,18 +63,18 @@ impl RowLoader {
                 format!("{rows:?}: ascending row indices below data.batch_size = {b} expected"),
             ));
         }
-        let opened = open_source(cfg, cache_dir)?;
+        let sources = Sources::open(cfg, cache_dir)?;
         let mut streams = rows
             .iter()
             .map(|&r| {
-                Producer::new(cfg, &opened, r, b, resume(r)).map_err(|e| match e {
+                sources.producer(cfg, r, b, resume(r)).map_err(|e| match e {
                     Error::Resume(m) => Error::Resume(format!("row {r}: {m}")),
                     other => other,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let states: Vec<LoaderState> = streams.iter().map(Producer::state).collect();
-        let info = opened.info(rows.len());
+        let states: Vec<LoaderState> = streams.iter().map(|s| s.state.clone()).collect();
+        let info = sources.info(rows.len());
         let (seq_len, pad) = (cfg.seq_len, info.pad_id);
         let (tx, rx) = sync_channel(cfg.prefetch);
         let thread = std::thread::Builder::new()
@@ -85,7 +86,7 @@ impl RowLoader {
                         s.fill_row(&mut batch, i);
                         s.count_batch();
                     }
-                    let states = streams.iter().map(Producer::state).collect();
+                    let states = streams.iter().map(|s| s.state.clone()).collect();
                     if tx.send((batch, states)).is_err() {
                         return;
                     }
@@ -107,6 +108,17 @@ impl RowLoader {
         let (batch, states) = rx
             .recv()
             .map_err(|_| Error::LoaderStopped("the producer thread ended".into()))?;
+        let epochs = |st: &[LoaderState], i: usize| st.iter().map(|s| s.sources[i].epoch).max();
+        for (i, (name, documents)) in self.info.sources.iter().enumerate() {
+            if let (Some(new), Some(old)) = (epochs(&states, i), epochs(&self.states, i))
+                && new > old
+            {
+                eprintln!(
+                    "meshtrain data: a row stream ran out of its share of source {name:?} \
+                     ({documents} documents): epoch {new} of it starts"
+                );
+            }
+        }
         self.states = states;
         Ok(batch)
     }
@@ -120,6 +132,16 @@ impl RowLoader {
     /// before the first), as `(row, state)`.
     pub fn states(&self) -> Vec<(usize, LoaderState)> {
         self.rows.iter().copied().zip(self.states.clone()).collect()
+    }
+
+    /// Tokens (padding excluded) each source has put into this loader's
+    /// rows so far, resumed runs included.
+    pub fn tokens_by_source(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for s in self.states.iter().flat_map(|s| &s.sources) {
+            *out.entry(s.name.clone()).or_insert(0) += s.tokens;
+        }
+        out
     }
 
     /// What the data is (`rows_per_host` is the number of rows loaded).

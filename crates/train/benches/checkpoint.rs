@@ -77,6 +77,7 @@ fn random_snapshot(cfg: &TrainConfig) -> (Snapshot, u64) {
                 offset: 0,
                 batches: 1,
                 fingerprint: 0,
+                sources: Vec::new(),
             },
         )],
         seed: 0,

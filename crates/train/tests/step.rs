@@ -223,6 +223,14 @@ fn training_lowers_the_loss_and_writes_metrics() {
             lines[3]
         );
     }
+    // One source, `data`, whose rows are full: every position is a real token.
+    let per_step = (cfg.data.batch_size * cfg.data.seq_len) as u64;
+    assert_eq!(
+        lines[3]["tokens_by_source"]["data"].as_u64(),
+        Some(4 * per_step),
+        "{}",
+        lines[3]
+    );
     assert!(
         (lines[1]["learning_rate"].as_f64().unwrap() - 1e-2).abs() < 1e-7,
         "warmup reaches lr at step 1"

@@ -6,6 +6,12 @@
 //! invalid UTF-8, empty documents, invalid JSON, a missing or non-string field, a truncated last
 //! line. With [`OnError::Skip`] the document is left out and listed in [`Summary::issues`]; with
 //! [`OnError::Fail`] ingestion stops at the first one.
+//!
+//! Before tokenizing, documents can be filtered ([`FilterOptions`]): exact and near
+//! duplicates, documents that overlap evaluation sets, personal and sensitive data. Hashes
+//! are computed in parallel, the duplicate index sees documents in input order (so the
+//! output still does not depend on the thread count), and the [`FilterReport`] in
+//! [`Summary::filter`] says what was removed.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -17,9 +23,12 @@ use crate::shard::{Manifest, ShardInfo, ShardWriter, shard_file_name};
 use crate::{Error, Result, Tokenizer};
 
 mod docs;
+mod filter;
 
 use docs::{RawDoc, segment_end};
 pub(crate) use docs::{doc_text, read_file_docs, split_docs};
+use filter::Filter;
+pub use filter::{FilterOptions, FilterReport, PiiMode};
 
 /// How input files are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -73,6 +82,8 @@ pub struct TokenizeOptions {
     pub shard_tokens: u64,
     /// Skip or refuse bad documents.
     pub on_error: OnError,
+    /// Deduplication, decontamination and personal-data filtering.
+    pub filter: FilterOptions,
 }
 
 impl Default for TokenizeOptions {
@@ -85,6 +96,7 @@ impl Default for TokenizeOptions {
             text_unit: TextUnit::File,
             shard_tokens: 1 << 26,
             on_error: OnError::Skip,
+            filter: FilterOptions::default(),
         }
     }
 }
@@ -123,8 +135,10 @@ pub struct Summary {
     pub seconds: f64,
     /// Threads used.
     pub threads: usize,
-    /// Documents left out.
+    /// Documents left out because they could not be used.
     pub issues: Vec<Issue>,
+    /// What the filters did (all documents counted even with no filter on).
+    pub filter: FilterReport,
 }
 
 impl Summary {
@@ -156,7 +170,14 @@ impl std::fmt::Display for Summary {
             self.tokens_per_s(),
             self.shards,
             self.issues.len()
-        )
+        )?;
+        if self.filter.dedup != crate::dedup::DedupMode::None
+            || self.filter.pii.is_some()
+            || self.filter.eval_texts > 0
+        {
+            write!(f, "\n{}", self.filter)?;
+        }
+        Ok(())
     }
 }
 
@@ -250,6 +271,7 @@ pub fn tokenize(
             ),
         ));
     }
+    let filter = Filter::new(&opts.filter)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let sizes: Vec<u64> = files
         .iter()
@@ -271,6 +293,7 @@ pub fn tokenize(
         writer: None,
         shards: &mut shards,
         summary: &mut summary,
+        filter,
     };
     // Files are taken in groups of about CHUNK_BYTES (so that many small files are tokenized in
     // parallel), large files in segments of about CHUNK_BYTES cut at document boundaries (so
@@ -332,6 +355,8 @@ pub fn tokenize(
         f0 = f1;
     }
     let writer = sink.writer.take();
+    let report = sink.filter.finish_report(sink.summary.issues.len());
+    summary.filter = report;
     // Separators (newlines, blank lines) count as read too.
     summary.bytes = total;
     if let Some(w) = writer {
@@ -393,31 +418,50 @@ struct Sink<'a> {
     writer: Option<ShardWriter>,
     shards: &'a mut Vec<ShardInfo>,
     summary: &'a mut Summary,
+    filter: Filter,
 }
 
 impl Sink<'_> {
-    /// Checks and tokenizes `items` in parallel and writes them in order.
+    /// Checks, filters and tokenizes `items` in parallel and writes them in order.
     fn flush(&mut self, items: &mut Vec<Item<'_>>) -> Result<()> {
         let (opts, tok, files) = (self.opts, self.tokenizer, self.files);
-        let results: Vec<std::result::Result<Vec<u32>, Issue>> = items
+        // 1. In parallel: check each document, take its text, hash it for the filters.
+        let filter = &self.filter;
+        let prepared: Vec<std::result::Result<(usize, u64, filter::Prepared), Issue>> = items
             .par_iter()
             .map(|item| match item {
                 Item::Issue(i) => Err(i.clone()),
                 Item::Doc(fi, d) => {
-                    let file = &files[*fi];
-                    let text = doc_text(file, d, opts.format, &opts.field)?;
-                    tok.encode(&text).map_err(|e| Issue {
-                        file: file.clone(),
-                        line: d.line,
-                        message: e.to_string(),
-                    })
+                    let text = doc_text(&files[*fi], d, opts.format, &opts.field)?;
+                    Ok((*fi, d.line, filter.prepare(text)))
                 }
             })
             .collect();
         items.clear();
-        for r in results {
+        // 2. In input order: duplicates (the index must see documents in a fixed order).
+        let decided: Vec<_> = prepared
+            .into_iter()
+            .map(|r| r.map(|(fi, line, p)| (fi, line, self.filter.decide(&p), p)))
+            .collect();
+        // 3. In parallel: personal data, then tokens.
+        let filter = &self.filter;
+        let outcomes: Vec<std::result::Result<filter::Outcome, Issue>> = decided
+            .into_par_iter()
+            .map(|r| {
+                let (fi, line, fate, p) = r?;
+                filter.finish(p, fate, tok).map_err(|message| Issue {
+                    file: files[fi].clone(),
+                    line,
+                    message,
+                })
+            })
+            .collect();
+        // 4. In input order: write and count.
+        for r in outcomes {
             match r {
-                Ok(ids) => {
+                Ok(outcome) => {
+                    self.filter.count(&outcome);
+                    let Some(ids) = outcome.ids else { continue };
                     if self.writer.is_none() {
                         let path = self.out.join(shard_file_name(self.shards.len()));
                         self.writer = Some(ShardWriter::create(&path)?);

@@ -208,7 +208,10 @@ pub fn commit(root: &Path, snap: &Snapshot, processes: usize, keep: usize) -> Re
         }
         files.extend(part.files);
         for (row, state) in part.loader_rows {
-            if rows.insert(row, state).is_some_and(|had| had != state) {
+            if rows
+                .insert(row, state.clone())
+                .is_some_and(|had| had != state)
+            {
                 return Err(Error::Checkpoint {
                     path,
                     message: format!("row {row}'s loader state differs from another part's"),

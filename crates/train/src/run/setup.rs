@@ -193,7 +193,8 @@ fn open_feed(
     hosts
         .into_iter()
         .map(|(host, rows)| {
-            let loader = data::RowLoader::new(&cfg.data, &rows, |r| saved.as_ref().map(|s| s[r]))?;
+            let loader =
+                data::RowLoader::new(&cfg.data, &rows, |r| saved.as_ref().map(|s| s[r].clone()))?;
             if let Some(v) = loader.info().vocab_size
                 && v > model.vocab_size
             {

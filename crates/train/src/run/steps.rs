@@ -111,6 +111,11 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
             times.push(dt);
         }
         if s % cfg.train.log_every == 0 || s + 1 == cfg.train.steps {
+            // The rows this process loads: every row but in a multi-host job.
+            let mut tokens_by_source = std::collections::BTreeMap::new();
+            for (name, n) in job.feed.iter().flat_map(|f| f.loader.tokens_by_source()) {
+                *tokens_by_source.entry(name).or_insert(0u64) += n;
+            }
             let line = serde_json::json!({
                 "step": s,
                 "loss": out.loss,
@@ -119,6 +124,7 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
                 "tokens_per_second": tokens_per_step / dt,
                 "step_time_s": dt,
                 "mfu": flops_per_step / dt / job.peak_flops,
+                "tokens_by_source": tokens_by_source,
             });
             sink.write(s, &line)?;
         }
