@@ -117,6 +117,6 @@ pub use dtype::{DType, TensorType};
 pub use error::{Error, Result};
 pub use interp::{Tensor, erf};
 pub use op::{BinaryOp, CmpDir, DotDims, Literal, ReduceKind, UnaryOp};
-pub use program::Program;
+pub use program::{DotPrecision, Program};
 pub use remat::RematPolicy;
 pub use sharding::{Mesh, Sharding};

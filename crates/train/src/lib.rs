@@ -11,6 +11,7 @@ mod device;
 mod error;
 pub mod eval;
 mod exec;
+pub mod gpu;
 mod group;
 pub mod host;
 mod init;
