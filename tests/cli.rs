@@ -283,7 +283,19 @@ fn export_a_checkpoint_to_hugging_face_and_score_it_identically() {
     // Run again: resume = "auto" finds the finished run.
     let again = meshtrain_ok(&["train", "--config", cfg.to_str().unwrap(), "--quiet"]);
     let said = String::from_utf8_lossy(&again.stdout);
-    assert!(said.starts_with("nothing to train"), "{said}");
+    assert_eq!(
+        said,
+        format!(
+            "nothing to train: {} already holds step 6 of train.steps = 6 (raise train.steps to \
+             go on, or give another train.run_dir to start over)\n",
+            dir.path().join("run").display()
+        )
+    );
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !err.contains("nothing to train"),
+        "said once, not twice: {err}"
+    );
     let ckpt = dir.path().join("run/checkpoints/step_00000006");
     let tokens = dir.path().join("tokens.json");
     let eval = |model: &std::path::Path| -> f64 {

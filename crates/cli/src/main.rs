@@ -19,8 +19,10 @@ struct Cli {
 enum Command {
     /// Train from a config file (default: the embedded CPU smoke config).
     Train(cmd::train::Args),
-    /// Score a model on tokenized rows: mean next-token loss and perplexity.
+    /// Score a model: next-token loss, the memorization test, or multiple-choice tasks.
     Eval(cmd::eval::Args),
+    /// Continue prompts with a model: greedy or sampled, on any mesh.
+    Generate(cmd::generate::Args),
     /// Serve a multi-process job: workers join it, it supervises them and writes the metrics.
     Coordinator(cmd::coordinator::Args),
     /// Join a multi-process job and train this process's share.
@@ -40,6 +42,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    cmd::quiet_xla_info_logs();
     let cli = Cli::parse();
     // Library warnings (refused RPCs, lost workers) go to stderr;
     // MESHTRAIN_LOG=info|debug shows more.
@@ -57,13 +60,18 @@ fn main() -> ExitCode {
     // keeps glibc's per-thread arenas.
     if matches!(
         cli.command,
-        Command::Train(_) | Command::Eval(_) | Command::Plan(_) | Command::Worker(_)
+        Command::Train(_)
+            | Command::Eval(_)
+            | Command::Generate(_)
+            | Command::Plan(_)
+            | Command::Worker(_)
     ) {
         pjrt::tune_host_allocator();
     }
     let result = match cli.command {
         Command::Train(args) => cmd::train::run(args),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::Generate(args) => cmd::generate::run(args),
         Command::Plan(args) => cmd::plan::run(args),
         Command::Export(args) => cmd::export::run(args),
         Command::Coordinator(args) => cmd::coordinator::run(args),

@@ -9,6 +9,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(crate) const GENERATION_KEY: &str = "x-meshtrain-generation";
 /// Metadata key carrying the last committed step on an `ABORTED` status.
 pub(crate) const RESUME_KEY: &str = "x-meshtrain-resume-hint";
+/// Metadata key marking an `ABORTED` status as "the job was stopped".
+pub(crate) const STOPPED_KEY: &str = "x-meshtrain-stopped";
+/// How a stopped status's message starts; the reason follows.
+const STOPPED_PREFIX: &str = "the job was stopped: ";
 
 /// What can go wrong in the cluster layer.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,14 @@ pub enum Error {
     Restart {
         /// The generation to continue in.
         generation: u64,
+    },
+    /// The coordinator stopped the job (see
+    /// [`crate::CoordinatorHandle::stop`]): every call waiting on other
+    /// workers is released with this error, and later calls fail with it.
+    #[error("the job was stopped: {reason}")]
+    Stopped {
+        /// Why, as the coordinator said.
+        reason: String,
     },
     /// The coordinator went away (crashed, shut down, unreachable).
     #[error("lost the coordinator at {addr}: {message}")]
@@ -79,6 +91,12 @@ impl Error {
         use tonic::Code;
         let message = status.message().to_string();
         match status.code() {
+            Code::Aborted if status.metadata().contains_key(STOPPED_KEY) => Error::Stopped {
+                reason: message
+                    .strip_prefix(STOPPED_PREFIX)
+                    .unwrap_or(&message)
+                    .to_string(),
+            },
             Code::Aborted => match generation_of(&status) {
                 Some(generation) => Error::Restart { generation },
                 None => Error::Rpc {
@@ -145,5 +163,15 @@ pub(crate) fn restart_status(
     if let Some(step) = resume_hint {
         md.insert(RESUME_KEY, step.into());
     }
+    status
+}
+
+/// An `ABORTED` status telling the caller the job was stopped, and why.
+pub(crate) fn stopped_status(reason: &str) -> tonic::Status {
+    let mut status = tonic::Status::aborted(format!("{STOPPED_PREFIX}{reason}"));
+    status.metadata_mut().insert(
+        STOPPED_KEY,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     status
 }

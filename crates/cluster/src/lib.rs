@@ -28,6 +28,15 @@
 //!   program ([`Event::Metrics`]) once every live worker reported.
 //! * **Leave**: a clean exit; when every worker has left the job is
 //!   finished ([`Event::Finished`]).
+//! * **Stop** ([`CoordinatorHandle::stop`]): every call waiting on other
+//!   workers is released with [`Error::Stopped`] and the reason, later
+//!   calls fail with it, heartbeats answer [`Command::Stop`];
+//!   [`CoordinatorHandle::untold_workers`] says who has yet to hear it.
+//!
+//! No call waits without a limit: collectives end at their timeout, at a
+//! stop and at shutdown on the coordinator, and the client bounds every
+//! call by its own deadline too. Shutting down waits a short grace period
+//! for open connections, then drops them.
 //!
 //! A worker whose coordinator disappears fails within a bounded time with
 //! [`Error::CoordinatorLost`] ("lost the coordinator at ADDR: ...") instead

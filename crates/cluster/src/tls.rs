@@ -1,6 +1,7 @@
 //! Optional TLS (rustls) for the coordinator and its workers.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
@@ -33,19 +34,25 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
+// Both sides bound the handshake: without a limit, a peer that opens a
+// connection and never answers holds it (and its task) for ever.
+
 impl TlsServer {
-    pub(crate) fn config(&self) -> Result<ServerTlsConfig> {
+    pub(crate) fn config(&self, handshake: Duration) -> Result<ServerTlsConfig> {
         let cert = read(&self.cert_pem_path)?;
         let key = read(&self.key_pem_path)?;
-        Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+        Ok(ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key))
+            .timeout(handshake))
     }
 }
 
 impl TlsClient {
-    pub(crate) fn config(&self) -> Result<ClientTlsConfig> {
+    pub(crate) fn config(&self, handshake: Duration) -> Result<ClientTlsConfig> {
         let ca = read(&self.ca_pem_path)?;
         Ok(ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca))
-            .domain_name(self.domain.clone()))
+            .domain_name(self.domain.clone())
+            .timeout(handshake))
     }
 }

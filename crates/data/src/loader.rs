@@ -458,7 +458,7 @@ fn open_parts(cfg: &DataConfig, cache_dir: &Path) -> Result<Parts> {
 }
 
 /// Reads a `tokens` file: `{"input_ids": [[...], ...]}`, or (`.jsonl`) one `{"input_ids": [...]}`
-/// per line. Rows longer than `seq_len`, empty rows and ids outside `0..2^31` are errors naming
+/// or `[...]` per line. Rows longer than `seq_len`, empty rows and ids outside `0..2^31` are errors naming
 /// the row (0-based) or line (1-based).
 pub fn read_token_rows(path: &Path, seq_len: usize) -> Result<Vec<Vec<u32>>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -508,9 +508,13 @@ pub fn read_token_rows(path: &Path, seq_len: usize) -> Result<Vec<Vec<u32>>> {
             };
             let v: serde_json::Value =
                 serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-            let ids = v
-                .get("input_ids")
-                .ok_or_else(|| bad("missing field \"input_ids\"".into()))?;
+            // A bare array is a row too: what `meshtrain tokenizer encode --json` prints.
+            let ids = if v.is_array() {
+                &v
+            } else {
+                v.get("input_ids")
+                    .ok_or_else(|| bad("missing field \"input_ids\"".into()))?
+            };
             rows.push(parse_row(ids, rows.len()).map_err(|e| match e {
                 Error::BadRow { message, row, .. } => bad(format!("row {row}: {message}")),
                 e => e,
@@ -535,7 +539,9 @@ pub fn read_token_rows(path: &Path, seq_len: usize) -> Result<Vec<Vec<u32>>> {
             .ok_or_else(|| Error::BadInput {
                 file: path.to_path_buf(),
                 line: 1,
-                message: "expected {\"input_ids\": [[...], ...]}".into(),
+                message: "expected {\"input_ids\": [[...], ...]}, or a .jsonl file with one row \
+                          per line ({\"input_ids\": [...]} or [...])"
+                    .into(),
             })?;
         if arr.is_empty() {
             return Err(Error::NoInput {

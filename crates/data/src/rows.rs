@@ -56,8 +56,7 @@ impl RowLoader {
     ) -> Result<Self> {
         let b = cfg.batch_size;
         cfg.validate(0, b.max(1))?;
-        if rows.is_empty() || rows.windows(2).any(|w| w[0] >= w[1]) || rows[rows.len() - 1] >= b
-        {
+        if rows.is_empty() || rows.windows(2).any(|w| w[0] >= w[1]) || rows[rows.len() - 1] >= b {
             return Err(Error::config(
                 "rows",
                 format!("{rows:?}: ascending row indices below data.batch_size = {b} expected"),

@@ -273,6 +273,24 @@ fn tokens_rows_are_used_as_is() {
 }
 
 #[test]
+fn a_jsonl_line_may_be_a_bare_array_of_ids() {
+    // What `meshtrain tokenizer encode --json` prints, one row per line.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("rows.jsonl");
+    std::fs::write(&f, "[2, 506, 3444]\n{\"input_ids\": [7, 8]}\n").unwrap();
+    let rows = data::read_token_rows(&f, 4).unwrap();
+    assert_eq!(rows, [vec![2, 506, 3444], vec![7, 8]]);
+    // In a .json file it is named with the formats that are read.
+    let j = dir.path().join("rows.json");
+    std::fs::write(&j, "[2, 506, 3444]").unwrap();
+    let err = data::read_token_rows(&j, 4).unwrap_err().to_string();
+    assert!(
+        err.contains("or a .jsonl file with one row per line ({\"input_ids\": [...]} or [...])"),
+        "{err}"
+    );
+}
+
+#[test]
 fn config_is_strict() {
     let err = toml::from_str::<DataConfig>(
         "format = \"shards\"\npath = \"x\"\nseq_len = 8\nbatch_size = 1\nshufle = false\n",

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod config;
+pub mod decode;
 mod error;
 pub mod hf;
 mod model;
@@ -20,5 +21,7 @@ mod params;
 
 pub use config::GemmaConfig;
 pub use error::{Error, Result};
-pub use model::{ComputeOptions, Constrain, Gemma, Tokens, Unconstrained, token_loss};
+pub use model::{
+    Attend, ComputeOptions, Constrain, Gemma, MaskedAttention, Tokens, Unconstrained, token_loss,
+};
 pub use params::{Axis, ParamSpec, declare_parameters, param_specs};

@@ -91,6 +91,16 @@ impl<'a> Gemma<'a> {
         Ok(Gemma { cfg, params, opts })
     }
 
+    /// The model's shape.
+    pub fn config(&self) -> &GemmaConfig {
+        self.cfg
+    }
+
+    /// How it computes.
+    pub fn options(&self) -> ComputeOptions {
+        self.opts
+    }
+
     fn per_layer(&self) -> usize {
         if self.cfg.post_norms { 11 } else { 9 }
     }
@@ -121,29 +131,55 @@ impl<'a> Gemma<'a> {
 
     /// Logits `[B, T, V]` in the compute dtype.
     pub fn forward(&self, b: &mut Builder, t: &Tokens, c: &dyn Constrain) -> Result<Value> {
-        let cfg = self.cfg;
-        let cd = self.opts.dtype;
-        let embed = self.params[0];
-        // x = E[ids] * sqrt(d_model), the factor rounded to the compute dtype as HF does.
-        let x = b.scope("model.embed_tokens", |b| -> hlo::Result<Value> {
-            let rows = b.take_rows(embed, t.ids)?; // [B, T, d]
-            let rows = b.convert(rows, cd)?;
-            b.mul_scalar(rows, (cfg.d_model as f64).sqrt())
-        })?;
-        let mut x = c.constrain(b, x, &["batch", "seq", "act_embed"])?;
+        let x = self.embed(b, t.ids, c)?;
         let mask = b.scope("model.attention_mask", |b| attention_mask(b, t.segment_ids))?;
-        for i in 0..cfg.layers {
+        let h = self.layers(b, x, t.positions, &mut MaskedAttention(mask), c)?;
+        self.head(b, h, c)
+    }
+
+    /// The scaled embedding `E[ids] * sqrt(d_model)`: `ids [B, T]` gives
+    /// `[B, T, d]` in the compute dtype (the factor rounded to it, as HF does).
+    pub fn embed(&self, b: &mut Builder, ids: Value, c: &dyn Constrain) -> Result<Value> {
+        let (cd, d) = (self.opts.dtype, self.cfg.d_model as f64);
+        let embed = self.params[0];
+        let x = b.scope("model.embed_tokens", |b| -> hlo::Result<Value> {
+            let rows = b.take_rows(embed, ids)?; // [B, T, d]
+            let rows = b.convert(rows, cd)?;
+            b.mul_scalar(rows, d.sqrt())
+        })?;
+        Ok(c.constrain(b, x, &["batch", "seq", "act_embed"])?)
+    }
+
+    /// Every decoder layer on `x [B, T, d]` at integer `positions [B, T]`;
+    /// `attend` decides what each layer's queries see (the batch's own
+    /// tokens under a mask, or a KV cache).
+    pub fn layers(
+        &self,
+        b: &mut Builder,
+        mut x: Value,
+        positions: Value,
+        attend: &mut dyn Attend,
+        c: &dyn Constrain,
+    ) -> Result<Value> {
+        for i in 0..self.cfg.layers {
             let layer = self.layer(i);
             x = b.scope(&format!("model.layers.{i}"), |b| {
                 b.remat(self.opts.remat, |b| {
-                    self.decoder_layer(b, &layer, x, t.positions, mask)
+                    self.decoder_layer(b, i, &layer, x, positions, &mut *attend)
                 })
             })?;
             x = c.constrain(b, x, &["batch", "seq", "act_embed"])?;
         }
+        Ok(x)
+    }
+
+    /// The final norm and the tied output head: `h [B, T, d]` gives logits
+    /// `[B, T, V]` (`h E^T`) in the compute dtype.
+    pub fn head(&self, b: &mut Builder, x: Value, c: &dyn Constrain) -> Result<Value> {
+        let (cd, eps) = (self.opts.dtype, self.cfg.norm_eps);
+        let embed = self.params[0];
         let final_norm = *self.params.last().expect("final norm");
-        let h = b.scope("model.norm", |b| b.rms_norm(x, final_norm, cfg.norm_eps))?;
-        // Tied output head: logits = h E^T.
+        let h = b.scope("model.norm", |b| b.rms_norm(x, final_norm, eps))?;
         let logits = b.scope("lm_head", |b| -> hlo::Result<Value> {
             let e = b.convert(embed, cd)?;
             b.linear(h, e)
@@ -155,14 +191,17 @@ impl<'a> Gemma<'a> {
     fn decoder_layer(
         &self,
         b: &mut Builder,
+        index: usize,
         l: &Layer,
         x: Value,
         positions: Value,
-        mask: Value,
+        attend: &mut dyn Attend,
     ) -> hlo::Result<Value> {
         let eps = self.cfg.norm_eps;
         let n = b.scope("input_layernorm", |b| b.rms_norm(x, l.input_norm, eps))?;
-        let mut a = b.scope("self_attn", |b| self.attention(b, l, n, positions, mask))?;
+        let mut a = b.scope("self_attn", |b| {
+            self.attention(b, index, l, n, positions, attend)
+        })?;
         if let Some(w) = l.post_attn_out_norm {
             a = b.scope("post_attn_output_norm", |b| b.rms_norm(a, w, eps))?;
         }
@@ -177,13 +216,15 @@ impl<'a> Gemma<'a> {
         b.add(x, m)
     }
 
+    /// Projections and RoPE; `attend` combines queries with keys and values.
     fn attention(
         &self,
         b: &mut Builder,
+        index: usize,
         l: &Layer,
         x: Value,
         positions: Value,
-        mask: Value,
+        attend: &mut dyn Attend,
     ) -> hlo::Result<Value> {
         let cfg = self.cfg;
         let [bs, t] = [b.dims(x)[0], b.dims(x)[1]];
@@ -198,7 +239,7 @@ impl<'a> Gemma<'a> {
         let v = b.scope("v_proj", |b| proj(b, l.v, kv))?;
         let q = b.scope("rotary", |b| b.rope(q, positions, cfg.rope_theta))?;
         let k = b.scope("rotary", |b| b.rope(k, positions, cfg.rope_theta))?;
-        let o = b.scope("attention", |b| b.attention(q, k, v, mask))?; // [B, T, H, hd]
+        let o = b.scope("attention", |b| attend.attend(b, index, q, k, v))?; // [B, T, H, hd]
         let o = b.reshape(o, &[bs, t, h * hd])?;
         b.scope("o_proj", |b| {
             let w = b.convert(l.o, self.opts.dtype)?;
@@ -219,6 +260,39 @@ impl<'a> Gemma<'a> {
         let u = b.scope("up_proj", |b| b.linear(x, up))?;
         let gu = b.mul(g, u)?;
         b.scope("down_proj", |b| b.linear(gu, down))
+    }
+}
+
+/// What a layer's queries attend to. Training attends to the batch's own
+/// keys and values under a mask; decoding writes them into a KV cache first
+/// (see [`crate::decode`]). The blocks around it (norms, projections, RoPE,
+/// GeGLU) are the same code either way.
+pub trait Attend {
+    /// Attention output `[B, T, H, hd]` of layer `layer` for `q [B, T, H, hd]`
+    /// and this step's `k`, `v [B, T, KV, hd]` (RoPE applied to q and k).
+    fn attend(
+        &mut self,
+        b: &mut Builder,
+        layer: usize,
+        q: Value,
+        k: Value,
+        v: Value,
+    ) -> hlo::Result<Value>;
+}
+
+/// Attention among the step's own tokens under a `[B, T, T]` mask.
+pub struct MaskedAttention(pub Value);
+
+impl Attend for MaskedAttention {
+    fn attend(
+        &mut self,
+        b: &mut Builder,
+        _: usize,
+        q: Value,
+        k: Value,
+        v: Value,
+    ) -> hlo::Result<Value> {
+        b.attention(q, k, v, self.0)
     }
 }
 

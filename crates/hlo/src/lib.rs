@@ -68,6 +68,12 @@
 //! [`Builder::logsumexp`], [`Builder::matmul`], [`Builder::linear`] and
 //! broadcasting arithmetic ([`Builder::add_bcast`], [`Builder::mul_scalar`]...).
 //!
+//! Choosing tokens on the device (`sample.rs`): [`Builder::argmax_last`],
+//! counter-based random numbers ([`Builder::mix32`],
+//! [`Builder::uniform_rows`]), top-k and top-p cut-offs found by exact
+//! bisection on bit patterns ([`Builder::kth_largest`],
+//! [`Builder::top_p_threshold`]) and [`Builder::sample_categorical`].
+//!
 //! # Design notes
 //! - Every op is interned: adding an op identical to an existing one (same
 //!   operands and attributes) returns the existing value, so constants and
@@ -108,6 +114,7 @@ mod op;
 mod ops;
 mod program;
 mod remat;
+mod sample;
 mod scan;
 mod sharding;
 mod vjp;
@@ -119,4 +126,5 @@ pub use interp::{Tensor, erf};
 pub use op::{BinaryOp, CmpDir, DotDims, Literal, ReduceKind, UnaryOp};
 pub use program::{DotPrecision, Program};
 pub use remat::RematPolicy;
+pub use sample::{hash_combine_host, mix32_host};
 pub use sharding::{Mesh, Sharding};

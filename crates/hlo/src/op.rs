@@ -83,6 +83,9 @@ pub enum BinaryOp {
     Rem,
     And,
     Or,
+    Xor,
+    ShiftLeft,
+    ShiftRightLogical,
 }
 
 impl BinaryOp {
@@ -98,6 +101,9 @@ impl BinaryOp {
             BinaryOp::Rem => "remainder",
             BinaryOp::And => "and",
             BinaryOp::Or => "or",
+            BinaryOp::Xor => "xor",
+            BinaryOp::ShiftLeft => "shift_left",
+            BinaryOp::ShiftRightLogical => "shift_right_logical",
         }
     }
 }
@@ -162,6 +168,8 @@ pub(crate) enum Op {
     Compare(CmpDir, Value, Value),
     Select(Value, Value, Value),
     Convert(Value),
+    /// reinterpret the bits as another type of the same width
+    Bitcast(Value),
     Broadcast(Value, Vec<i64>),
     Reshape(Value),
     Transpose(Value, Vec<i64>),
@@ -215,7 +223,12 @@ impl Op {
         use Op::*;
         match self {
             Parameter(_) | Constant(_) | Iota(_) => vec![],
-            Unary(_, x) | Convert(x) | Broadcast(x, _) | Reshape(x) | Transpose(x, _) => vec![*x],
+            Unary(_, x)
+            | Convert(x)
+            | Bitcast(x)
+            | Broadcast(x, _)
+            | Reshape(x)
+            | Transpose(x, _) => vec![*x],
             Slice(x, ..) | Reduce(x, ..) | Project(x, _) | Constraint(x, _) | StopGradient(x) => {
                 vec![*x]
             }
@@ -238,6 +251,7 @@ impl Op {
             Parameter(_) | Constant(_) | Iota(_) => self.clone(),
             Unary(u, _) => Unary(*u, n(0)),
             Convert(_) => Convert(n(0)),
+            Bitcast(_) => Bitcast(n(0)),
             Broadcast(_, d) => Broadcast(n(0), d.clone()),
             Reshape(_) => Reshape(n(0)),
             Transpose(_, p) => Transpose(n(0), p.clone()),
@@ -278,6 +292,7 @@ impl Op {
             Compare(..) => "compare",
             Select(..) => "select",
             Convert(_) => "convert",
+            Bitcast(_) => "bitcast_convert",
             Broadcast(..) => "broadcast_in_dim",
             Reshape(_) => "reshape",
             Transpose(..) => "transpose",

@@ -41,7 +41,7 @@ pub(crate) fn vjp(
             let dt = b.dtype(*x);
             vec![(*x, b.convert(g, dt)?)]
         }
-        Op::Convert(_) => vec![],
+        Op::Convert(_) | Op::Bitcast(_) => vec![],
         Op::Broadcast(x, dims) => {
             let xd = b.dims(*x).to_vec();
             let od = b.dims(g).to_vec();
@@ -255,7 +255,11 @@ fn binary(
             let gq = b.mul(g, q)?;
             vec![(o1, g), (o2, b.neg(gq)?)]
         }
-        BinaryOp::And | BinaryOp::Or => vec![],
+        BinaryOp::And
+        | BinaryOp::Or
+        | BinaryOp::Xor
+        | BinaryOp::ShiftLeft
+        | BinaryOp::ShiftRightLogical => vec![],
     })
 }
 

@@ -76,6 +76,13 @@ pub fn run(opts: Options) -> Result<Summary> {
     let mut restarts = 0;
     let mut stopped: Option<String> = None;
     loop {
+        // A stopped job is over once every worker still running has been
+        // told why (its calls waiting on others were released with the
+        // reason); a worker that does not answer is declared lost within the
+        // heartbeat timeout. Workers busy or blocked cannot keep it alive.
+        if stopped.is_some() && handle.untold_workers().is_empty() {
+            break;
+        }
         let Some(event) = handle.next_event(Duration::from_millis(200)) else {
             continue;
         };
@@ -94,7 +101,9 @@ pub fn run(opts: Options) -> Result<Summary> {
                 generation,
             } => {
                 restarts += 1;
-                if restarts > cfg.coordinator.max_restarts {
+                if stopped.is_some() {
+                    say(format!("worker {process_id} ({host}) lost"));
+                } else if restarts > cfg.coordinator.max_restarts {
                     let reason = format!(
                         "worker {process_id} ({host}) lost; {restarts} losses exceed coordinator.max_restarts = {}",
                         cfg.coordinator.max_restarts
@@ -143,9 +152,6 @@ pub fn run(opts: Options) -> Result<Summary> {
             Event::Left { process_id } => say(format!("worker {process_id} finished")),
             Event::Finished => break,
             _ => {}
-        }
-        if stopped.is_some() && handle.live_workers().is_empty() {
-            break;
         }
     }
     bar.finish();

@@ -23,10 +23,15 @@ fn lost(generation: u64) -> train::Error {
     }
 }
 
-/// A lost worker means restart; anything else stops this worker.
+/// A lost worker means restart; a stopped job stops this worker, saying
+/// why; anything else stops it too.
 fn to_train(e: cluster::Error) -> train::Error {
     match e {
         cluster::Error::Restart { generation } => lost(generation),
+        cluster::Error::Stopped { reason } => train::Error::Interrupted {
+            reason,
+            restart: false,
+        },
         other => train::Error::Group(other.to_string()),
     }
 }

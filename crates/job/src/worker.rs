@@ -77,6 +77,7 @@ pub fn run(opts: Options) -> Result<u32> {
                 await_restart(&client)?;
                 continue;
             }
+            Err(cluster::Error::Stopped { reason }) => return Err(Error::Stopped(reason)),
             Err(e) => return Err(e.into()),
         }
         let trained = if pod {

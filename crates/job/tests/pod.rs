@@ -42,7 +42,11 @@ fn plugin_callbacks_exchange_topology_through_the_coordinator() {
 
     // Host 1's plugin waits for a key host 0's plugin has not put yet.
     let topology = b"\x08\x01\x12\x04node\xff\x00".to_vec();
-    let waiting = std::thread::spawn(move || host1.get("cuda:global_topology", 10_000).map(|v| (v, host1)));
+    let waiting = std::thread::spawn(move || {
+        host1
+            .get("cuda:global_topology", 10_000)
+            .map(|v| (v, host1))
+    });
     std::thread::sleep(Duration::from_millis(300));
     host0.put("cuda:global_topology", &topology).unwrap();
     let (got, host1) = waiting.join().unwrap().unwrap();
@@ -58,9 +62,10 @@ fn plugin_callbacks_exchange_topology_through_the_coordinator() {
 
     // Keys live under the job generation: a restarted job's clients never
     // see the previous generation's topology.
-    let gen = w0.generation();
+    let generation = w0.generation();
     assert_eq!(
-        w0.kv_try_get(&format!("pjrt/gen-{gen}/cuda:global_topology")).unwrap(),
+        w0.kv_try_get(&format!("pjrt/gen-{generation}/cuda:global_topology"))
+            .unwrap(),
         Some(topology)
     );
     drop((host0, host1));
@@ -74,7 +79,7 @@ fn tpu_and_gpu_jobs_never_use_the_cpu_gradient_exchange() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "[model]\npreset = \"tiny\"\n[data]\nformat = \"tokens\"\npath = \"x.json\"\nseq_len = 8\nbatch_size = 2\n\
-         [train]\nrun_dir = {:?}\n[runtime]\nbackend = \"tpu\"\n",
+         [train]\nsteps = 1\nrun_dir = {:?}\n[runtime]\nbackend = \"tpu\"\n",
         dir.path().join("run").display().to_string()
     );
     let cfg = train::TrainConfig::from_toml(&text, "test", &[]).unwrap();
@@ -99,7 +104,9 @@ fn tpu_and_gpu_jobs_never_use_the_cpu_gradient_exchange() {
             Ok(())
         }
     }
-    let e = train::train_in_group(&cfg, false, &NoGroup).unwrap_err().to_string();
+    let e = train::train_in_group(&cfg, false, &NoGroup)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("runtime.backend") && e.contains("CPU processes only"),
         "{e}"
@@ -119,6 +126,8 @@ fn tpu_and_gpu_jobs_never_use_the_cpu_gradient_exchange() {
             Ok(())
         }
     }
-    let e = train::make_pod_client(&cpu, Arc::new(Empty), 0, 2).unwrap_err().to_string();
+    let e = train::make_pod_client(&cpu, Arc::new(Empty), 0, 2)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("cannot span processes"), "{e}");
 }

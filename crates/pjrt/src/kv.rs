@@ -29,7 +29,9 @@ pub(crate) type StoreBox = Box<std::sync::Arc<dyn KeyValueStore>>;
 
 /// Fills the callback fields of a client-create call with `store`.
 pub(crate) fn install(a: &mut sys::PJRT_Client_Create_Args, store: &StoreBox) {
-    let arg = store as *const StoreBox as *mut c_void;
+    // The heap address of the boxed `Arc`, which stays put when the box
+    // itself is moved (into the client, after the create call).
+    let arg = &**store as *const std::sync::Arc<dyn KeyValueStore> as *mut c_void;
     a.kv_get_callback = Some(kv_get);
     a.kv_get_user_arg = arg;
     a.kv_try_get_callback = Some(kv_try_get);
@@ -92,10 +94,10 @@ unsafe extern "C" fn free_value(value: *mut std::ffi::c_char) {
 }
 
 /// # Safety
-/// `user_arg` is the `StoreBox` installed by [`install`].
+/// `user_arg` is the boxed `Arc` of the `StoreBox` installed by [`install`].
 unsafe fn store<'a>(user_arg: *mut c_void) -> &'a dyn KeyValueStore {
     // SAFETY: per the caller; the client keeps the box alive.
-    unsafe { &**(user_arg as *const StoreBox) }.as_ref()
+    unsafe { &*(user_arg as *const std::sync::Arc<dyn KeyValueStore>) }.as_ref()
 }
 
 /// Runs a store call so that a panic in it becomes an error returned to the
@@ -187,6 +189,12 @@ pub struct PluginSide {
     _store: StoreBox,
 }
 
+// SAFETY: the argument struct holds only the callbacks and pointers to the
+// boxed store, which is `Send + Sync` and lives as long as `self`.
+unsafe impl Send for PluginSide {}
+// SAFETY: as above; the callbacks take `&self` of the store.
+unsafe impl Sync for PluginSide {}
+
 /// An error a callback returned to the plugin: `(PJRT error code, message)`.
 pub type CallbackFailure = (u32, String);
 
@@ -238,7 +246,11 @@ impl PluginSide {
         a.user_arg = self.create.kv_put_user_arg;
         let f = self.create.kv_put_callback.expect("installed");
         // SAFETY: the arguments are valid for the call.
-        if unsafe { f(&mut a) }.is_null() { Ok(()) } else { Err(failure()) }
+        if unsafe { f(&mut a) }.is_null() {
+            Ok(())
+        } else {
+            Err(failure())
+        }
     }
 
     /// `kv_get` through the C callback, waiting up to `timeout_ms`.

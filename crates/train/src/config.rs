@@ -259,7 +259,11 @@ impl Default for MeshSection {
 pub struct RuntimeConfig {
     /// `cpu`, `cuda`, `cuda12`, `cuda13` or `tpu`.
     pub backend: String,
-    /// Devices (CPU: the plugin's `cpu_device_count`).
+    /// Devices of the mesh. 0 (the default): every device the job has,
+    /// taken when it starts: all chips of a TPU slice or pod (every host's
+    /// together), all GPUs of every node, one CPU device; `meshtrain plan`
+    /// takes the chips of `--topology` x `--slices`. On CPU a count is the
+    /// plugin's `cpu_device_count`.
     pub device_count: usize,
     /// A plugin `.so` instead of the pinned one.
     pub plugin: Option<PathBuf>,
@@ -290,7 +294,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             backend: "cpu".into(),
-            device_count: 1,
+            device_count: 0,
             plugin: None,
             xla_options: BTreeMap::new(),
             emulate_hosts: 1,
@@ -377,17 +381,21 @@ impl TrainConfig {
             apply_set(&mut table, key, parse_value(value.trim()))?;
         }
         fill_default_dtype(&mut table);
+        let set_keys: Vec<&str> = seen.iter().map(String::as_str).collect();
+        let origin = |key: &str| {
+            let from_set = set_keys.iter().any(|s| {
+                *s == key || key.starts_with(&format!("{s}.")) || s.starts_with(&format!("{key}."))
+            });
+            if from_set { "--set" } else { source }.to_string()
+        };
         let de = toml::Value::Table(table);
         let cfg: TrainConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let origin = if sets.iter().any(|s| s.starts_with(&key)) {
-                "--set"
-            } else {
-                source
-            };
-            Error::config(origin, key, e.inner().to_string())
+            // The message alone: toml's own text repeats the key on a second line.
+            Error::config(origin(&key), key, plain_types(e.inner().message()))
         })?;
-        cfg.validate(source)?;
+        // A value is blamed on where it came from: the file or `--set`.
+        cfg.validate(source).map_err(|e| e.blamed_on(origin))?;
         Ok(cfg)
     }
 
@@ -444,6 +452,11 @@ impl TrainConfig {
 
     /// Checks every value that does not need a device or the data.
     pub fn validate(&self, source: &str) -> Result<()> {
+        self.check(source, "runtime.device_count")
+    }
+
+    /// [`TrainConfig::validate`], naming where the device count came from.
+    pub(crate) fn check(&self, source: &str, devices_from: &str) -> Result<()> {
         let bad = |key: &str, msg: String| Err(Error::config(source, key, msg));
         let model = self.model.resolve()?;
         let o = &self.optimizer;
@@ -545,17 +558,19 @@ impl TrainConfig {
                 ),
             );
         }
-        if self.runtime.device_count == 0 {
-            return bad("runtime.device_count", "must be at least 1".into());
-        }
+        // Unset (0), the device count is known when the job starts (see
+        // `with_device_count`), which validates again with it.
+        let devices = self.runtime.device_count;
         let hosts = self.runtime.emulate_hosts;
-        if hosts == 0 || !self.runtime.device_count.is_multiple_of(hosts) {
+        if hosts == 0 || (devices > 0 && !devices.is_multiple_of(hosts)) {
             return bad(
                 "runtime.emulate_hosts",
-                format!(
-                    "{hosts}: expected a positive divisor of runtime.device_count = {}",
-                    self.runtime.device_count
-                ),
+                match devices {
+                    0 => format!("{hosts}: expected a positive divisor of runtime.device_count"),
+                    n => format!(
+                        "{hosts}: expected a positive divisor of runtime.device_count = {n}"
+                    ),
+                },
             );
         }
         if hosts > 1 && self.runtime.backend != "cpu" {
@@ -589,7 +604,17 @@ impl TrainConfig {
                 format!("{:?}: expected \"x\" or \"y\"", self.mesh.tensor_along),
             );
         }
-        let mesh = self.resolved_mesh()?;
+        let mesh = if devices > 0 {
+            self.mesh_over(devices_from)?
+        } else {
+            // The axes given so far (`-1` as 1): what must divide over them.
+            let m = self.mesh_config();
+            let given = [m.data, m.fsdp, m.tensor]
+                .iter()
+                .filter(|&&v| v > 0)
+                .product();
+            m.resolve(given)?
+        };
         mesh.check_divides("model.heads", model.heads as i64, &["tensor"])?;
         let micro = (self.data.batch_size / o.accumulation_steps) as i64;
         mesh.check_divides(
@@ -603,14 +628,50 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The mesh over `runtime.device_count` devices.
+    /// The mesh over `runtime.device_count` devices (an error while the
+    /// count is unset: see [`TrainConfig::with_device_count`]).
     pub fn resolved_mesh(&self) -> Result<mesh::Mesh> {
-        let m = mesh::MeshConfig {
+        self.mesh_over("runtime.device_count")
+    }
+
+    fn mesh_over(&self, devices_from: &str) -> Result<mesh::Mesh> {
+        let devices = self.runtime.device_count;
+        if devices == 0 {
+            return Err(Error::config(
+                "runtime",
+                "runtime.device_count",
+                "unset: the job's device count is known once the plugin (or, for \
+                 `meshtrain plan`, the topology) is open",
+            ));
+        }
+        self.mesh_config()
+            .resolve(devices as i64)
+            .map_err(|e| match e {
+                mesh::Error::Product {
+                    data,
+                    fsdp,
+                    tensor,
+                    product,
+                    devices,
+                } => Error::config(
+                    "mesh",
+                    "mesh",
+                    format!(
+                        "data={data} x fsdp={fsdp} x tensor={tensor} = {product} does not equal \
+                         the {devices} devices of {devices_from}; set one axis to -1 to take \
+                         the devices the others leave"
+                    ),
+                ),
+                e => e.into(),
+            })
+    }
+
+    fn mesh_config(&self) -> mesh::MeshConfig {
+        mesh::MeshConfig {
             data: self.mesh.data,
             fsdp: self.mesh.fsdp,
             tensor: self.mesh.tensor,
-        };
-        Ok(m.resolve(self.runtime.device_count as i64)?)
+        }
     }
 
     /// The physical dimension the `tensor` axis runs along.
@@ -657,7 +718,7 @@ impl ModelConfig {
     pub fn resolve(&self) -> Result<GemmaConfig> {
         let mut c = match (&self.preset, self.init.strip_prefix("hf:")) {
             (Some(p), _) => GemmaConfig::preset(p)?,
-            (None, Some(dir)) => gemma::hf::load_config(Path::new(dir))?,
+            (None, Some(dir)) => gemma::hf::load_config(&hf_dir(dir)?)?,
             (None, None) => {
                 return Err(Error::config(
                     "model",
@@ -692,6 +753,23 @@ impl ModelConfig {
         c.validate()?;
         Ok(c)
     }
+}
+
+/// The directory of `model.init = "hf:DIR"`, if it is a Hugging Face
+/// model directory.
+pub(crate) fn hf_dir(dir: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(dir);
+    if path.join("config.json").is_file() {
+        return Ok(path);
+    }
+    Err(Error::config(
+        "model",
+        "model.init",
+        format!(
+            "\"hf:{dir}\": {dir} is not a Hugging Face model directory (no config.json); \
+             expected one with config.json and *.safetensors, e.g. a run's final/"
+        ),
+    ))
 }
 
 /// Writes the smoke corpus and tokenizer into the cache (once).
@@ -732,6 +810,22 @@ fn fill_default_dtype(table: &mut toml::Table) {
         let dtype = crate::gpu::default_dtype(&backend);
         model.insert("dtype".into(), toml::Value::String(dtype.into()));
     }
+}
+
+/// A deserializer message in words: Rust's integer and float type names
+/// become what a config value must be.
+fn plain_types(message: &str) -> String {
+    let mut out = message.trim().to_string();
+    for (rust, plain) in [
+        ("u64", "a whole number >= 0"),
+        ("usize", "a whole number >= 0"),
+        ("u32", "a whole number >= 0"),
+        ("i64", "a whole number"),
+        ("f64", "a number"),
+    ] {
+        out = out.replace(&format!("expected {rust}"), &format!("expected {plain}"));
+    }
+    out
 }
 
 /// A `--set` value: TOML if it parses (numbers, booleans, arrays, quoted

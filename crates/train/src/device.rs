@@ -9,7 +9,8 @@ use crate::shard::{extract, insert, shard_ranges};
 use crate::step::{Plan, Slot};
 use crate::{Error, Result};
 
-/// Creates the client the config asks for.
+/// Creates the client the config asks for. On CPU it has
+/// `runtime.device_count` devices, or one when the count is unset.
 pub fn make_client(cfg: &TrainConfig) -> Result<Client> {
     let backend = pjrt::install::Backend::parse(&cfg.runtime.backend)?;
     let plugin = load_plugin(cfg, backend)?;
@@ -17,7 +18,7 @@ pub fn make_client(cfg: &TrainConfig) -> Result<Client> {
     if backend == pjrt::install::Backend::Cpu {
         options.push((
             "cpu_device_count",
-            pjrt::OptionValue::Int(cfg.runtime.device_count as i64),
+            pjrt::OptionValue::Int(cfg.runtime.device_count.max(1) as i64),
         ));
     }
     if crate::gpu::is_cuda(&cfg.runtime.backend) {
@@ -178,6 +179,33 @@ impl Placement {
         })
     }
 
+    /// A single process running every partition of `layout` (one host).
+    pub(crate) fn one_host(layout: JobLayout, client: &Client) -> Result<Placement> {
+        let device_of = layout
+            .order
+            .iter()
+            .map(|id| {
+                client
+                    .devices()
+                    .iter()
+                    .position(|d| d.id as i64 == *id)
+                    .map(Some)
+                    .ok_or_else(|| {
+                        Error::config(
+                            "runtime",
+                            "runtime.device_count",
+                            format!("device {id} is not addressable by this process"),
+                        )
+                    })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Placement {
+            layout,
+            hosts: vec![0],
+            device_of,
+        })
+    }
+
     /// Whether this process runs every partition (one host, not emulated).
     pub(crate) fn all_local(&self) -> bool {
         self.layout.hosts == 1
@@ -221,6 +249,7 @@ pub(crate) fn put<T: pjrt::NativeType>(
 /// `rows` (global row indices `a * micro + i`, ascending) of the batch
 /// slot `[accumulation, micro, seq_len]`, each `seq_len` long; every
 /// partition's box is made of whole rows the host loaded.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn put_rows<T: pjrt::NativeType>(
     client: &Client,
     plan: &Plan,

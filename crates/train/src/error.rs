@@ -52,6 +52,15 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A directory given as a model is neither a Hugging Face model nor a
+    /// checkpoint.
+    #[error("{path}: {message}")]
+    NotAModel {
+        /// The directory.
+        path: PathBuf,
+        /// What it is not, and what was expected.
+        message: String,
+    },
     /// Writing a checkpoint failed; its partial files were removed.
     #[error("saving the checkpoint of step {step} failed ({kept}): {source}")]
     Save {
@@ -94,6 +103,18 @@ impl Error {
             source_name: source_name.into(),
             key: key.into(),
             message: message.into(),
+        }
+    }
+
+    /// A config error's source set to `origin(key)`: where the value came from.
+    pub(crate) fn blamed_on(self, origin: impl Fn(&str) -> String) -> Self {
+        match self {
+            Error::Config { key, message, .. } => Error::Config {
+                source_name: origin(&key),
+                key,
+                message,
+            },
+            e => e,
         }
     }
 

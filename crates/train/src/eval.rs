@@ -28,11 +28,7 @@ pub fn evaluate(
     tokens: &Path,
     batch: usize,
 ) -> Result<EvalResult> {
-    let ck = if crate::checkpoint::is_checkpoint(dir) {
-        crate::checkpoint::Checkpoint::open(dir)?.model()?
-    } else {
-        gemma::hf::load(dir)?
-    };
+    let ck = open_model(dir)?;
     let cfg = ck.config;
     let rows = data::read_token_rows(tokens, cfg.max_seq_len)?;
     let t = rows.iter().map(Vec::len).max().unwrap_or(1).max(2);
@@ -120,5 +116,35 @@ pub fn evaluate(
         loss,
         perplexity: loss.exp(),
         tokens: n as u64,
+    })
+}
+
+/// The model in `dir`, a meshtrain checkpoint or a Hugging Face model
+/// directory; anything else is an error saying what `dir` is not and what
+/// was expected.
+fn open_model(dir: &Path) -> Result<gemma::hf::Checkpoint> {
+    if crate::checkpoint::is_checkpoint(dir) {
+        return crate::checkpoint::Checkpoint::open(dir)?.model();
+    }
+    if dir.join("config.json").is_file() {
+        return Ok(gemma::hf::load(dir)?);
+    }
+    let message = if !dir.exists() {
+        "no such directory; expected a Hugging Face model directory (config.json and \
+         *.safetensors, e.g. a run's final/) or a meshtrain checkpoint \
+         (run_dir/checkpoints/step_N)"
+            .to_string()
+    } else if !dir.is_dir() {
+        "a file; expected a Hugging Face model directory or a meshtrain checkpoint".to_string()
+    } else if let Some(inside) = crate::checkpoint::models_inside(dir) {
+        format!("not a model but {}", inside.advice(true))
+    } else {
+        "neither a Hugging Face model directory (no config.json) nor a meshtrain checkpoint \
+         (no manifest.json); expected e.g. a run's final/ or run_dir/checkpoints/step_N"
+            .to_string()
+    };
+    Err(Error::NotAModel {
+        path: dir.to_owned(),
+        message,
     })
 }

@@ -157,7 +157,10 @@ impl<'g> Stepper<'g> {
                 inputs.push(
                     at.device_of
                         .iter()
-                        .map(|d| d.map(|d| client.buffer_from_host(&[count], &[], d)).transpose())
+                        .map(|d| {
+                            d.map(|d| client.buffer_from_host(&[count], &[], d))
+                                .transpose()
+                        })
                         .collect::<std::result::Result<_, _>>()?,
                 );
                 let outs = execute(grads, state, params.len(), &[&inputs])?;
@@ -225,11 +228,56 @@ fn put_host_batch(
     b: &data::Batch,
     out: &mut [PerPartition<Buffer>],
 ) -> Result<()> {
-    put_rows(client, plan, at, host, &slots[0], rows, &b.tokens, &mut out[0])?;
-    put_rows(client, plan, at, host, &slots[1], rows, &b.targets, &mut out[1])?;
-    put_rows(client, plan, at, host, &slots[2], rows, &b.loss_mask, &mut out[2])?;
-    put_rows(client, plan, at, host, &slots[3], rows, &b.segment_ids, &mut out[3])?;
-    put_rows(client, plan, at, host, &slots[4], rows, &b.positions, &mut out[4])
+    put_rows(
+        client,
+        plan,
+        at,
+        host,
+        &slots[0],
+        rows,
+        &b.tokens,
+        &mut out[0],
+    )?;
+    put_rows(
+        client,
+        plan,
+        at,
+        host,
+        &slots[1],
+        rows,
+        &b.targets,
+        &mut out[1],
+    )?;
+    put_rows(
+        client,
+        plan,
+        at,
+        host,
+        &slots[2],
+        rows,
+        &b.loss_mask,
+        &mut out[2],
+    )?;
+    put_rows(
+        client,
+        plan,
+        at,
+        host,
+        &slots[3],
+        rows,
+        &b.segment_ids,
+        &mut out[3],
+    )?;
+    put_rows(
+        client,
+        plan,
+        at,
+        host,
+        &slots[4],
+        rows,
+        &b.positions,
+        &mut out[4],
+    )
 }
 
 /// Runs `exe` with, per partition, the first `take` state buffers followed
@@ -245,7 +293,9 @@ fn execute(
         .partition_of
         .iter()
         .map(|&p| {
-            let local = state[p].as_ref().expect("the executable runs local partitions");
+            let local = state[p]
+                .as_ref()
+                .expect("the executable runs local partitions");
             local[..take]
                 .iter()
                 .chain(inputs.iter().flat_map(|group| {

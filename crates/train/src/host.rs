@@ -179,7 +179,8 @@ mod tests {
     fn a_host_without_devices_is_refused() {
         let p = plan(1, 4, 1);
         let devs = cpu_devices(4);
-        let e = JobLayout::new(&p, &devs, mesh::TorusAxis::X, |d| 2 * d.info.id as usize).unwrap_err();
+        let e =
+            JobLayout::new(&p, &devs, mesh::TorusAxis::X, |d| 2 * d.info.id as usize).unwrap_err();
         assert!(e.to_string().contains("every host"), "{e}");
     }
 }

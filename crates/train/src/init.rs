@@ -23,7 +23,7 @@ fn uniform(state: &mut u64) -> f64 {
 /// Every parameter's initial values, in [`param_specs`] order.
 pub fn init_params(cfg: &GemmaConfig, init: &str, seed: u64) -> Result<Vec<Vec<f32>>> {
     if let Some(dir) = init.strip_prefix("hf:") {
-        let ck = gemma::hf::load(std::path::Path::new(dir))?;
+        let ck = gemma::hf::load(&crate::config::hf_dir(dir)?)?;
         if &ck.config != cfg {
             return Err(Error::config(
                 "model",

@@ -119,8 +119,17 @@ mod tests {
         let p = job_peak_flops("TPU v5 lite", 256, 64, None, || Ok(1.0)).unwrap();
         assert_eq!(p, 256.0 * 197e12);
         // 8 virtual CPU devices share one host's cores; 2 hosts have twice.
-        assert_eq!(job_peak_flops("cpu", 8, 1, None, || Ok(5e10)).unwrap(), 5e10);
-        assert_eq!(job_peak_flops("cpu", 8, 2, None, || Ok(5e10)).unwrap(), 1e11);
-        assert_eq!(job_peak_flops("cpu", 8, 1, Some(1e9), || Ok(5e10)).unwrap(), 8e9);
+        assert_eq!(
+            job_peak_flops("cpu", 8, 1, None, || Ok(5e10)).unwrap(),
+            5e10
+        );
+        assert_eq!(
+            job_peak_flops("cpu", 8, 2, None, || Ok(5e10)).unwrap(),
+            1e11
+        );
+        assert_eq!(
+            job_peak_flops("cpu", 8, 1, Some(1e9), || Ok(5e10)).unwrap(),
+            8e9
+        );
     }
 }

@@ -118,8 +118,10 @@ pub struct PlanReport {
 }
 
 /// Compiles the training step of `cfg` for `slices` copies of `topology`
-/// without a TPU. With several slices the mesh's `data` axis (a multiple of
-/// `slices`) spans them: gradients are reduced across slices once per step.
+/// without a TPU, on all their chips (`runtime.device_count` unset, or
+/// equal to their number). With several slices the mesh's `data` axis (a
+/// multiple of `slices`; see [`TrainConfig::place_slices`]) spans them:
+/// gradients are reduced across slices once per step.
 pub fn plan(cfg: &TrainConfig, topology: &str, slices: usize) -> Result<PlanReport> {
     if slices == 0 {
         return Err(Error::config("--slices", "0", "at least 1"));
@@ -138,9 +140,24 @@ pub fn plan(cfg: &TrainConfig, topology: &str, slices: usize) -> Result<PlanRepo
         .map_or(chip.hbm_bytes, |b| b as u64);
 
     let mut cfg = cfg.clone();
-    cfg.runtime.device_count = n;
     cfg.runtime.backend = "tpu".into();
-    cfg.validate("plan")?;
+    let what = if slices > 1 {
+        format!("{slices} slices of {topology}")
+    } else {
+        topology.to_string()
+    };
+    let given = cfg.runtime.device_count;
+    if given != 0 && given != n {
+        return Err(Error::config(
+            "plan",
+            "runtime.device_count",
+            format!(
+                "{given}, but there are {n} chips in {what}; leave runtime.device_count unset \
+                 (or 0) to plan for all of them"
+            ),
+        ));
+    }
+    let cfg = cfg.with_device_count(n, &what, "plan")?;
     if slices > 1 && cfg.resolved_mesh()?.data % slices as i64 != 0 {
         return Err(Error::config(
             "plan",

@@ -123,10 +123,7 @@ fn ckpt_error(ckpt: &Checkpoint, message: String) -> Error {
 
 /// Empty buffer lists for this process's partitions.
 fn empty(at: &Placement) -> PerPartition<DeviceState> {
-    at.device_of
-        .iter()
-        .map(|d| d.map(|_| Vec::new()))
-        .collect()
+    at.device_of.iter().map(|d| d.map(|_| Vec::new())).collect()
 }
 
 /// Appends the step counter to every local partition's state.
@@ -211,7 +208,10 @@ pub(crate) fn gather_params(
 ) -> Result<Vec<Vec<f32>>> {
     let local: Vec<&DeviceState> = state
         .iter()
-        .map(|s| s.as_ref().expect("gathered only when every partition is local"))
+        .map(|s| {
+            s.as_ref()
+                .expect("gathered only when every partition is local")
+        })
         .collect();
     params
         .iter()

@@ -27,7 +27,13 @@ fn assert_close(a: &[(u64, f32)], b: &[(u64, f32)], tol: f32, what: &str) {
     for (x, y) in a.iter().zip(b) {
         assert_eq!(x.0, y.0, "{what}");
         let rel = ((x.1 - y.1) / x.1).abs();
-        assert!(rel < tol, "{what} step {}: {} vs {} (rel {rel:e})", x.0, x.1, y.1);
+        assert!(
+            rel < tol,
+            "{what} step {}: {} vs {} (rel {rel:e})",
+            x.0,
+            x.1,
+            y.1
+        );
     }
 }
 
@@ -59,7 +65,11 @@ fn a_checkpoint_of_four_hosts_has_a_part_each_and_restores_onto_one_and_two() {
         &cfg(
             &run4,
             &data,
-            &["runtime.emulate_hosts=4", "train.steps=6", "train.checkpoint_every=3"],
+            &[
+                "runtime.emulate_hosts=4",
+                "train.steps=6",
+                "train.checkpoint_every=3",
+            ],
         ),
         false,
     )
@@ -136,9 +146,8 @@ fn emulated_hosts_must_divide_the_devices_and_run_on_cpu() {
     let d = tempfile::tempdir().unwrap();
     let data = common::tokens_file(d.path(), 16, 16, 64);
     let text = common::config(d.path(), &data, 4, "");
-    let sets = |s: &[&str]| -> Vec<String> {
-        MESH.iter().chain(s).map(|x| x.to_string()).collect()
-    };
+    let sets =
+        |s: &[&str]| -> Vec<String> { MESH.iter().chain(s).map(|x| x.to_string()).collect() };
     let e = TrainConfig::from_toml(&text, "test", &sets(&["runtime.emulate_hosts=3"]))
         .unwrap_err()
         .to_string();

@@ -160,6 +160,22 @@ fn two_slices_put_the_data_axis_across_them() {
 }
 
 #[test]
+fn a_device_count_other_than_the_topologys_is_one_clear_refusal() {
+    if !have_libtpu() {
+        return;
+    }
+    let cfg = tiny(&["runtime.device_count=4", "mesh.data=2"]);
+    let e = train::plan::plan(&cfg, "v5e:2x2", 2)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "plan: runtime.device_count: 4, but there are 8 chips in 2 slices of v5e:2x2; leave \
+         runtime.device_count unset (or 0) to plan for all of them"
+    );
+}
+
+#[test]
 fn every_generation_and_single_host_shapes_compile() {
     if !have_libtpu() {
         return;
@@ -181,42 +197,69 @@ fn every_generation_and_single_host_shapes_compile() {
 /// global batch they load partition it (hosts of one tensor group load the
 /// same rows, any two others disjoint ones, all rows loaded), and the
 /// boxes they write to a checkpoint tile every tensor exactly once.
-fn pod_layout_tiles(config: &str) {
+fn pod_layout_tiles(config: &str, slices: usize) {
     if !have_libtpu() {
         return;
     }
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(config);
-    let cfg = TrainConfig::load(Some(&path), &[]).unwrap();
-    let (_, topo) = train::plan::open_topology("v5e:16x16", 1).unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs")
+        .join(config);
+    let (_, topo) = train::plan::open_topology("v5e:16x16", slices).unwrap();
     let devices = topo.devices().unwrap();
+    let n = devices.len();
+    assert_eq!(n, 256 * slices);
+    // The shipped configs leave the device count to the machine.
+    let cfg = TrainConfig::load(Some(&path), &[])
+        .unwrap()
+        .with_device_count(n, "the topology", config)
+        .unwrap();
     let (plan, params, batch) = train::step::slots_for(&cfg).unwrap();
     let layout = train::host::JobLayout::new(&plan, &devices, cfg.tensor_along(), |d| {
         d.info.process_index as usize
     })
     .unwrap();
-    assert_eq!(layout.hosts, 64, "{config}");
-    let rows: Vec<Vec<usize>> = (0..64).map(|h| layout.batch_rows(&plan, &batch[0], h)).collect();
+    assert_eq!(layout.hosts, 64 * slices, "{config}");
+    let rows: Vec<Vec<usize>> = (0..layout.hosts)
+        .map(|h| layout.batch_rows(&plan, &batch[0], h))
+        .collect();
     let mut seen = vec![None::<&Vec<usize>>; cfg.data.batch_size];
     for r in &rows {
         assert!(!r.is_empty());
         for &row in r {
             match seen[row] {
                 None => seen[row] = Some(r),
-                Some(other) => assert_eq!(other, r, "{config}: hosts share row {row} but not all rows"),
+                Some(other) => {
+                    assert_eq!(other, r, "{config}: hosts share row {row} but not all rows")
+                }
             }
         }
     }
-    assert!(seen.iter().all(Option::is_some), "{config}: every row is loaded");
+    assert!(
+        seen.iter().all(Option::is_some),
+        "{config}: every row is loaded"
+    );
     for slot in &params {
-        let boxes: Vec<Vec<std::ops::Range<usize>>> = (0..256)
+        let boxes: Vec<Vec<std::ops::Range<usize>>> = (0..n)
             .filter(|&p| layout.writes_box(&plan, slot, p))
             .map(|p| train::shard::shard_ranges(&plan.mesh, &slot.shape, &slot.axes, p))
             .collect();
-        let volume: usize = boxes.iter().map(|b| b.iter().map(|r| r.len()).product::<usize>()).sum();
-        assert_eq!(volume, slot.shape.iter().product::<usize>(), "{config}: {}", slot.name);
+        let volume: usize = boxes
+            .iter()
+            .map(|b| b.iter().map(|r| r.len()).product::<usize>())
+            .sum();
+        assert_eq!(
+            volume,
+            slot.shape.iter().product::<usize>(),
+            "{config}: {}",
+            slot.name
+        );
         for (i, a) in boxes.iter().enumerate() {
             for b in &boxes[..i] {
-                assert!(train::shard::overlap(a, b).is_none(), "{config}: {} boxes overlap", slot.name);
+                assert!(
+                    train::shard::overlap(a, b).is_none(),
+                    "{config}: {} boxes overlap",
+                    slot.name
+                );
             }
         }
     }
@@ -224,10 +267,15 @@ fn pod_layout_tiles(config: &str) {
 
 #[test]
 fn gemma_2b_on_a_v5e_256_tiles_rows_and_checkpoint_boxes_over_64_hosts() {
-    pod_layout_tiles("gemma-2b.toml");
+    pod_layout_tiles("gemma-2b.toml", 1);
 }
 
 #[test]
 fn gemma_7b_on_a_v5e_256_tiles_rows_and_checkpoint_boxes_over_64_hosts() {
-    pod_layout_tiles("gemma-7b.toml");
+    pod_layout_tiles("gemma-7b.toml", 1);
+}
+
+#[test]
+fn gemma_2b_on_two_v5e_256_tiles_rows_and_checkpoint_boxes_over_128_hosts() {
+    pod_layout_tiles("gemma-2b-2pods.toml", 2);
 }

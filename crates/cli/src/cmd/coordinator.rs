@@ -33,6 +33,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let config = TrainConfig::load(args.config.as_deref(), &args.sets)?;
     let token = cluster::load_token(args.token_file.as_deref(), job::TOKEN_ENV)?;
+    let (run_dir, steps) = (config.train.run_dir.clone(), config.train.steps);
     let summary = job::coordinator::run(job::coordinator::Options {
         config,
         listen: args.listen,
@@ -41,7 +42,15 @@ pub fn run(args: Args) -> Result<()> {
         show_progress: !args.quiet,
         on_listen: None,
     })?;
-    let last = summary.losses.last().map_or(f64::NAN, |l| l.1);
+    let Some(&(_, last)) = summary.losses.last() else {
+        println!(
+            "job finished: nothing to train: the checkpoints in {} already reach train.steps = {} {}",
+            run_dir.display(),
+            steps,
+            super::TRAIN_AGAIN
+        );
+        return Ok(());
+    };
     println!(
         "job finished: {} logged steps, final loss {last:.4}, {} workers replaced",
         summary.losses.len(),

@@ -24,9 +24,11 @@ pub fn run(args: Args) -> Result<()> {
     let summary = train::train(&cfg, !args.quiet)?;
     if summary.losses.is_empty() {
         println!(
-            "nothing to train: the checkpoints in {} already reached train.steps = {}",
+            "nothing to train: {} already holds step {} of train.steps = {} {}",
             summary.run_dir.display(),
-            cfg.train.steps
+            summary.start_step,
+            cfg.train.steps,
+            super::TRAIN_AGAIN
         );
         return Ok(());
     }

@@ -21,6 +21,9 @@ pub(super) struct Shared {
     pub command: Mutex<Command>,
     /// Set once the coordinator is declared lost.
     pub lost: watch::Sender<Option<String>>,
+    /// Set once the coordinator stopped the job (or this worker's
+    /// membership): the reason.
+    pub stopped: watch::Sender<Option<String>>,
 }
 
 impl Shared {
@@ -42,6 +45,21 @@ impl Shared {
         if newer {
             *cmd = new;
         }
+    }
+
+    /// Records the coordinator's stop: the command, and every call in
+    /// flight or to come fails with it.
+    pub fn set_stopped(&self, reason: &str) {
+        self.set_command(Command::Stop {
+            reason: reason.to_string(),
+        });
+        self.stopped.send_if_modified(|r| {
+            let first = r.is_none();
+            if first {
+                *r = Some(reason.to_string());
+            }
+            first
+        });
     }
 }
 
@@ -66,14 +84,14 @@ pub(super) async fn heartbeat(
         let failure = match tokio::time::timeout(timeout, rpc.heartbeat(req)).await {
             Ok(Ok(r)) => {
                 last_ok = Instant::now();
-                shared.set_command(match r.into_inner().command {
-                    Some(Cmd::Stop(s)) => Command::Stop { reason: s.reason },
-                    Some(Cmd::Restart(r)) => Command::Restart {
+                match r.into_inner().command {
+                    Some(Cmd::Stop(s)) => shared.set_stopped(&s.reason),
+                    Some(Cmd::Restart(r)) => shared.set_command(Command::Restart {
                         generation: r.generation,
                         resume_hint: r.resume_hint,
-                    },
-                    Some(Cmd::Continue(_)) | None => Command::Continue,
-                });
+                    }),
+                    Some(Cmd::Continue(_)) | None => shared.set_command(Command::Continue),
+                }
                 continue;
             }
             Ok(Err(status)) => error_chain(&status),

@@ -1,7 +1,8 @@
 //! The worker side: a blocking client for a synchronous training loop. It
 //! owns a small tokio runtime, heartbeats in the background, and turns
-//! every call into a `block_on` that also gives up as soon as the
-//! coordinator is known to be gone.
+//! every call into a `block_on` that gives up as soon as the coordinator
+//! is known to be gone or has stopped the job, and in any case at a
+//! deadline: no call can wait for ever.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +37,8 @@ type Rpc = ClusterClient<InterceptedService<Channel, AddToken>>;
 /// [`WorkerClient::leave`] on a clean exit. Do not drop it inside an async
 /// context (it owns a runtime).
 pub struct WorkerClient {
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` until dropped.
+    rt: Option<tokio::runtime::Runtime>,
     rpc: Rpc,
     shared: Arc<Shared>,
     registration: Registration,
@@ -61,8 +63,15 @@ impl WorkerClient {
         let endpoint = endpoint(&opts)?;
         let token = AddToken::new(&opts.token)?;
         // Two connections: heartbeats never queue behind a large all-reduce.
+        // `connect_timeout` covers the TCP connect, the TLS config the
+        // handshake; this bounds the whole, name lookup included.
+        let connect = async { tokio::try_join!(endpoint.connect(), endpoint.connect()) };
         let (data, control) = rt
-            .block_on(async { tokio::try_join!(endpoint.connect(), endpoint.connect()) })
+            .block_on(async { tokio::time::timeout(opts.rpc_timeout, connect).await })
+            .map_err(|_| Error::Transport {
+                addr: opts.coordinator.clone(),
+                message: format!("no connection within {:?}", opts.rpc_timeout),
+            })?
             .map_err(|e| transport(&e))?;
         let rpc = ClusterClient::with_interceptor(data, token.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -99,6 +108,7 @@ impl WorkerClient {
             generation: AtomicU64::new(r.restart_generation),
             command: Mutex::new(Command::Continue),
             lost: watch::Sender::new(None),
+            stopped: watch::Sender::new(None),
         });
         let heartbeat = rt.spawn(heartbeat(
             control,
@@ -107,7 +117,7 @@ impl WorkerClient {
             opts.coordinator_timeout,
         ));
         Ok(Self {
-            rt,
+            rt: Some(rt),
             rpc,
             shared,
             registration,
@@ -166,7 +176,7 @@ impl WorkerClient {
             timeout_ms: millis(timeout),
         };
         let mut rpc = self.rpc.clone();
-        self.block(async move { rpc.barrier(req).await.map(drop) })
+        self.block(timeout, async move { rpc.barrier(req).await.map(drop) })
     }
 
     /// Stores `value` under `key`. Without `overwrite` a key is put once:
@@ -179,7 +189,10 @@ impl WorkerClient {
         });
         req.set_timeout(self.rpc_timeout);
         let mut rpc = self.rpc.clone();
-        self.block(async move { rpc.kv_put(req).await.map(drop) })
+        self.block(
+            Duration::ZERO,
+            async move { rpc.kv_put(req).await.map(drop) },
+        )
     }
 
     /// The value of `key`, waiting up to `timeout` for it to be put.
@@ -189,7 +202,9 @@ impl WorkerClient {
             timeout_ms: millis(timeout),
         };
         let mut rpc = self.rpc.clone();
-        self.block(async move { Ok(rpc.kv_get(req).await?.into_inner().value.to_vec()) })
+        self.block(timeout, async move {
+            Ok(rpc.kv_get(req).await?.into_inner().value.to_vec())
+        })
     }
 
     /// The value of `key` if it is set.
@@ -197,7 +212,7 @@ impl WorkerClient {
         let mut req = Request::new(KvTryGetRequest { key: key.into() });
         req.set_timeout(self.rpc_timeout);
         let mut rpc = self.rpc.clone();
-        self.block(async move {
+        self.block(Duration::ZERO, async move {
             let r = rpc.kv_try_get(req).await?.into_inner();
             Ok(r.found.then(|| r.value.to_vec()))
         })
@@ -208,7 +223,9 @@ impl WorkerClient {
         let mut req = Request::new(KvDeleteRequest { key: key.into() });
         req.set_timeout(self.rpc_timeout);
         let mut rpc = self.rpc.clone();
-        self.block(async move { Ok(rpc.kv_delete(req).await?.into_inner().existed) })
+        self.block(Duration::ZERO, async move {
+            Ok(rpc.kv_delete(req).await?.into_inner().existed)
+        })
     }
 
     /// Replaces `data` with the element-wise sum over all workers, added in
@@ -233,7 +250,7 @@ impl WorkerClient {
             timeout_ms: millis(self.collective_timeout),
         };
         let mut rpc = self.rpc.clone();
-        self.block(async move {
+        self.block(self.collective_timeout, async move {
             let (tx, rx) = mpsc::channel(4);
             let send = async {
                 let first = AllReduceChunk {
@@ -285,7 +302,9 @@ impl WorkerClient {
         });
         req.set_timeout(self.rpc_timeout);
         let mut rpc = self.rpc.clone();
-        self.block(async move { rpc.report_metrics(req).await.map(drop) })
+        self.block(Duration::ZERO, async move {
+            rpc.report_metrics(req).await.map(drop)
+        })
     }
 
     /// Reports whether this worker wrote its part of checkpoint `step`
@@ -307,7 +326,7 @@ impl WorkerClient {
             timeout_ms: millis(timeout),
         };
         let mut rpc = self.rpc.clone();
-        self.block(async move {
+        self.block(timeout, async move {
             let r = rpc.commit_checkpoint(req).await?.into_inner();
             Ok(CheckpointVerdict {
                 commit: r.commit,
@@ -323,27 +342,57 @@ impl WorkerClient {
         });
         req.set_timeout(self.rpc_timeout);
         let mut rpc = self.rpc.clone();
-        self.block(async move { rpc.leave(req).await.map(drop) })
+        self.block(
+            Duration::ZERO,
+            async move { rpc.leave(req).await.map(drop) },
+        )
     }
 
-    /// Runs one call, giving up when the coordinator is declared lost.
-    fn block<T>(&self, call: impl Future<Output = Result<T, Status>>) -> Result<T> {
+    /// Runs one call that may wait up to `wait` for other workers. It gives
+    /// up when the job is stopped ([`Error::Stopped`], also when the
+    /// heartbeat brought the stop first), when the coordinator is declared
+    /// lost, and `rpc_timeout` after `wait` without an answer.
+    fn block<T>(&self, wait: Duration, call: impl Future<Output = Result<T, Status>>) -> Result<T> {
+        let limit = wait.saturating_add(self.rpc_timeout);
+        let mut stopped = self.shared.stopped.subscribe();
         let mut lost = self.shared.lost.subscribe();
-        let result = self.rt.block_on(async {
+        let rt = self.rt.as_ref().expect("runtime lives until drop");
+        let result = rt.block_on(async {
             tokio::select! {
-                r = call => r.map_err(|s| (Error::from_status(s.clone(), &self.shared.addr), Some(s))),
-                m = lost.wait_for(Option::is_some) => {
-                    let message = m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default();
+                biased;
+                Ok(r) = stopped.wait_for(Option::is_some) => {
+                    Err((Error::Stopped { reason: r.clone().unwrap_or_default() }, None))
+                }
+                Ok(m) = lost.wait_for(Option::is_some) => {
+                    let message = m.clone().unwrap_or_default();
                     Err((Error::CoordinatorLost { addr: self.shared.addr.clone(), message }, None))
                 }
+                r = tokio::time::timeout(limit, call) => match r {
+                    Ok(r) => r.map_err(|s| (Error::from_status(s.clone(), &self.shared.addr), Some(s))),
+                    Err(_) => Err((Error::Timeout(format!(
+                        "no answer from the coordinator at {} within {limit:?}",
+                        self.shared.addr
+                    )), None)),
+                },
             }
         });
         result.map_err(|(e, status)| {
-            if let (Error::Restart { generation }, Some(s)) = (&e, status) {
-                self.shared.set_command(Command::Restart {
-                    generation: *generation,
-                    resume_hint: metadata_u64(&s, RESUME_KEY),
-                });
+            match (&e, status) {
+                (Error::Restart { generation }, Some(s)) => {
+                    self.shared.set_command(Command::Restart {
+                        generation: *generation,
+                        resume_hint: metadata_u64(&s, RESUME_KEY),
+                    })
+                }
+                (Error::Stopped { reason }, Some(_)) => self.shared.set_stopped(reason),
+                // The coordinator may close right after telling this worker
+                // to stop: the reason is the better answer.
+                (Error::CoordinatorLost { .. }, _) => {
+                    if let Some(reason) = self.shared.stopped.borrow().clone() {
+                        return Error::Stopped { reason };
+                    }
+                }
+                _ => {}
             }
             e
         })
@@ -353,6 +402,11 @@ impl WorkerClient {
 impl Drop for WorkerClient {
     fn drop(&mut self) {
         self.heartbeat.abort();
+        // Do not wait for blocking work (a name lookup of a reconnect that
+        // hangs): dropping a runtime would, without a limit.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -373,7 +427,7 @@ fn endpoint(opts: &ClientOptions) -> Result<Endpoint> {
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(32 << 20);
     if let Some(tls) = &opts.tls {
-        ep = ep.tls_config(tls.config()?).map_err(bad)?;
+        ep = ep.tls_config(tls.config(opts.rpc_timeout)?).map_err(bad)?;
     }
     Ok(ep)
 }

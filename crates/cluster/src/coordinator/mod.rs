@@ -116,6 +116,13 @@ pub enum Event {
     Finished,
 }
 
+/// How long a graceful shutdown waits for the answers to calls it failed
+/// to go out and for connections to close. Connections still open then
+/// (a worker in the middle of a stream, a peer that never completes a
+/// handshake, a keep-alive connection) are dropped: tonic's graceful
+/// shutdown alone waits for every connection to close, without a limit.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Starts coordinators.
 pub struct Coordinator;
 
@@ -133,7 +140,7 @@ impl Coordinator {
             .max_frame_size(1 << 20);
         if let Some(tls) = &opts.tls {
             server = server
-                .tls_config(tls.config()?)
+                .tls_config(tls.config(opts.heartbeat_timeout)?)
                 .map_err(|e| transport(&e))?;
         }
         let (events_tx, events) = mpsc::channel();
@@ -197,7 +204,7 @@ impl Coordinator {
                         },
                         graceful = stop_rx => if graceful == Ok(true) {
                             let _ = grace_tx.send(());
-                            let _ = tokio::time::timeout(Duration::from_secs(2), serve).await;
+                            let _ = tokio::time::timeout(SHUTDOWN_GRACE, serve).await;
                         },
                     }
                 });
@@ -261,15 +268,28 @@ impl CoordinatorHandle {
         self.shared.lock().finished
     }
 
-    /// Tells every worker to stop (on its next heartbeat) and refuses new
-    /// registrations.
+    /// Stops the job: every call waiting on other workers (barrier,
+    /// all-reduce, checkpoint agreement, key-value get) is released with
+    /// [`Error::Stopped`] carrying `reason`, and so is every later one;
+    /// registrations are refused; every worker's next heartbeat answers
+    /// [`crate::Command::Stop`]. The first reason given is kept.
     pub fn stop(&self, reason: impl Into<String>) {
-        self.shared.lock().stop = Some(reason.into());
+        self.shared.lock().stop.get_or_insert_with(|| reason.into());
         self.shared.notify();
     }
 
+    /// After [`Self::stop`]: the live workers whose heartbeat has not yet
+    /// answered them the stop. Once it is empty every worker still running
+    /// knows why the job ended, and the coordinator may shut down. A worker
+    /// that stops heartbeating leaves this list when it is declared lost,
+    /// so it empties within about the heartbeat timeout.
+    pub fn untold_workers(&self) -> Vec<u32> {
+        self.shared.lock().untold()
+    }
+
     /// Fails every waiting call with "coordinator shutting down", then stops
-    /// serving and joins the server thread.
+    /// serving (waiting at most a short grace period for connections to
+    /// close) and joins the server thread.
     pub fn shutdown(mut self) {
         self.shutdown_inner(true);
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use prost::bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant as Deadline;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
@@ -19,7 +20,9 @@ use crate::proto::{AllReduceChunk, AllReduceHeader, DType};
 type Out = mpsc::Sender<Result<AllReduceChunk, Status>>;
 
 /// Starts serving one worker's all-reduce call; the returned stream yields
-/// the sum (or one error).
+/// the sum (or one error). Every stage has a way out: the header must come
+/// within the heartbeat timeout, the whole call must finish within the
+/// header's `timeout_ms`, and a stop or shutdown ends it at once.
 pub(crate) fn serve(
     shared: Arc<Shared>,
     input: Streaming<AllReduceChunk>,
@@ -27,8 +30,10 @@ pub(crate) fn serve(
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         if let Err(status) = run(&shared, input, &tx).await {
-            // The worker may be gone already; nothing more to tell it.
-            let _ = tx.send(Err(status)).await;
+            // The worker may be gone already, or no longer reading: tell it
+            // if it listens, without waiting on it for ever.
+            let grace = shared.config.heartbeat_timeout;
+            let _ = tokio::time::timeout(grace, tx.send(Err(status))).await;
         }
     });
     ReceiverStream::new(rx)
@@ -39,41 +44,70 @@ async fn run(
     mut input: Streaming<AllReduceChunk>,
     tx: &Out,
 ) -> Result<(), Status> {
-    let header = input
-        .next()
-        .await
-        .transpose()?
+    let wait = shared.config.heartbeat_timeout;
+    let header = shared
+        .interruptible(
+            Deadline::now() + wait,
+            async { input.next().await.transpose() },
+            || {
+                Status::deadline_exceeded(format!(
+                    "all-reduce stream sent no header within {wait:?}"
+                ))
+            },
+        )
+        .await?
         .and_then(|c| c.header)
         .ok_or_else(|| Status::invalid_argument("all-reduce stream must start with a header"))?;
+    let timeout = Duration::from_millis(header.timeout_ms.min(86_400_000));
+    let deadline = Deadline::now() + timeout;
     let (pid, key) = {
         let mut st = shared.lock();
+        st.check_stopped()?;
         let pid = st.member(header.member.as_ref())?;
         st.check_generation(header.generation)?;
         (pid, (header.generation, header.step, header.dtype))
     };
-    let payload = match DType::try_from(header.dtype) {
-        Ok(DType::DtypeF32) => receive::<f32>(&mut input, &header).await?,
-        Ok(DType::DtypeF64) => receive::<f64>(&mut input, &header).await?,
-        _ => {
-            return Err(Status::invalid_argument(format!(
+    let receive = async {
+        match DType::try_from(header.dtype) {
+            Ok(DType::DtypeF32) => receive::<f32>(&mut input, &header).await,
+            Ok(DType::DtypeF64) => receive::<f64>(&mut input, &header).await,
+            _ => Err(Status::invalid_argument(format!(
                 "unknown dtype {}",
                 header.dtype
-            )));
+            ))),
         }
     };
+    let payload = shared
+        .interruptible(deadline, receive, || {
+            Status::deadline_exceeded(format!(
+                "all-reduce of step {}: process {pid} did not send its {} elements within {timeout:?}",
+                key.1, header.len
+            ))
+        })
+        .await?;
     contribute(shared, key, pid, header.len, payload).await?;
-    let sum = wait_for_sum(shared, key, &header).await?;
-    for start in (0..sum.len()).step_by(CHUNK_BYTES) {
-        let end = (start + CHUNK_BYTES).min(sum.len());
-        let chunk = AllReduceChunk {
-            header: None,
-            data: sum.slice(start..end),
-        };
-        if tx.send(Ok(chunk)).await.is_err() {
-            break; // the worker hung up
+    let sum = wait_for_sum(shared, key, deadline, timeout).await?;
+    let send = async {
+        for start in (0..sum.len()).step_by(CHUNK_BYTES) {
+            let end = (start + CHUNK_BYTES).min(sum.len());
+            let chunk = AllReduceChunk {
+                header: None,
+                data: sum.slice(start..end),
+            };
+            if tx.send(Ok(chunk)).await.is_err() {
+                break; // the worker hung up
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    shared
+        .interruptible(deadline, send, || {
+            Status::deadline_exceeded(format!(
+                "all-reduce of step {}: process {pid} did not read the sum within {timeout:?}",
+                key.1
+            ))
+        })
+        .await
 }
 
 /// Reads the data chunks after the header into one decoded vector.
@@ -115,6 +149,7 @@ async fn contribute(
     let n = shared.config.world_size as usize;
     let ready = {
         let mut st = shared.lock();
+        st.check_stopped()?;
         st.check_generation(key.0)?;
         let r = st.reduces.entry(key).or_insert_with(|| ReduceState {
             len,
@@ -166,13 +201,13 @@ async fn contribute(
 async fn wait_for_sum(
     shared: &Shared,
     key: ReduceKey,
-    header: &AllReduceHeader,
+    deadline: Deadline,
+    timeout: Duration,
 ) -> Result<Bytes, Status> {
     let n = shared.config.world_size as usize;
-    let timeout = Duration::from_millis(header.timeout_ms.min(86_400_000));
     shared
         .wait(
-            tokio::time::Instant::now() + timeout,
+            deadline,
             |st| {
                 if let Some(s) = st.moved_on(key.0) {
                     return Some(Err(s));

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Event;
 use super::state::{BarrierState, Shared, Slot, Worker};
+use crate::error::stopped_status;
 use crate::proto::cluster_server::Cluster;
 use crate::proto::heartbeat_response::Command as Cmd;
 use crate::proto::*;
@@ -56,9 +57,7 @@ impl Cluster for Service {
         }
         let mut st = self.shared.lock();
         if let Some(reason) = &st.stop {
-            return Err(Status::failed_precondition(format!(
-                "job is stopping: {reason}"
-            )));
+            return Err(stopped_status(reason));
         }
         let Some(pid) = st.slots.iter().position(|s| matches!(s, Slot::Free)) else {
             return Err(Status::resource_exhausted(format!(
@@ -73,6 +72,7 @@ impl Cluster for Service {
             host: r.host.clone(),
             incarnation,
             last_seen: Instant::now(),
+            told_stop: false,
         });
         let replacement = !st.ever_taken.insert(pid);
         let response = RegisterResponse {
@@ -113,10 +113,13 @@ impl Cluster for Service {
             Err(status) => Cmd::Stop(Stop {
                 reason: status.message().to_string(),
             }),
-            Ok(_) => match &st.stop {
-                Some(reason) => Cmd::Stop(Stop {
-                    reason: reason.clone(),
-                }),
+            Ok(pid) => match st.stop.clone() {
+                Some(reason) => {
+                    if let Slot::Live(w) = &mut st.slots[pid as usize] {
+                        w.told_stop = true;
+                    }
+                    Cmd::Stop(Stop { reason })
+                }
                 None if r.generation < st.generation => Cmd::Restart(Restart {
                     generation: st.generation,
                     resume_hint: st.last_committed,
@@ -137,6 +140,7 @@ impl Cluster for Service {
         let n = self.shared.config.world_size as usize;
         let (pid, my_round) = {
             let mut st = self.shared.lock();
+            st.check_stopped()?;
             let pid = st.member(r.member.as_ref())?;
             st.check_generation(r.generation)?;
             let b = st
@@ -288,6 +292,7 @@ impl Cluster for Service {
         let key = (r.generation, r.step);
         {
             let mut st = self.shared.lock();
+            st.check_stopped()?;
             let pid = st.member(r.member.as_ref())?;
             if let Some(s) = st.moved_on(r.generation) {
                 let reason = format!("checkpoint {} not committed: {}", r.step, s.message());

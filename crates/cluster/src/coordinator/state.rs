@@ -1,8 +1,13 @@
 //! The coordinator's job state: membership, generation, and the pending
 //! collectives. Everything sits behind one mutex; every change bumps a
 //! watch counter that waiting calls re-check their condition on.
+//!
+//! No call waits on other workers without a way out: every wait ends at
+//! its deadline, when the job is stopped ([`State::stop`]: the caller is
+//! told why) and when the coordinator shuts down.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
@@ -11,7 +16,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use super::Event;
-use crate::error::restart_status;
+use crate::error::{restart_status, stopped_status};
 use crate::payload::Payload;
 use crate::proto::Member;
 
@@ -48,6 +53,8 @@ pub(crate) struct Worker {
     pub host: String,
     pub incarnation: u64,
     pub last_seen: Instant,
+    /// A heartbeat answered it the job's stop.
+    pub told_stop: bool,
 }
 
 #[derive(Default)]
@@ -128,7 +135,9 @@ impl Shared {
     }
 
     /// Waits until `check` yields a result, the deadline passes (then
-    /// `on_timeout` decides), or the coordinator shuts down.
+    /// `on_timeout` decides), the job is stopped (an outcome already
+    /// decided, such as a checkpoint verdict, still goes out; anything
+    /// else fails with the stop's reason), or the coordinator shuts down.
     pub(crate) async fn wait<T>(
         &self,
         deadline: tokio::time::Instant,
@@ -139,8 +148,15 @@ impl Shared {
         loop {
             {
                 let mut st = self.lock();
+                // A stopped job says why, during its shutdown too.
+                if let Some(reason) = st.stop.clone() {
+                    return match check(&mut st) {
+                        Some(Ok(v)) => Ok(v),
+                        _ => Err(stopped_status(&reason)),
+                    };
+                }
                 if st.shutting_down {
-                    return Err(Status::unavailable("coordinator shutting down"));
+                    return Err(shutting_down());
                 }
                 if let Some(r) = check(&mut st) {
                     return r;
@@ -148,7 +164,7 @@ impl Shared {
             }
             tokio::select! {
                 r = rx.changed() => if r.is_err() {
-                    return Err(Status::unavailable("coordinator shutting down"));
+                    return Err(shutting_down());
                 },
                 () = tokio::time::sleep_until(deadline) => {
                     let mut st = self.lock();
@@ -157,6 +173,29 @@ impl Shared {
                     }
                     return on_timeout(&mut st);
                 }
+            }
+        }
+    }
+
+    /// Runs `fut` (reading from or writing to a worker's stream) until it
+    /// finishes, the deadline passes (`on_timeout` says why), the job is
+    /// stopped, or the coordinator shuts down.
+    pub(crate) async fn interruptible<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        fut: impl Future<Output = Result<T, Status>>,
+        on_timeout: impl FnOnce() -> Status,
+    ) -> Result<T, Status> {
+        let mut rx = self.changed.subscribe();
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            self.lock().check_stopped()?;
+            tokio::select! {
+                r = &mut fut => return r,
+                r = rx.changed() => if r.is_err() {
+                    return Err(shutting_down());
+                },
+                () = tokio::time::sleep_until(deadline) => return Err(on_timeout()),
             }
         }
     }
@@ -230,7 +269,28 @@ impl Shared {
     }
 }
 
+fn shutting_down() -> Status {
+    Status::unavailable("coordinator shutting down")
+}
+
 impl State {
+    /// Refuses every call that would wait on others once the job is
+    /// stopped (with its reason) or the coordinator is shutting down.
+    pub(crate) fn check_stopped(&self) -> Result<(), Status> {
+        match &self.stop {
+            Some(reason) => Err(stopped_status(reason)),
+            None if self.shutting_down => Err(shutting_down()),
+            None => Ok(()),
+        }
+    }
+
+    /// Live workers whose heartbeat has not yet answered them the stop.
+    pub(crate) fn untold(&self) -> Vec<u32> {
+        (0..self.slots.len() as u32)
+            .filter(|&i| matches!(&self.slots[i as usize], Slot::Live(w) if !w.told_stop))
+            .collect()
+    }
+
     /// The live worker `member` names, refreshing its liveness.
     pub(crate) fn member(&mut self, member: Option<&Member>) -> Result<u32, Status> {
         let m = member.ok_or_else(|| Status::invalid_argument("missing member"))?;

@@ -61,6 +61,7 @@ impl Emitter<'_> {
                 t(c)
             ),
             Op::Convert(x) => format!("stablehlo.convert {} : ({}) -> {ty}", n(x), t(x)),
+            Op::Bitcast(x) => format!("stablehlo.bitcast_convert {} : ({}) -> {ty}", n(x), t(x)),
             Op::Broadcast(x, dims) => {
                 format!(
                     "stablehlo.broadcast_in_dim {}, dims = [{}] : ({}) -> {ty}",

@@ -6,7 +6,7 @@ mod scalar;
 
 pub use scalar::erf;
 pub(crate) use scalar::round_to;
-use scalar::{binary, compare, unary};
+use scalar::{binary, bitcast, compare, unary};
 
 use crate::op::{Op, ReduceKind};
 use crate::{Builder, Error, Program, Result, Value};
@@ -179,6 +179,10 @@ impl Builder {
                 }
             }
             Op::Convert(x) => out = v(x).data.clone(),
+            Op::Bitcast(x) => {
+                let from = self.dtype(*x);
+                out = v(x).data.iter().map(|&a| bitcast(a, from, dt)).collect()
+            }
             Op::Reshape(x) | Op::Constraint(x, _) | Op::StopGradient(x) => out = v(x).data.clone(),
             Op::Project(bar, k) => match &self.nodes[bar.index()].op {
                 Op::Barrier(xs) => out = v(&xs[*k]).data.clone(),

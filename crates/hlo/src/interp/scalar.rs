@@ -77,6 +77,8 @@ pub(super) fn binary(k: BinaryOp, a: f64, b: f64, dt: DType) -> f64 {
     match k {
         BinaryOp::Add => a + b,
         BinaryOp::Sub => a - b,
+        // Integer products wrap at the dtype's width (exactly: f64 cannot hold them).
+        BinaryOp::Mul if int => wrap_int((a as i64).wrapping_mul(b as i64), dt),
         BinaryOp::Mul => a * b,
         BinaryOp::Div if int => {
             if b == 0.0 {
@@ -92,6 +94,65 @@ pub(super) fn binary(k: BinaryOp, a: f64, b: f64, dt: DType) -> f64 {
         BinaryOp::Rem => a % b,
         BinaryOp::And => ((a as i64) & (b as i64)) as f64,
         BinaryOp::Or => ((a as i64) | (b as i64)) as f64,
+        BinaryOp::Xor => ((a as i64) ^ (b as i64)) as f64,
+        BinaryOp::ShiftLeft | BinaryOp::ShiftRightLogical => shift(k, a, b, dt),
+    }
+}
+
+/// An integer as a value of the integer dtype `dt` (wrapping).
+fn wrap_int(x: i64, dt: DType) -> f64 {
+    match dt {
+        DType::I32 => x as i32 as f64,
+        DType::U32 => x as u32 as f64,
+        DType::I8 => x as i8 as f64,
+        _ => x as f64,
+    }
+}
+
+/// Shifts on the dtype's bit pattern; a shift by the width or more gives 0.
+fn shift(k: BinaryOp, a: f64, b: f64, dt: DType) -> f64 {
+    let bits = 8 * dt.size_bytes() as u32;
+    let mask = if bits == 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
+    let x = (a as i64 as u64) & mask;
+    if b < 0.0 || b >= bits as f64 {
+        return 0.0;
+    }
+    let y = match k {
+        BinaryOp::ShiftLeft => (x << b as u32) & mask,
+        _ => x >> b as u32,
+    };
+    // Back to the dtype's value (signed types reinterpret the top bit).
+    match dt {
+        DType::I32 => y as u32 as i32 as f64,
+        DType::I8 => y as u8 as i8 as f64,
+        DType::I64 => y as i64 as f64,
+        _ => y as f64,
+    }
+}
+
+/// Reinterprets `a` (a value of `from`) as a value of `to` of the same width.
+pub(super) fn bitcast(a: f64, from: DType, to: DType) -> f64 {
+    let bits: u64 = match from {
+        DType::F32 => (a as f32).to_bits() as u64,
+        DType::F64 => a.to_bits(),
+        DType::BF16 => half::bf16::from_f64(a).to_bits() as u64,
+        DType::F16 => half::f16::from_f64(a).to_bits() as u64,
+        _ => a as i64 as u64,
+    };
+    match to {
+        DType::F32 => f32::from_bits(bits as u32) as f64,
+        DType::F64 => f64::from_bits(bits),
+        DType::BF16 => half::bf16::from_bits(bits as u16).to_f64(),
+        DType::F16 => half::f16::from_bits(bits as u16).to_f64(),
+        DType::I32 => bits as u32 as i32 as f64,
+        DType::U32 => bits as u32 as f64,
+        DType::I8 => bits as u8 as i8 as f64,
+        DType::I64 => bits as i64 as f64,
+        DType::Bool => (bits != 0) as i64 as f64,
     }
 }
 

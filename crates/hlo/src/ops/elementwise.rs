@@ -86,7 +86,8 @@ impl Builder {
             );
         }
         let ok = match op {
-            BinaryOp::And | BinaryOp::Or => !ta.dtype.is_float(),
+            BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => !ta.dtype.is_float(),
+            BinaryOp::ShiftLeft | BinaryOp::ShiftRightLogical => ta.dtype.is_int(),
             BinaryOp::Pow => ta.dtype.is_float() || ta.dtype.is_int(),
             _ => ta.dtype != DType::Bool,
         };
@@ -121,6 +122,12 @@ impl Builder {
         and => And;
         /// Logical or bitwise or.
         or => Or;
+        /// Logical or bitwise exclusive or.
+        xor => Xor;
+        /// `a << b` on integers (0 when `b` is at least the bit width).
+        shift_left => ShiftLeft;
+        /// `a >> b` on integers, filling with zeros (0 when `b` is at least the bit width).
+        shift_right_logical => ShiftRightLogical;
     }
 
     /// Elementwise comparison; returns a `Bool` tensor of the same dimensions.
@@ -166,6 +173,27 @@ impl Builder {
             );
         }
         Ok(self.push(Op::Select(pred, on_true, on_false), tt))
+    }
+
+    /// Reinterprets the bits of each element as `dtype`, which must have the
+    /// same width (`f32` <-> `i32`/`u32`): `stablehlo.bitcast_convert`.
+    /// For non-negative floats the integer order is the float order.
+    pub fn bitcast_convert(&mut self, x: Value, dtype: DType) -> Result<Value> {
+        let ty = self.check("bitcast_convert", x)?.clone();
+        if ty.dtype == dtype {
+            return Ok(x);
+        }
+        if ty.dtype.size_bytes() != dtype.size_bytes()
+            || ty.dtype == DType::Bool
+            || dtype == DType::Bool
+        {
+            return shape_err(
+                "bitcast_convert",
+                &[&ty],
+                format!("a non-boolean operand as wide as {dtype}"),
+            );
+        }
+        Ok(self.push(Op::Bitcast(x), ty.with_dtype(dtype)))
     }
 
     /// Converts to another element type (floats to integers truncate).

@@ -1,7 +1,7 @@
 //! A checkpoint's parameters as a model: for `meshtrain eval` and for the
 //! Hugging Face export.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use gemma::hf::{HostTensor, SaveDtype};
 
@@ -63,7 +63,67 @@ impl Checkpoint {
     }
 }
 
-/// Whether `dir` is a meshtrain checkpoint (has a manifest).
+/// Whether `dir` is a meshtrain checkpoint (has a manifest or a commit
+/// marker).
 pub fn is_checkpoint(dir: &Path) -> bool {
-    dir.join(super::MANIFEST).is_file()
+    dir.join(super::MANIFEST).is_file() || dir.join(super::MARKER).is_file()
+}
+
+/// What a directory that is not itself a model holds: a run directory
+/// (its exported `final/`, its checkpoints) or a run's `checkpoints/`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inside {
+    /// `dir` is a run directory (it has `checkpoints/` or `final/`).
+    pub run_dir: bool,
+    /// The run's exported Hugging Face model, `dir/final`.
+    pub exported: Option<PathBuf>,
+    /// The newest committed-looking checkpoint in `dir` or `dir/checkpoints`.
+    pub newest: Option<PathBuf>,
+}
+
+/// Where the models are when `dir` holds some without being one; `None`
+/// when it holds none.
+pub fn models_inside(dir: &Path) -> Option<Inside> {
+    let newest = |root: &Path| {
+        super::list(root)
+            .ok()
+            .and_then(|mut l| l.pop())
+            .map(|s| s.1)
+    };
+    if let Some(step) = newest(dir) {
+        return Some(Inside {
+            run_dir: false,
+            exported: None,
+            newest: Some(step),
+        });
+    }
+    let inside = Inside {
+        run_dir: true,
+        exported: Some(dir.join("final")).filter(|f| f.join("config.json").is_file()),
+        newest: newest(&dir.join("checkpoints")),
+    };
+    (inside.exported.is_some() || inside.newest.is_some()).then_some(inside)
+}
+
+impl Inside {
+    /// What to give instead, in words; `models` counts Hugging Face
+    /// directories (for `eval`), not only checkpoints (for `export`).
+    pub fn advice(&self, models: bool) -> String {
+        let what = if self.run_dir {
+            "a run directory"
+        } else {
+            "a directory of checkpoints"
+        };
+        let mut give = Vec::new();
+        if let Some(f) = self.exported.as_ref().filter(|_| models) {
+            give.push(format!("its exported model {}", f.display()));
+        }
+        if let Some(c) = &self.newest {
+            give.push(format!("a checkpoint (newest: {})", c.display()));
+        }
+        if give.is_empty() {
+            return format!("{what} with no checkpoint");
+        }
+        format!("{what}: give {}", give.join(" or "))
+    }
 }

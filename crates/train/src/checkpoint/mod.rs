@@ -51,7 +51,7 @@ mod format;
 mod read;
 mod write;
 
-pub use export::is_checkpoint;
+pub use export::{Inside, is_checkpoint, models_inside};
 pub use format::{FileRecord, Manifest, MeshRecord, PieceRecord, TensorRecord};
 pub(crate) use read::remove_partials;
 pub use read::{Checkpoint, latest, list};

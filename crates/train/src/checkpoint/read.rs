@@ -117,9 +117,16 @@ impl Checkpoint {
             return Err(bad("does not exist or is not a directory".into()));
         }
         if !dir.join(MARKER).exists() && !dir.join(MANIFEST).exists() {
+            let hint = super::models_inside(dir).map_or_else(
+                || {
+                    "a Hugging Face model directory is used as is by `meshtrain eval` or \
+                     model.init = \"hf:DIR\""
+                        .into()
+                },
+                |inside| inside.advice(false),
+            );
             return Err(bad(format!(
-                "not a meshtrain checkpoint (no {MANIFEST}); a Hugging Face model directory \
-                 is used as is by `meshtrain eval` or model.init = \"hf:DIR\""
+                "not a meshtrain checkpoint (no {MANIFEST}); {hint}"
             )));
         }
         let marker = std::fs::read_to_string(dir.join(MARKER)).map_err(|_| {

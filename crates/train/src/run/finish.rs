@@ -38,7 +38,13 @@ pub(super) fn finish(job: &Job, done: &Done) -> Result<()> {
     // checkpoint, which every host has written its boxes of.
     let (step, dir) = checkpoint::list(&run_dir.join("checkpoints"))?
         .pop()
-        .ok_or_else(|| Error::config("train", "train.export_final", "no checkpoint to export from"))?;
+        .ok_or_else(|| {
+            Error::config(
+                "train",
+                "train.export_final",
+                "no checkpoint to export from",
+            )
+        })?;
     if step != job.cfg.train.steps {
         return Err(Error::config(
             "train",

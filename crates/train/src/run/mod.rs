@@ -27,6 +27,9 @@ use crate::{ProcessGroup, Result};
 pub struct RunSummary {
     /// `(step, loss)` of every step.
     pub losses: Vec<(u64, f32)>,
+    /// Steps done before this run: those of the checkpoint it resumed
+    /// (`train.steps` or more when there was nothing left to train).
+    pub start_step: u64,
     /// Seconds to compile the step.
     pub compile_seconds: f64,
     /// Median seconds per step (after the first).
@@ -169,6 +172,7 @@ fn run(
     finish::finish(&job, &done)?;
     Ok(RunSummary {
         losses: done.losses,
+        start_step: job.start,
         compile_seconds: job.compile_seconds,
         median_step_seconds: done.median_step_seconds,
         run_dir: job.run_dir.clone(),

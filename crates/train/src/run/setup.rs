@@ -60,6 +60,13 @@ impl<'g> Job<'g> {
         mode: Mode<'g>,
         client: Option<Client>,
     ) -> Result<Job<'g>> {
+        // The client first: an unset device count is every device it has.
+        let client = match client {
+            Some(c) => c,
+            None => crate::make_client(cfg)?,
+        };
+        let what = format!("the {} plugin", client.platform_name());
+        let cfg = &cfg.with_device_count(client.global_devices().len(), &what, "the job config")?;
         let (model, plan) = model_and_plan(cfg)?;
         let lead = mode.rank() == 0;
         let run_dir = cfg.train.run_dir.clone();
@@ -72,10 +79,6 @@ impl<'g> Job<'g> {
         if lead {
             write_file(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         }
-        let client = match client {
-            Some(c) => c,
-            None => crate::make_client(cfg)?,
-        };
         let at = Placement::new(cfg, &client, &plan)?;
         let t0 = Instant::now();
         let (stepper, params) = Stepper::new(cfg, &client, &plan, &at.layout.order, mode.group())?;
@@ -118,14 +121,17 @@ impl<'g> Job<'g> {
                 );
                 state::restore(c, &client, &plan, &at, &params)?
             }
-            None => (state::initial(cfg, &client, &plan, &at, &params)?, Vec::new()),
+            None => (
+                state::initial(cfg, &client, &plan, &at, &params)?,
+                Vec::new(),
+            ),
         };
         let kind = client.devices().first().map_or("cpu", |d| d.kind.as_str());
         let bf16 = cfg.compute_options()?.dtype == hlo::DType::BF16;
         let peak_flops = mfu::job_peak_flops(
             kind,
             plan.mesh.devices() as usize,
-            mode.size().max(at.layout.hosts),
+            mode.size(),
             cfg.train.peak_flops_per_device,
             || mfu::measure_peak_flops(&client, bf16),
         )?;
@@ -187,9 +193,7 @@ fn open_feed(
     hosts
         .into_iter()
         .map(|(host, rows)| {
-            let loader = data::RowLoader::new(&cfg.data, &rows, |r| {
-                saved.as_ref().map(|s| s[r])
-            })?;
+            let loader = data::RowLoader::new(&cfg.data, &rows, |r| saved.as_ref().map(|s| s[r]))?;
             if let Some(v) = loader.info().vocab_size
                 && v > model.vocab_size
             {

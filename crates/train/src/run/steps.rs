@@ -38,7 +38,9 @@ impl Sink<'_> {
     /// commit, and at the end).
     fn flush(&mut self) -> Result<()> {
         match self {
-            Sink::File(f, path) => f.flush().map_err(|e| Error::io("writing", path.as_path(), e)),
+            Sink::File(f, path) => f
+                .flush()
+                .map_err(|e| Error::io("writing", path.as_path(), e)),
             Sink::Group(_) => Ok(()),
         }
     }
@@ -47,7 +49,8 @@ impl Sink<'_> {
 pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
     let cfg = job.cfg.clone();
     let start = job.start;
-    if start >= cfg.train.steps {
+    // A single process's caller reports it (`RunSummary::start_step`).
+    if start >= cfg.train.steps && !matches!(job.mode, super::Mode::Single) {
         eprintln!(
             "meshtrain: {} already holds step {start} of train.steps = {}: nothing to train \
              (raise train.steps to continue, or use another train.run_dir to start over)",
@@ -129,7 +132,11 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
                 .feed
                 .iter()
                 .map(|f| {
-                    let host = if matches!(job.mode, Mode::Group(_)) { 0 } else { f.host };
+                    let host = if matches!(job.mode, Mode::Group(_)) {
+                        0
+                    } else {
+                        f.host
+                    };
                     state::snapshot(
                         &cfg,
                         &job.plan,
@@ -184,7 +191,9 @@ fn check_tokens(batch: &data::Batch, vocab_size: usize, s: u64) -> Result<()> {
         Some(&bad) => Err(Error::config(
             "data",
             "data.path",
-            format!("step {s}: token id {bad} is outside the vocabulary (model.vocab_size = {vocab_size})"),
+            format!(
+                "step {s}: token id {bad} is outside the vocabulary (model.vocab_size = {vocab_size})"
+            ),
         )),
         None => Ok(()),
     }
