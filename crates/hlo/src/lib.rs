@@ -124,7 +124,7 @@ pub use dtype::{DType, TensorType};
 pub use error::{Error, Result};
 pub use interp::{Tensor, erf};
 pub use op::{BinaryOp, CmpDir, DotDims, Literal, ReduceKind, UnaryOp};
-pub use program::Program;
+pub use program::{DotPrecision, Program};
 pub use remat::RematPolicy;
 pub use sample::{hash_combine_host, mix32_host};
 pub use sharding::{Mesh, Sharding};

@@ -15,6 +15,19 @@ pub struct Program {
     pub(crate) out_shardings: Vec<Option<Sharding>>,
     /// Per parameter: the output it is donated to.
     pub(crate) aliases: Vec<Option<usize>>,
+    /// Precision of the f32 contractions.
+    pub(crate) dot_precision: DotPrecision,
+}
+
+/// Precision of f32 contractions (`dot_general`), where hardware has faster,
+/// less precise modes (TF32 tensor cores on NVIDIA GPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DotPrecision {
+    /// The compiler's choice (no `precision` attribute).
+    #[default]
+    Default,
+    /// Full f32: `precision = [HIGHEST, HIGHEST]` on every f32 contraction.
+    Highest,
 }
 
 impl Builder {
@@ -29,11 +42,18 @@ impl Builder {
             outputs: outputs.to_vec(),
             out_shardings: vec![None; outputs.len()],
             aliases: vec![None; n_params],
+            dot_precision: DotPrecision::Default,
         })
     }
 }
 
 impl Program {
+    /// Sets the precision of the program's f32 contractions (loop bodies
+    /// included); bf16 contractions are left as they are.
+    pub fn set_dot_precision(&mut self, p: DotPrecision) {
+        self.dot_precision = p;
+    }
+
     /// The graph the program was built from.
     pub fn builder(&self) -> &Builder {
         &self.b

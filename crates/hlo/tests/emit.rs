@@ -203,3 +203,41 @@ fn small_integer_powers_become_multiplies() {
     assert_eq!(out[1].data, [1.0, 4.0, 9.0, 16.0]);
     assert_eq!(out[2].data[3], 2.0);
 }
+
+#[test]
+fn highest_dot_precision_marks_f32_contractions_only_loop_bodies_too() {
+    let build = |precision: Option<hlo::DotPrecision>| {
+        let mut b = Builder::new("prec");
+        let x = b.parameter("x", TensorType::f32([2, 4]));
+        let w = b.parameter("w", TensorType::f32([3, 4, 4]));
+        let (fin, _) = b
+            .scan(3, &[x], &[w], &[], |b, c, ws, _| {
+                let h = b.matmul(c[0], ws[0])?;
+                Ok((vec![b.tanh(h)?], vec![]))
+            })
+            .unwrap();
+        let xb = b.convert(fin[0], DType::BF16).unwrap();
+        let wb = b.parameter("wb", TensorType::new(DType::BF16, vec![4, 2]));
+        let y = b.matmul(xb, wb).unwrap();
+        let mut p = b.build(&[fin[0], y]).unwrap();
+        if let Some(prec) = precision {
+            p.set_dot_precision(prec);
+        }
+        p.to_mlir()
+    };
+    let default = build(None);
+    assert!(!default.contains("precision"), "{default}");
+    assert_eq!(default, build(Some(hlo::DotPrecision::Default)));
+    let highest = build(Some(hlo::DotPrecision::Highest));
+    // The f32 matmul inside the loop body carries it; the bf16 one does not.
+    assert_eq!(
+        highest.matches("precision = [HIGHEST, HIGHEST]").count(),
+        1,
+        "{highest}"
+    );
+    let bf16_dot = highest
+        .lines()
+        .find(|l| l.contains("dot_general") && l.contains("bf16"))
+        .unwrap();
+    assert!(!bf16_dot.contains("precision"), "{bf16_dot}");
+}

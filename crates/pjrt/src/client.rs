@@ -99,7 +99,28 @@ impl Client {
         if let Some(store) = &kv {
             crate::kv::install(&mut a, store);
         }
-        pjrt_call!(plugin, PJRT_Client_Create, &mut a)?;
+        pjrt_call!(plugin, PJRT_Client_Create, &mut a).map_err(|e| match e {
+            // A CUDA plugin without a driver fails here: say so plainly.
+            Error::Pjrt {
+                call,
+                code,
+                message,
+            } => match crate::install::cuda::plugin_major(plugin.path())
+                .and_then(crate::install::cuda::driver_problem)
+            {
+                Some(why) => Error::Pjrt {
+                    call,
+                    code,
+                    message: format!("{message}\n{why}"),
+                },
+                None => Error::Pjrt {
+                    call,
+                    code,
+                    message,
+                },
+            },
+            other => other,
+        })?;
         let mut inner = ClientInner {
             plugin: plugin.clone(),
             raw: a.client,

@@ -61,6 +61,7 @@
 mod buffer;
 mod client;
 mod compile;
+pub mod elf;
 mod error;
 mod executable;
 pub mod hlo;

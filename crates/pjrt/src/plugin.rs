@@ -100,6 +100,8 @@ impl Plugin {
         {
             prepare_libtpu_env();
         }
+        // A CUDA plugin in an install tree: its NVIDIA libraries first.
+        crate::install::cuda::preload(path)?;
         // SAFETY: loading a library runs its initialisers; PJRT plugins are
         // ordinary shared objects meant to be loaded this way.
         let lib = unsafe { libloading::Library::new(path) }.map_err(|e| load_err(e.to_string()))?;

@@ -101,6 +101,8 @@ pub struct ModelConfig {
     #[serde(default)]
     pub seed: u64,
     /// Compute dtype: `"f32"`, or `"bf16"` (f32 parameters, bf16 matmuls).
+    /// Unset: `"bf16"` on the CUDA backends, `"f32"` elsewhere
+    /// ([`crate::gpu::default_dtype`]); the saved config records the choice.
     #[serde(default = "default_dtype")]
     pub dtype: String,
     /// Rematerialisation per layer: `"none"`, `"full"` or `"save_matmuls"`.
@@ -273,6 +275,19 @@ pub struct RuntimeConfig {
     /// job (its own batch rows, buffers, checkpoint part and restore
     /// reads); they are combined only when the step executes. 1: off.
     pub emulate_hosts: usize,
+    /// GPU: fraction of each GPU's memory XLA's allocator may use
+    /// (the CUDA client's `memory_fraction`), in (0, 1].
+    pub gpu_memory_fraction: f64,
+    /// GPU: reserve that memory when the client starts (`preallocate`);
+    /// false: allocate as needed (slower, but the GPU can be shared).
+    pub gpu_preallocate: bool,
+    /// Deterministic reductions and scatters (GPU: `xla_gpu_deterministic_ops`),
+    /// for parity runs; slower. The CPU backend is deterministic already.
+    pub deterministic: bool,
+    /// Precision of f32 matmuls: `"default"` (the compiler's choice: TF32
+    /// tensor cores on NVIDIA Ampere and newer) or `"highest"` (full f32, no
+    /// TF32; for parity runs). bf16 matmuls are unaffected.
+    pub matmul_precision: String,
 }
 
 impl Default for RuntimeConfig {
@@ -283,6 +298,10 @@ impl Default for RuntimeConfig {
             plugin: None,
             xla_options: BTreeMap::new(),
             emulate_hosts: 1,
+            gpu_memory_fraction: 0.9,
+            gpu_preallocate: true,
+            deterministic: false,
+            matmul_precision: "default".into(),
         }
     }
 }
@@ -292,7 +311,7 @@ impl RuntimeConfig {
     /// defaults measured to be faster here. On CPU in f32, XLA's YNNPACK dot
     /// fusions (`xla_cpu_experimental_ynn_fusion_type = "LIBRARY_FUSION_TYPE_DOT"`) made the
     /// bench step ~15% faster; in bf16 they made it ~85% slower, so bf16
-    /// keeps XLA's own dots.
+    /// keeps XLA's own dots. On the CUDA backends: [`crate::gpu::xla_options`].
     pub fn xla_options(&self, compute: hlo::DType) -> Result<Vec<(String, pjrt::XlaOption)>> {
         let mut out: Vec<(String, pjrt::XlaOption)> = Vec::new();
         for (k, v) in &self.xla_options {
@@ -321,7 +340,23 @@ impl RuntimeConfig {
                 pjrt::XlaOption::Str("LIBRARY_FUSION_TYPE_DOT".into()),
             ));
         }
+        if crate::gpu::is_cuda(&self.backend) {
+            out.extend(crate::gpu::xla_options(self));
+        }
         Ok(out)
+    }
+
+    /// The precision f32 matmuls are emitted with (`matmul_precision`).
+    pub fn dot_precision(&self) -> Result<hlo::DotPrecision> {
+        match self.matmul_precision.as_str() {
+            "default" => Ok(hlo::DotPrecision::Default),
+            "highest" => Ok(hlo::DotPrecision::Highest),
+            other => Err(Error::config(
+                "runtime",
+                "runtime.matmul_precision",
+                format!("{other:?}: expected \"default\" or \"highest\""),
+            )),
+        }
     }
 }
 
@@ -345,6 +380,7 @@ impl TrainConfig {
             }
             apply_set(&mut table, key, parse_value(value.trim()))?;
         }
+        fill_default_dtype(&mut table);
         let set_keys: Vec<&str> = seen.iter().map(String::as_str).collect();
         let origin = |key: &str| {
             let from_set = set_keys.iter().any(|s| {
@@ -554,6 +590,14 @@ impl TrainConfig {
                     .into(),
             );
         }
+        let fraction = self.runtime.gpu_memory_fraction;
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return bad(
+                "runtime.gpu_memory_fraction",
+                format!("{fraction}: expected a fraction in (0, 1]"),
+            );
+        }
+        self.runtime.dot_precision()?;
         if !matches!(self.mesh.tensor_along.as_str(), "x" | "y") {
             return bad(
                 "mesh.tensor_along",
@@ -749,6 +793,23 @@ fn smoke_assets() -> Result<(PathBuf, PathBuf)> {
     }
     let tokenizer = out.pop().expect("two assets");
     Ok((out.pop().expect("two assets"), tokenizer))
+}
+
+/// Sets `model.dtype` when the config leaves it out: bf16 on GPUs, f32
+/// elsewhere ([`crate::gpu::default_dtype`]).
+fn fill_default_dtype(table: &mut toml::Table) {
+    let backend = table
+        .get("runtime")
+        .and_then(|r| r.get("backend"))
+        .and_then(|b| b.as_str())
+        .unwrap_or("cpu")
+        .to_string();
+    if let Some(model) = table.get_mut("model").and_then(|m| m.as_table_mut())
+        && !model.contains_key("dtype")
+    {
+        let dtype = crate::gpu::default_dtype(&backend);
+        model.insert("dtype".into(), toml::Value::String(dtype.into()));
+    }
 }
 
 /// A deserializer message in words: Rust's integer and float type names

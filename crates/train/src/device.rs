@@ -21,6 +21,9 @@ pub fn make_client(cfg: &TrainConfig) -> Result<Client> {
             pjrt::OptionValue::Int(cfg.runtime.device_count.max(1) as i64),
         ));
     }
+    if crate::gpu::is_cuda(&cfg.runtime.backend) {
+        options.extend(crate::gpu::client_options(&cfg.runtime));
+    }
     let client = Client::new(&plugin, &options)?;
     check_devices(cfg, &client)?;
     Ok(client)
@@ -51,10 +54,14 @@ pub fn make_pod_client(
                     .to_string(),
             ));
         }
-        Backend::Cuda12 | Backend::Cuda13 => vec![
-            ("node_id", pjrt::OptionValue::Int(process_id as i64)),
-            ("num_nodes", pjrt::OptionValue::Int(processes as i64)),
-        ],
+        Backend::Cuda12 | Backend::Cuda13 => {
+            let mut o = vec![
+                ("node_id", pjrt::OptionValue::Int(process_id as i64)),
+                ("num_nodes", pjrt::OptionValue::Int(processes as i64)),
+            ];
+            o.extend(crate::gpu::client_options(&cfg.runtime));
+            o
+        }
         Backend::Tpu => Vec::new(),
     };
     let plugin = load_plugin(cfg, backend)?;

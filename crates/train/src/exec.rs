@@ -62,7 +62,8 @@ impl<'g> Stepper<'g> {
         };
         match group {
             None => {
-                let step = build_step(&model, &cfg.optimizer, compute, shape, plan)?;
+                let mut step = build_step(&model, &cfg.optimizer, compute, shape, plan)?;
+                step.program.set_dot_precision(cfg.runtime.dot_precision()?);
                 let fused = exe(step.program.to_mlir())?;
                 Ok((
                     Stepper::Fused {
@@ -73,7 +74,9 @@ impl<'g> Stepper<'g> {
                 ))
             }
             Some(group) => {
-                let (g, u) = build_split(&model, &cfg.optimizer, compute, shape, plan)?;
+                let (mut g, mut u) = build_split(&model, &cfg.optimizer, compute, shape, plan)?;
+                g.program.set_dot_precision(cfg.runtime.dot_precision()?);
+                u.program.set_dot_precision(cfg.runtime.dot_precision()?);
                 let grads = exe(g.program.to_mlir())?;
                 let apply = exe(u.program.to_mlir())?;
                 Ok((

@@ -12,6 +12,7 @@ mod error;
 pub mod eval;
 mod exec;
 pub mod generate;
+pub mod gpu;
 mod group;
 pub mod host;
 mod init;

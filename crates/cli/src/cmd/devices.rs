@@ -32,6 +32,10 @@ pub fn run(args: Args) -> Result<()> {
     match (backend, args.device_count) {
         (Backend::Cpu, Some(n)) => options.push(("cpu_device_count", OptionValue::Int(n as i64))),
         (Backend::Cpu, None) => {}
+        // Listing devices should not reserve their memory.
+        (Backend::Cuda12 | Backend::Cuda13, None) => {
+            options.push(("preallocate", OptionValue::Bool(false)))
+        }
         (_, Some(_)) => anyhow::bail!("--device-count applies to the cpu backend only"),
         (_, None) => {}
     }

@@ -32,7 +32,9 @@ impl Program {
 
 /// The module text, without the debug dump.
 pub(crate) fn emit(p: &Program) -> String {
-    Emitter::new(&p.b, String::new(), "    ".into()).run(p)
+    let mut e = Emitter::new(&p.b, String::new(), "    ".into());
+    e.highest = p.dot_precision == crate::DotPrecision::Highest;
+    e.run(p)
 }
 
 /// Marks the nodes of `b` that `roots` (and the parameters) depend on.
@@ -64,6 +66,8 @@ struct Emitter<'a> {
     /// Prefix of every SSA name (empty in the function, `w5_b` in a loop body).
     prefix: String,
     indent: String,
+    /// f32 contractions carry `precision = [HIGHEST, HIGHEST]`.
+    highest: bool,
 }
 
 impl<'a> Emitter<'a> {
@@ -76,6 +80,7 @@ impl<'a> Emitter<'a> {
             n_consts: 0,
             prefix,
             indent,
+            highest: false,
         }
     }
 

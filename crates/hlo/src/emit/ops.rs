@@ -143,8 +143,13 @@ impl Emitter<'_> {
                         list(&d.rhs_batch)
                     )
                 };
+                let precision = if self.highest && b.ty(*l).dtype == DType::F32 {
+                    ", precision = [HIGHEST, HIGHEST]"
+                } else {
+                    ""
+                };
                 format!(
-                    "stablehlo.dot_general {}, {}, {batch}contracting_dims = [{}] x [{}] : ({}, {}) -> {ty}",
+                    "stablehlo.dot_general {}, {}, {batch}contracting_dims = [{}] x [{}]{precision} : ({}, {}) -> {ty}",
                     n(l),
                     n(r),
                     list(&d.lhs_contract),

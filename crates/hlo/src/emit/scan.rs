@@ -95,6 +95,7 @@ impl Emitter<'_> {
         };
         let params = body.body.parameters();
         let mut inner = Emitter::new(&body.body, format!("{w}b"), format!("{ind}    "));
+        inner.highest = self.highest;
         for (j, p) in params[..k].iter().enumerate() {
             inner.names[p.index()] = format!("{w}a{j}");
         }

@@ -6,6 +6,16 @@
 //! `$XDG_CACHE_HOME/meshtrain`, else `~/.cache/meshtrain`), checks its
 //! sha256 against the pinned value, and renames it into place only when
 //! complete. `MESHTRAIN_PJRT_PLUGIN` (or an explicit path) overrides all of it.
+//!
+//! The CUDA plugins also need NVIDIA's runtime libraries (cuBLAS, cuDNN,
+//! NCCL, ...), which they `dlopen`. Their installs are complete trees laid
+//! out like a Python `site-packages` (see [`cuda`]): the plugin at
+//! `jax_plugins/xla_cudaNN/xla_cuda_plugin.so` and every NVIDIA wheel of
+//! the plugin's `with-cuda` extra unpacked beside it under `nvidia/`, where
+//! the plugin's `RPATH` (`$ORIGIN/../../nvidia/<lib>/lib`) and
+//! [`cuda::preload`] find them. Every wheel is checked against its pinned
+//! sha256, and every file unpacked from it against the wheel's `RECORD`.
+//! Only the GPU driver (`libcuda.so.1`) is left to the system.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -15,6 +25,12 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
+
+pub mod cuda;
+mod cuda_pins;
+mod wheel;
+
+pub use wheel::Wheel;
 
 /// A backend meshtrain can install a plugin for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,6 +64,10 @@ pub struct PluginPackage {
     pub sha256: &'static str,
     /// Licence note shown at install.
     pub licence: &'static str,
+    /// Wheels installed together as one `site-packages`-like tree (the
+    /// plugin's own wheel among them), with the plugin at `member` inside
+    /// it; empty when the plugin `.so` alone is installed.
+    pub tree: &'static [Wheel],
 }
 
 /// The pinned plugins. The CPU choice is explained in the crate docs.
@@ -61,6 +81,7 @@ pub const PACKAGES: &[PluginPackage] = &[
         member: "lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so",
         sha256: "ad1309ac822b1b24d51b7f9947c7c9fa9ef5d67f390584cbc3d1fa2428fed9c2",
         licence: "Apache-2.0 (XLA)",
+        tree: &[],
     },
     PluginPackage {
         backend: Backend::Cuda12,
@@ -70,7 +91,8 @@ pub const PACKAGES: &[PluginPackage] = &[
         python_version: "3.11",
         member: "jax_plugins/xla_cuda12/xla_cuda_plugin.so",
         sha256: "921aaa9c635255fb7b7a660d11c8f702c78a70e7f7d005d4f377c2dc5f0fede2",
-        licence: "Apache-2.0 (XLA); needs the CUDA 12 libraries (e.g. the nvidia-* wheels jax[cuda12] uses)",
+        licence: "Apache-2.0 (XLA); NVIDIA runtime wheels under NVIDIA's licence terms: fetched into the cache, never redistributed",
+        tree: cuda_pins::CUDA12_WHEELS,
     },
     PluginPackage {
         backend: Backend::Cuda13,
@@ -80,7 +102,8 @@ pub const PACKAGES: &[PluginPackage] = &[
         python_version: "3.11",
         member: "jax_plugins/xla_cuda13/xla_cuda_plugin.so",
         sha256: "b6de513893c09af2c77e71afcef46d9706f8c259337cdef4cd5cae2353886f75",
-        licence: "Apache-2.0 (XLA); needs the CUDA 13 libraries",
+        licence: "Apache-2.0 (XLA); NVIDIA runtime wheels under NVIDIA's licence terms: fetched into the cache, never redistributed",
+        tree: cuda_pins::CUDA13_WHEELS,
     },
     PluginPackage {
         backend: Backend::Tpu,
@@ -91,6 +114,7 @@ pub const PACKAGES: &[PluginPackage] = &[
         member: "libtpu/libtpu.so",
         sha256: "f86de4d04a058e6b5101f73e0824b95f27e2cec996d2b9191d9cffda75c03077",
         licence: "proprietary (Google libtpu terms): fetched into the cache, never redistributed",
+        tree: &[],
     },
 ];
 
@@ -142,6 +166,7 @@ pub const CPU_OFFICIAL: PluginPackage = PluginPackage {
     member: "xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so",
     sha256: "88c3f28c5900f48ad4a82cab9e79bba9537809743395e341485f8794268820dc",
     licence: "Apache-2.0 (XLA)",
+    tree: &[],
 };
 
 /// Where the pinned plugin of `backend` lives once installed.
@@ -149,18 +174,31 @@ pub fn install_path(backend: Backend) -> PathBuf {
     package_path(backend.package())
 }
 
-fn package_path(p: &PluginPackage) -> PathBuf {
-    let file = Path::new(p.member)
-        .file_name()
-        .expect("member has a file name");
+/// The directory a pinned plugin installs into (for a CUDA plugin, the
+/// root of its tree).
+pub fn install_dir(p: &PluginPackage) -> PathBuf {
     home()
         .join("plugins")
         .join(format!("{}-{}", p.package, p.version))
-        .join(file)
+}
+
+fn package_path(p: &PluginPackage) -> PathBuf {
+    if !p.tree.is_empty() {
+        return install_dir(p).join(p.member);
+    }
+    let file = Path::new(p.member)
+        .file_name()
+        .expect("member has a file name");
+    install_dir(p).join(file)
 }
 
 fn marker(path: &Path) -> PathBuf {
     path.with_extension("sha256")
+}
+
+/// Where the completion marker of wheel `w` of a tree lives.
+fn wheel_marker(dir: &Path, w: &Wheel) -> PathBuf {
+    dir.join(".installed").join(format!("{}.sha256", w.file))
 }
 
 /// The installed plugin of `backend`, if complete and verified.
@@ -171,7 +209,12 @@ pub fn find_installed(backend: Backend) -> Option<PathBuf> {
 fn find_package(pkg: &PluginPackage) -> Option<PathBuf> {
     let path = package_path(pkg);
     let recorded = fs::read_to_string(marker(&path)).ok()?;
-    (path.is_file() && recorded.trim() == pkg.sha256).then_some(path)
+    let dir = install_dir(pkg);
+    let wheels_done = pkg
+        .tree
+        .iter()
+        .all(|w| fs::read_to_string(wheel_marker(&dir, w)).is_ok_and(|r| r.trim() == w.sha256));
+    (path.is_file() && recorded.trim() == pkg.sha256 && wheels_done).then_some(path)
 }
 
 /// Chooses the plugin: `explicit`, else `$MESHTRAIN_PJRT_PLUGIN`, else the
@@ -210,10 +253,7 @@ pub fn install(backend: Backend) -> Result<PathBuf> {
 pub fn install_package(pkg: &PluginPackage) -> Result<PathBuf> {
     let backend = pkg.backend;
     let dest = package_path(pkg);
-    let dir = dest
-        .parent()
-        .expect("install path has a parent")
-        .to_path_buf();
+    let dir = install_dir(pkg);
     fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
     let lock_path = dir.join(".lock");
     let lock = File::create(&lock_path).map_err(|e| Error::io("creating", &lock_path, e))?;
@@ -231,15 +271,60 @@ pub fn install_package(pkg: &PluginPackage) -> Result<PathBuf> {
     );
     let tmp = dir.join(format!("download-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    let result = download(pkg, &tmp).and_then(|wheel| unpack(pkg, &wheel, &dest));
+    let result = if pkg.tree.is_empty() {
+        download(pkg, &tmp).and_then(|wheel| unpack(pkg, &wheel, &dest))
+    } else {
+        install_tree(pkg, &dir, &tmp, &dest)
+    };
     let _ = fs::remove_dir_all(&tmp);
     result?;
     eprintln!("meshtrain: installed {}", dest.display());
     Ok(dest)
 }
 
+/// Installs every wheel of `pkg.tree` into `dir` (skipping those already
+/// installed), then checks the plugin and writes its marker last.
+fn install_tree(pkg: &PluginPackage, dir: &Path, tmp: &Path, dest: &Path) -> Result<()> {
+    let fail = |reason: String| Error::Install {
+        backend: format!("{:?}", pkg.backend),
+        reason,
+    };
+    let todo: Vec<&Wheel> = pkg
+        .tree
+        .iter()
+        .filter(|w| !fs::read_to_string(wheel_marker(dir, w)).is_ok_and(|r| r.trim() == w.sha256))
+        .collect();
+    let bytes: u64 = todo.iter().map(|w| w.size).sum();
+    eprintln!(
+        "meshtrain: {} wheels to fetch ({:.2} GB): the plugin and the NVIDIA libraries it loads",
+        todo.len(),
+        bytes as f64 / 1e9
+    );
+    let files = wheel::fetch(pkg, &todo, tmp).map_err(fail)?;
+    let markers = dir.join(".installed");
+    fs::create_dir_all(&markers).map_err(|e| Error::io("creating", &markers, e))?;
+    for (w, file) in todo.iter().zip(&files) {
+        wheel::unpack_all(w, file, dir).map_err(fail)?;
+        if file.starts_with(tmp) {
+            let _ = fs::remove_file(file); // free the space as we go (never a wheelhouse's)
+        }
+        let m = wheel_marker(dir, w);
+        fs::write(&m, format!("{}\n", w.sha256)).map_err(|e| Error::io("writing", &m, e))?;
+    }
+    let got = wheel::sha256_file(dest)?;
+    if got != pkg.sha256 {
+        return Err(fail(format!(
+            "sha256 of {} is {got}, pinned {}; refusing it",
+            dest.display(),
+            pkg.sha256
+        )));
+    }
+    let m = marker(dest);
+    fs::write(&m, format!("{got}\n")).map_err(|e| Error::io("writing", &m, e))
+}
+
 fn download(pkg: &PluginPackage, tmp: &Path) -> Result<PathBuf> {
-    let python = std::env::var("MESHTRAIN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = wheel::python();
     let spec = format!("{}=={}", pkg.package, pkg.version);
     let fail = |reason: String| Error::Install {
         backend: format!("{:?}", pkg.backend),
@@ -310,7 +395,7 @@ fn unpack(pkg: &PluginPackage, wheel: &Path, dest: &Path) -> Result<()> {
     bar.finish_and_clear();
     out.sync_all()
         .map_err(|e| Error::io("syncing", &partial, e))?;
-    let got = hex(&hasher.finalize());
+    let got = wheel::hex(&hasher.finalize());
     if got != pkg.sha256 {
         let _ = fs::remove_file(&partial);
         return Err(fail(format!(
@@ -322,8 +407,4 @@ fn unpack(pkg: &PluginPackage, wheel: &Path, dest: &Path) -> Result<()> {
     let m = marker(dest);
     fs::write(&m, format!("{got}\n")).map_err(|e| Error::io("writing", &m, e))?;
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
