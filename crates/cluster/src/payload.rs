@@ -68,16 +68,26 @@ pub(crate) fn encode<E: Element>(values: &[E]) -> Bytes {
     Bytes::from(out)
 }
 
-/// Decodes little-endian `bytes` into `out` (whose length must match).
-pub(crate) fn decode_into<E: Element>(bytes: &[u8], out: &mut [E]) {
-    assert_eq!(bytes.len(), out.len() * E::SIZE, "payload length");
+/// Decodes little-endian `bytes` into `out`; bytes that are not exactly
+/// `out.len()` elements (a peer's chunk of the wrong size) are refused with
+/// what was expected, and `out` is left alone.
+pub(crate) fn decode_into<E: Element>(bytes: &[u8], out: &mut [E]) -> Result<(), String> {
+    if bytes.len() != out.len() * E::SIZE {
+        return Err(format!(
+            "a chunk of {} bytes where {} elements of {} bytes were expected",
+            bytes.len(),
+            out.len(),
+            E::SIZE
+        ));
+    }
     if cfg!(target_endian = "little") {
         as_bytes_mut(out).copy_from_slice(bytes);
-        return;
+        return Ok(());
     }
     for (o, b) in out.iter_mut().zip(bytes.chunks_exact(E::SIZE)) {
         *o = E::read(b);
     }
+    Ok(())
 }
 
 /// The in-memory bytes of `values` (little-endian on little-endian hosts).
@@ -150,7 +160,7 @@ mod tests {
         let c = vec![0.5f32, 1.0, 0.25];
         let bytes = encode(&a);
         let mut back = vec![0.0f32; 3];
-        decode_into(&bytes, &mut back);
+        decode_into(&bytes, &mut back).unwrap();
         assert_eq!(back, a);
 
         let sum = ordered_sum(vec![
@@ -159,8 +169,24 @@ mod tests {
             Payload::F32(c.clone()),
         ]);
         let mut out = vec![0.0f32; 3];
-        decode_into(&sum, &mut out);
+        decode_into(&sum, &mut out).unwrap();
         let want: Vec<f32> = (0..3).map(|i| (a[i] + b[i]) + c[i]).collect();
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn a_chunk_of_the_wrong_size_is_refused_not_a_panic() {
+        let mut out = vec![7.0f32; 2];
+        for bytes in [&[0u8; 7][..], &[0u8; 9][..], &[][..]] {
+            let e = decode_into(bytes, &mut out).unwrap_err();
+            assert_eq!(
+                e,
+                format!(
+                    "a chunk of {} bytes where 2 elements of 4 bytes were expected",
+                    bytes.len()
+                )
+            );
+            assert_eq!(out, [7.0, 7.0]);
+        }
     }
 }

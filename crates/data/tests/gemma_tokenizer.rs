@@ -30,6 +30,9 @@ fn gemma() -> Option<data::Tokenizer> {
     let cache = data::cache_dir();
     match data::setup_tokenizer(&cache) {
         Ok(_) => Some(data::Tokenizer::load("gemma", &cache).expect("fetched tokenizer loads")),
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("cannot fetch the Gemma tokenizer, and CI must run this check: {e}")
+        }
         Err(e) => {
             eprintln!(
                 "\n======== SKIPPED: cannot fetch the Gemma tokenizer into {}: {e} ========\n",

@@ -116,7 +116,7 @@ pub fn prefill(
     cache_len: i64,
     c: &dyn Constrain,
 ) -> Result<(Value, KvCache)> {
-    let [bs, p] = [b.dims(ids)[0], b.dims(ids)[1]];
+    let [bs, p] = crate::model::token_dims(b, "ids", ids, None)?;
     if cache_len < p {
         return Err(crate::Error::config(
             "cache_len",

@@ -24,6 +24,18 @@ pub enum Error {
     #[error("model.preset = {0:?}: expected one of \"gemma-2b\", \"gemma-7b\", \"tiny\"")]
     Preset(String),
 
+    /// A model input (token ids, positions, segment ids) has the wrong
+    /// rank, shape or element type.
+    #[error("model input `{name}` is {found}: expected {expected}")]
+    Input {
+        /// The input's name.
+        name: &'static str,
+        /// Its type, as `i32[4]`.
+        found: String,
+        /// What the model takes.
+        expected: String,
+    },
+
     /// Building the tensor program failed (a shape bug: names the op).
     #[error("building the Gemma program: {0}")]
     Program(#[from] hlo::Error),

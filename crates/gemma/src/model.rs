@@ -4,7 +4,7 @@
 
 use hlo::{Builder, DType, RematPolicy, TensorType, Value};
 
-use crate::{GemmaConfig, Result};
+use crate::{Error, GemmaConfig, Result};
 
 /// Decides how an activation is sharded, from the logical axes the model
 /// names (`batch`, `seq`, `act_embed`). The model never sees the mesh.
@@ -131,6 +131,9 @@ impl<'a> Gemma<'a> {
 
     /// Logits `[B, T, V]` in the compute dtype.
     pub fn forward(&self, b: &mut Builder, t: &Tokens, c: &dyn Constrain) -> Result<Value> {
+        let bt = token_dims(b, "ids", t.ids, None)?;
+        token_dims(b, "positions", t.positions, Some(bt))?;
+        token_dims(b, "segment_ids", t.segment_ids, Some(bt))?;
         let x = self.embed(b, t.ids, c)?;
         let mask = b.scope("model.attention_mask", |b| attention_mask(b, t.segment_ids))?;
         let h = self.layers(b, x, t.positions, &mut MaskedAttention(mask), c)?;
@@ -140,6 +143,7 @@ impl<'a> Gemma<'a> {
     /// The scaled embedding `E[ids] * sqrt(d_model)`: `ids [B, T]` gives
     /// `[B, T, d]` in the compute dtype (the factor rounded to it, as HF does).
     pub fn embed(&self, b: &mut Builder, ids: Value, c: &dyn Constrain) -> Result<Value> {
+        token_dims(b, "ids", ids, None)?;
         let (cd, d) = (self.opts.dtype, self.cfg.d_model as f64);
         let embed = self.params[0];
         let x = b.scope("model.embed_tokens", |b| -> hlo::Result<Value> {
@@ -293,6 +297,30 @@ impl Attend for MaskedAttention {
         v: Value,
     ) -> hlo::Result<Value> {
         b.attention(q, k, v, self.0)
+    }
+}
+
+/// `[B, T]` of an integer token-level input `v`, which must have the dims
+/// `same` when given: the model's inputs are checked here, so that the
+/// layers may index their shapes freely.
+pub(crate) fn token_dims(
+    b: &Builder,
+    name: &'static str,
+    v: Value,
+    same: Option<[i64; 2]>,
+) -> Result<[i64; 2]> {
+    let (dims, dtype) = (b.dims(v), b.dtype(v));
+    let expected = match same {
+        Some([bs, t]) => format!("an integer tensor [{bs}, {t}], the shape of `ids`"),
+        None => "an integer tensor [batch, seq]".into(),
+    };
+    match dims {
+        &[bs, t] if dtype.is_int() && same.is_none_or(|s| s == [bs, t]) => Ok([bs, t]),
+        _ => Err(Error::Input {
+            name,
+            found: format!("{dtype:?}{dims:?}"),
+            expected,
+        }),
     }
 }
 

@@ -151,3 +151,43 @@ fn multi_head_matches_transformers() {
 fn wide_heads_match_transformers() {
     check("wide_heads");
 }
+
+#[test]
+fn malformed_token_inputs_are_errors_naming_the_input() {
+    let cfg = gemma::GemmaConfig::tiny();
+    let cases: [(&str, TensorType, TensorType, &str); 3] = [
+        (
+            "rank-1 ids",
+            TensorType::i32([8]),
+            TensorType::i32([2, 8]),
+            "model input `ids` is I32[8]",
+        ),
+        (
+            "float ids",
+            TensorType::f32([2, 8]),
+            TensorType::i32([2, 8]),
+            "model input `ids` is F32[2, 8]",
+        ),
+        (
+            "positions of another shape",
+            TensorType::i32([2, 8]),
+            TensorType::i32([2, 4]),
+            "model input `positions` is I32[2, 4]: expected an integer tensor [2, 8]",
+        ),
+    ];
+    for (what, ids_ty, pos_ty, want) in cases {
+        let mut b = Builder::new("bad_inputs");
+        let params = gemma::declare_parameters(&mut b, &cfg);
+        let ids = b.parameter("ids", ids_ty);
+        let positions = b.parameter("positions", pos_ty);
+        let segment_ids = b.parameter("segment_ids", TensorType::i32([2, 8]));
+        let model = Gemma::new(&cfg, &params, ComputeOptions::default()).unwrap();
+        let t = Tokens {
+            ids,
+            positions,
+            segment_ids,
+        };
+        let e = model.forward(&mut b, &t, &Unconstrained).unwrap_err();
+        assert!(e.to_string().starts_with(want), "{what}: {e}");
+    }
+}

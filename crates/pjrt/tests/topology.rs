@@ -1,12 +1,16 @@
 //! Deviceless compile for a TPU slice with libtpu: no TPU, no client.
 //! libtpu is installed into the cache on first use; if it cannot be fetched
-//! the test says so loudly and returns.
+//! the test says so loudly and returns, except under CI (`CI` set), where
+//! that is a failure.
 
 use pjrt::{CompileOptions, OptionValue, Plugin, Topology};
 
 fn libtpu() -> Option<std::sync::Arc<Plugin>> {
     match pjrt::install::resolve(pjrt::install::Backend::Tpu, None) {
         Ok(path) => Some(Plugin::load(path).expect("libtpu loads")),
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("libtpu could not be installed, and CI must run this check: {e}")
+        }
         Err(e) => {
             eprintln!("SKIPPED: libtpu could not be installed: {e}");
             None

@@ -279,7 +279,9 @@ impl WorkerClient {
                 let Some(out) = data.get_mut(filled..filled + n) else {
                     return Err(Status::internal("all-reduce answered more data than sent"));
                 };
-                decode_into(&chunk.data, out);
+                decode_into(&chunk.data, out).map_err(|m| {
+                    Status::internal(format!("the all-reduce sum at element {filled}: {m}"))
+                })?;
                 filled += n;
             }
             if filled != data.len() {

@@ -127,7 +127,8 @@ async fn receive<E: Element>(
                 chunk.data.len()
             )));
         }
-        decode_into(&chunk.data, &mut values[filled..filled + n]);
+        decode_into(&chunk.data, &mut values[filled..filled + n])
+            .map_err(Status::invalid_argument)?;
         filled += n;
     }
     if filled != len {

@@ -228,7 +228,9 @@ pub(crate) fn parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync
             .collect();
         workers
             .into_iter()
-            .flat_map(|w| w.join().expect("checkpoint worker thread"))
+            // `f` returns its errors; a panic in it is a bug, passed on as it
+            // was (the checkpoint Writer's thread turns it into an error).
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
     out.sort_by_key(|(i, _)| *i);

@@ -12,8 +12,8 @@ use gemma::{Axis, Constrain, Gemma, GemmaConfig, ParamSpec, Tokens, param_specs,
 use hlo::{Builder, DType, Sharding, TensorType, Value};
 use mesh::{Mesh, Rules};
 
-use crate::Result;
 use crate::config::OptimizerConfig;
+use crate::{Error, Result};
 
 mod split;
 mod update;
@@ -130,6 +130,19 @@ pub fn build_step(
     shape: StepShape,
     plan: &Plan,
 ) -> Result<StepProgram> {
+    for (key, n) in [
+        ("optimizer.accumulation_steps", shape.accumulation),
+        ("data.batch_size (rows per micro-batch)", shape.micro_batch),
+        ("data.seq_len", shape.seq_len),
+    ] {
+        if n == 0 {
+            return Err(Error::config(
+                "step",
+                key,
+                "is 0: a step needs at least one micro-batch of one row of one token",
+            ));
+        }
+    }
     let mut b = Builder::new("train_step");
     if plan.sharded() {
         b.set_mesh(plan.hlo_mesh()?);
@@ -356,4 +369,46 @@ fn shape_for(cfg: &crate::TrainConfig) -> Result<(GemmaConfig, Plan, StepShape)>
         total_steps: cfg.optimizer.schedule_steps.unwrap_or(cfg.train.steps),
     };
     Ok((model, plan, shape))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_step_shape_is_an_error_naming_its_key() {
+        let model = GemmaConfig::tiny();
+        let plan = Plan::new(&model, Mesh::single(), Rules::default());
+        let compute = gemma::ComputeOptions::default();
+        let full = StepShape {
+            accumulation: 2,
+            micro_batch: 2,
+            seq_len: 8,
+            total_steps: 10,
+        };
+        let cases = [
+            (
+                "optimizer.accumulation_steps",
+                StepShape {
+                    accumulation: 0,
+                    ..full
+                },
+            ),
+            (
+                "data.batch_size",
+                StepShape {
+                    micro_batch: 0,
+                    ..full
+                },
+            ),
+            ("data.seq_len", StepShape { seq_len: 0, ..full }),
+        ];
+        for (key, shape) in cases {
+            let opt = OptimizerConfig::default();
+            let e = build_step(&model, &opt, compute, shape, &plan)
+                .err()
+                .expect(key);
+            assert!(e.to_string().contains(key), "{e}");
+        }
+    }
 }
