@@ -149,6 +149,46 @@ pub fn memorization(
     })
 }
 
+/// Memorized continuations that hold personal or sensitive data, found by
+/// the detector that filters pretraining data ([`data::pii::scan`]), as the
+/// Gemma report counts them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemorizedPii {
+    /// Memorized continuations with at least one personal finding (email,
+    /// phone number, IP address).
+    pub personal: usize,
+    /// Memorized continuations with at least one sensitive finding (card
+    /// number, SSN, secret).
+    pub sensitive: usize,
+    /// Findings by kind (`email`, `phone`, ...) over all of them.
+    pub findings: std::collections::BTreeMap<String, usize>,
+}
+
+/// Scans the memorized continuations of `result` (the tokens after each
+/// memorized document's prompt), decoded to text by `decode`.
+pub fn memorized_pii(
+    docs: &[(usize, Vec<u32>)],
+    result: &MemorizationResult,
+    opts: &MemorizationOptions,
+    decode: impl Fn(&[u32]) -> Result<String>,
+) -> Result<MemorizedPii> {
+    let need = opts.prompt_len + opts.continuation_len;
+    let mut out = MemorizedPii::default();
+    for (_, d) in docs
+        .iter()
+        .filter(|(i, d)| d.len() >= need && result.memorized_indices.contains(i))
+    {
+        let found = data::pii::scan(&decode(&d[opts.prompt_len..need])?);
+        let c = data::pii::count_classes(&found);
+        out.personal += usize::from(c.personal > 0);
+        out.sensitive += usize::from(c.sensitive > 0);
+        for f in &found {
+            *out.findings.entry(f.kind.name().to_string()).or_insert(0) += 1;
+        }
+    }
+    Ok(out)
+}
+
 /// One multiple-choice item as token ids.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChoiceItem {

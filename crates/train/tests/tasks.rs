@@ -217,3 +217,54 @@ fn shard_documents_are_sampled_by_seed() {
         assert_eq!(doc[1], first);
     }
 }
+
+/// Memorized continuations are scanned by the data pipeline's detector:
+/// one with an email (personal), one with a card number (sensitive), one
+/// clean, and one with an SSN that was not memorized (not counted).
+#[test]
+fn memorized_continuations_with_personal_or_sensitive_data_are_counted() {
+    let words = [
+        "the",
+        "quick",
+        "write to",
+        "jane.doe@example.org",
+        "card number",
+        "4111 1111 1111 1111",
+        "brown",
+        "fox",
+        "ssn",
+        "078-05-1120",
+    ];
+    let decode = |ids: &[u32]| -> train::Result<String> {
+        Ok(ids
+            .iter()
+            .map(|&i| words[i as usize])
+            .collect::<Vec<_>>()
+            .join(" "))
+    };
+    let docs = vec![
+        (0, vec![0, 1, 2, 3]),
+        (1, vec![0, 1, 4, 5]),
+        (2, vec![0, 1, 6, 7]),
+        (3, vec![0, 1, 8, 9]),
+        (4, vec![0, 1, 2]), // too short
+    ];
+    let opts = train::tasks::MemorizationOptions {
+        prompt_len: 2,
+        continuation_len: 2,
+        ..Default::default()
+    };
+    let result = train::tasks::MemorizationResult {
+        docs: 4,
+        memorized: 3,
+        rate: 0.75,
+        memorized_indices: vec![0, 1, 2],
+        skipped: 1,
+    };
+    let pii = train::tasks::memorized_pii(&docs, &result, &opts, decode).unwrap();
+    assert_eq!((pii.personal, pii.sensitive), (1, 1), "{pii:?}");
+    assert_eq!(
+        pii.findings.into_iter().collect::<Vec<_>>(),
+        [("credit_card".to_string(), 1), ("email".to_string(), 1)]
+    );
+}

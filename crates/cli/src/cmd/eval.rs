@@ -29,7 +29,8 @@ pub struct Args {
     /// choices: one `{"context": ..., "choices": [...], "answer": i}` per line (text or token ids).
     #[arg(long)]
     file: Option<PathBuf>,
-    /// `gemma` or a tokenizer.json for text items (default: the model's own).
+    /// `gemma` or a tokenizer.json for text items, and to scan memorized
+    /// continuations for personal data (default: the model's own).
     #[arg(long)]
     tokenizer: Option<String>,
     /// Rows per forward pass or generation batch (default: 8 for loss, 32 otherwise).
@@ -109,9 +110,19 @@ fn memorization(args: Args) -> Result<()> {
     let (devices, dtype) = args.runtime.devices(&model)?;
     let mut generator = Generator::new(devices, &model.checkpoint, dtype)?;
     let r = tasks::memorization(&mut generator, &docs, &opts)?;
+    // Personal and sensitive data in what was memorized, with the model's
+    // tokenizer (or --tokenizer); without one the text is unknown.
+    let spec = args.tokenizer.clone().or_else(|| model.tokenizer.clone());
+    let pii = match spec.as_deref().map(source::load_tokenizer).transpose()? {
+        Some(tok) => Some(tasks::memorized_pii(&docs, &r, &opts, |ids| {
+            Ok(tok.decode(ids)?)
+        })?),
+        None => None,
+    };
     if args.json {
         let mut v = serde_json::to_value(&r)?;
         v["task"] = "memorization".into();
+        v["pii"] = serde_json::to_value(&pii)?;
         println!("{v}");
     } else {
         println!(
@@ -121,6 +132,15 @@ fn memorization(args: Args) -> Result<()> {
             100.0 * r.rate,
             r.skipped
         );
+        match pii {
+            Some(p) => println!(
+                "memorized continuations with personal data: {}, with sensitive data: {}",
+                p.personal, p.sensitive
+            ),
+            None => {
+                println!("no tokenizer (--tokenizer): memorized text not scanned for personal data")
+            }
+        }
     }
     Ok(())
 }
