@@ -4,14 +4,13 @@
 
 mod common;
 
+use common::raw::RawPeer;
+
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use cluster::proto::cluster_client::ClusterClient;
-use cluster::proto::{AllReduceChunk, AllReduceHeader, DType, Member, RegisterRequest};
 use cluster::{Command, Error, WorkerClient, config_digest};
 use common::*;
-use tokio_stream::wrappers::ReceiverStream;
 
 /// Long enough that a call still waiting when the test looks was not
 /// released by its own timeout.
@@ -48,99 +47,13 @@ fn assert_stopped<T: std::fmt::Debug>(what: &str, r: cluster::Result<T>, why: &s
     }
 }
 
-/// A raw gRPC peer: registered, but no heartbeat and no client library,
-/// so that it can hold a stream half-sent.
-struct RawPeer {
-    rt: tokio::runtime::Runtime,
-    rpc: ClusterClient<tonic::transport::Channel>,
-    member: Member,
-}
-
-impl RawPeer {
-    fn register(addr: &str) -> RawPeer {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let channel = rt
-            .block_on(
-                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .unwrap()
-                    .connect(),
-            )
-            .unwrap();
-        let mut rpc = ClusterClient::new(channel);
-        let req = authorized(RegisterRequest {
-            protocol_version: 1,
-            host: "raw".into(),
-            devices: 0,
-            backend: "cpu".into(),
-            software_version: VERSION.into(),
-            config_digest: config_digest(CONFIG),
-        });
-        let r = rt.block_on(rpc.register(req)).unwrap().into_inner();
-        RawPeer {
-            rt,
-            rpc,
-            member: r.member.unwrap(),
-        }
-    }
-
-    /// Opens an all-reduce of `len` floats for `step`, sends the header and
-    /// nothing else; the coordinator is left reading the payload. Returns
-    /// the receiver of the call's outcome and the sender keeping the
-    /// upload open.
-    fn hold_all_reduce(
-        &self,
-        step: u64,
-        len: u64,
-    ) -> (
-        mpsc::Receiver<Result<(), tonic::Status>>,
-        tokio::sync::mpsc::Sender<AllReduceChunk>,
-    ) {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let header = AllReduceHeader {
-            member: Some(self.member),
-            generation: 0,
-            step,
-            dtype: DType::DtypeF32 as i32,
-            len,
-            timeout_ms: HELD.as_millis() as u64,
-        };
-        self.rt
-            .block_on(tx.send(AllReduceChunk {
-                header: Some(header),
-                data: Default::default(),
-            }))
-            .unwrap();
-        let mut rpc = self.rpc.clone();
-        let (done_tx, done) = mpsc::channel();
-        self.rt.spawn(async move {
-            let r = async {
-                let mut answer = rpc
-                    .all_reduce(authorized(ReceiverStream::new(rx)))
-                    .await?
-                    .into_inner();
-                while answer.message().await?.is_some() {}
-                Ok(())
-            };
-            let _ = done_tx.send(r.await);
-        });
-        (done, tx)
-    }
-}
-
-fn authorized<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    req
-}
-
 #[test]
 fn stop_releases_workers_held_in_every_kind_of_wait() {
     let coord = cluster::Coordinator::start(patient_options(3)).unwrap();
     let workers: Vec<Arc<WorkerClient>> = connect_n(&coord, 2).into_iter().map(Arc::new).collect();
     // Process 2 holds the coordinator inside the upload of an all-reduce.
     let raw = RawPeer::register(&coord.addr().to_string());
-    let (upload, _keep_open) = raw.hold_all_reduce(7, 1000);
+    let (upload, _keep_open) = raw.hold_all_reduce(7, 1000, HELD);
 
     // Process 0 waits in each collective for the others; process 1 is idle.
     let w = workers[0].clone();
@@ -274,7 +187,7 @@ fn shutdown_is_bounded(tls: bool) {
     let held = if tls {
         None
     } else {
-        Some(RawPeer::register(&addr).hold_all_reduce(1, 1000))
+        Some(RawPeer::register(&addr).hold_all_reduce(1, 1000, HELD))
     };
     let w2 = w.clone();
     let barrier = spawn(move || w2.barrier("held", HELD));

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::state::{ReduceKey, ReduceState, Shared};
-use crate::payload::{CHUNK_BYTES, Element, Payload, decode_into, ordered_sum};
+use crate::payload::{CHUNK_BYTES, Element, Payload, chunk_elems, decode_into, ordered_sum};
 use crate::proto::{AllReduceChunk, AllReduceHeader, DType};
 
 type Out = mpsc::Sender<Result<AllReduceChunk, Status>>;
@@ -110,30 +110,30 @@ async fn run(
         .await
 }
 
-/// Reads the data chunks after the header into one decoded vector.
+/// Reads the data chunks after the header into one decoded vector. Memory
+/// grows with the data that arrives, never with what the header declares.
 async fn receive<E: Element>(
     input: &mut Streaming<AllReduceChunk>,
     header: &AllReduceHeader,
 ) -> Result<Payload, Status> {
     let len =
         usize::try_from(header.len).map_err(|_| Status::invalid_argument("payload too long"))?;
-    let mut values = vec![E::default(); len];
-    let mut filled = 0usize;
+    let mut values: Vec<E> = Vec::with_capacity(len.min(chunk_elems::<E>()));
     while let Some(chunk) = input.next().await.transpose()? {
-        let n = chunk.data.len() / E::SIZE;
-        if chunk.data.len() % E::SIZE != 0 || filled + n > len {
+        let (filled, n) = (values.len(), chunk.data.len() / E::SIZE);
+        if chunk.data.len() % E::SIZE != 0 || n > len - filled {
             return Err(Status::invalid_argument(format!(
                 "chunk of {} bytes does not fit a payload of {len} elements at {filled}",
                 chunk.data.len()
             )));
         }
-        decode_into(&chunk.data, &mut values[filled..filled + n])
-            .map_err(Status::invalid_argument)?;
-        filled += n;
+        values.resize(filled + n, E::default());
+        decode_into(&chunk.data, &mut values[filled..]).map_err(Status::invalid_argument)?;
     }
-    if filled != len {
+    if values.len() != len {
         return Err(Status::invalid_argument(format!(
-            "payload ended after {filled} of {len} elements"
+            "payload ended after {} of {len} elements",
+            values.len()
         )));
     }
     Ok(E::wrap(values))
@@ -152,6 +152,12 @@ async fn contribute(
         let mut st = shared.lock();
         st.check_stopped()?;
         st.check_generation(key.0)?;
+        if st.reduced.contains(&key) {
+            return Err(Status::already_exists(format!(
+                "process {pid} contributed to step {} again: that all-reduce is done",
+                key.1
+            )));
+        }
         let r = st.reduces.entry(key).or_insert_with(|| ReduceState {
             len,
             contribs: (0..n).map(|_| None).collect(),
@@ -221,6 +227,10 @@ async fn wait_for_sum(
                 r.taken += 1;
                 if r.taken == n {
                     st.reduces.remove(&key);
+                    if st.reduced.iter().next().is_some_and(|k| k.0 != key.0) {
+                        st.reduced.clear(); // a new generation
+                    }
+                    st.reduced.insert(key);
                 }
                 Some(Ok(sum))
             },

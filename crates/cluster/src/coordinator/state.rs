@@ -6,7 +6,7 @@
 //! its deadline, when the job is stopped ([`State::stop`]: the caller is
 //! told why) and when the coordinator shuts down.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
@@ -74,6 +74,10 @@ pub(crate) struct State {
     pub barriers: HashMap<String, BarrierState>,
     pub kv: HashMap<String, Bytes>,
     pub reduces: HashMap<ReduceKey, ReduceState>,
+    /// All-reduces every worker has taken the sum of: a contribution to one
+    /// of them again is a replay. Only one generation's are kept (the
+    /// newest that completed one).
+    pub reduced: HashSet<ReduceKey>,
     pub checkpoints: HashMap<(u64, u64), CheckpointState>,
     pub metrics: BTreeMap<u64, BTreeMap<u32, String>>,
 }

@@ -1,6 +1,8 @@
 //! Shared helpers: a coordinator on 127.0.0.1:0 and workers connected to it.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::time::{Duration, Instant};
 
 use cluster::{
