@@ -9,7 +9,7 @@ use common::raw::RawPeer;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use cluster::{Command, Error, WorkerClient, config_digest};
+use cluster::{Command, Error, WorkerClient};
 use common::*;
 
 /// Long enough that a call still waiting when the test looks was not
