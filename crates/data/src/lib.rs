@@ -66,6 +66,7 @@
 
 #![deny(missing_docs)]
 
+pub mod chat;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
@@ -89,7 +90,9 @@ pub use ingest::{
     FilterOptions, FilterReport, InputFormat, Issue, OnError, PiiMode, Summary, TextUnit,
     TokenizeOptions, tokenize,
 };
-pub use loader::{DataInfo, Loader, LoaderState, SourceState, read_token_rows};
+pub use loader::{
+    DataInfo, Loader, LoaderState, SourceState, read_token_rows, read_token_rows_with_mask,
+};
 pub use pack::Batch;
 pub use rows::RowLoader;
 pub use setup::{cache_dir, setup_tokenizer};

@@ -172,6 +172,12 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of `text` with each token's byte range in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let enc = self.inner.encode(text, false).map_err(|e| self.err(e))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
     /// The text of `ids`; control tokens are written as their pieces (`<bos>`).
     ///
     /// `decode(encode(s)) == s` for any `s` without the character U+2581 (`▁`), which
