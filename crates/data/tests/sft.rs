@@ -99,10 +99,7 @@ fn chat_conversations_are_packed_whole_with_their_masks() {
     while seen.len() < 30 {
         let b = loader.next_batch().unwrap();
         for r in 0..b.batch {
-            if b.segment_ids[r * seq_len..(r + 1) * seq_len]
-                .iter()
-                .any(|&s| s == 2)
-            {
+            if b.segment_ids[r * seq_len..(r + 1) * seq_len].contains(&2) {
                 packed_rows += 1;
             }
         }

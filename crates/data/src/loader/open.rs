@@ -282,14 +282,14 @@ pub fn read_token_rows(path: &Path, seq_len: usize) -> Result<Vec<Vec<u32>>> {
         .collect())
 }
 
+/// A `tokens` row: its ids and, when given, its `loss_mask`.
+pub type MaskedRow = (Vec<u32>, Option<Vec<u8>>);
+
 /// [`read_token_rows`] with each row's optional `loss_mask`: `{"input_ids": [[...]],
 /// "loss_mask": [[...]]}` (the same shape), or `{"input_ids": [...], "loss_mask": [...]}` per
 /// JSONL line. `loss_mask[t] = 1` makes token `t` a target, predicted from the tokens before
 /// it (token 0 has none and is never one); values are 0 or 1.
-pub fn read_token_rows_with_mask(
-    path: &Path,
-    seq_len: usize,
-) -> Result<Vec<(Vec<u32>, Option<Vec<u8>>)>> {
+pub fn read_token_rows_with_mask(path: &Path, seq_len: usize) -> Result<Vec<MaskedRow>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let row_err = |row: usize, message: String| Error::BadRow {
         file: path.to_path_buf(),
