@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! meshtrain setup tokenizer            -> SetupTokenizerArgs, run_setup_tokenizer
-//! meshtrain tokenizer encode|decode|train -> TokenizerArgs,   run_tokenizer
+//! meshtrain tokenizer encode|decode|chat|train -> TokenizerArgs, run_tokenizer
 //! meshtrain tokenize                   -> TokenizeArgs,       run_tokenize
 //! ```
 
@@ -48,6 +48,9 @@ pub enum TokenizerCommand {
     Encode(EncodeArgs),
     /// Read token ids on stdin (a JSON array or whitespace-separated), print the text.
     Decode(DecodeArgs),
+    /// Read one conversation {"messages": [...]} on stdin, show its tokens in Gemma's chat
+    /// format and which of them are trained.
+    Chat(ChatArgs),
     /// Train a byte-fallback BPE tokenizer on text files.
     Train(TrainArgs),
 }
@@ -72,6 +75,17 @@ pub struct DecodeArgs {
     /// `gemma` or the path of a tokenizer.json.
     #[arg(long)]
     pub tokenizer: String,
+}
+
+/// `meshtrain tokenizer chat`.
+#[derive(Debug, clap::Args)]
+pub struct ChatArgs {
+    /// `gemma` or the path of a tokenizer.json.
+    #[arg(long)]
+    pub tokenizer: String,
+    /// Print {"input_ids": [...], "loss_mask": [...]} instead of the coloured rendering.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `meshtrain tokenizer train`.
@@ -133,6 +147,20 @@ pub fn run_tokenizer(args: TokenizerArgs) -> anyhow::Result<()> {
             let text = tok.decode(&ids)?;
             std::io::stdout().write_all(text.as_bytes())?;
         }
+        TokenizerCommand::Chat(a) => {
+            let tok = Tokenizer::load(&a.tokenizer, &cache_dir())?;
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("reading a conversation from stdin (UTF-8 expected)")?;
+            let c = chat_tokens(&tok, &input)?;
+            let out = if a.json {
+                serde_json::to_string(&c)? + "\n"
+            } else {
+                render_trained(&tok, &c)?
+            };
+            std::io::stdout().write_all(out.as_bytes())?;
+        }
         TokenizerCommand::Train(a) => {
             let files = crate::ingest::expand_inputs(&a.input)?;
             let tok = crate::train_bpe(&files, a.vocab_size, &a.output)?;
@@ -147,6 +175,54 @@ pub fn run_tokenizer(args: TokenizerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The conversation on stdin (one JSON object; a file with one non-empty line also works).
+fn chat_tokens(tok: &Tokenizer, input: &str) -> anyhow::Result<crate::chat::ChatTokens> {
+    let at = |line: usize, m: String| crate::Error::BadInput {
+        file: "<stdin>".into(),
+        line: line as u64,
+        message: m,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(input).map_err(|e| at(e.line(), format!("invalid JSON: {e}")))?;
+    let msgs = crate::chat::parse_conversation(&v).map_err(|m| at(1, m))?;
+    Ok(crate::chat::encode_chat(tok, &msgs)?)
+}
+
+/// The conversation's text with trained tokens in bold green and the rest dimmed, each token
+/// boundary marked by alternating underline, then a count.
+fn render_trained(tok: &Tokenizer, c: &crate::chat::ChatTokens) -> anyhow::Result<String> {
+    const TRAINED: &str = "\x1b[1;32m";
+    const CONTEXT: &str = "\x1b[2m";
+    const RESET: &str = "\x1b[0m";
+    let mut out = String::new();
+    for (k, (&id, &m)) in c.input_ids.iter().zip(&c.loss_mask).enumerate() {
+        let text = tok.decode(&[id])?;
+        let shown = if text.is_empty() {
+            tok.id_to_piece(id).unwrap_or_default()
+        } else {
+            text
+        };
+        let style = if m == 1 { TRAINED } else { CONTEXT };
+        let underline = if k % 2 == 1 { "\x1b[4m" } else { "" };
+        // Newlines stay real newlines, outside the underline.
+        for (i, part) in shown.split('\n').enumerate() {
+            if i > 0 {
+                out.push_str(&format!("{style}\\n{RESET}\n"));
+            }
+            if !part.is_empty() {
+                out.push_str(&format!("{style}{underline}{part}{RESET}"));
+            }
+        }
+    }
+    let trained = c.loss_mask.iter().filter(|&&m| m == 1).count();
+    out.push_str(&format!(
+        "\n{} tokens, {trained} trained ({TRAINED}green{RESET}), {} context ({CONTEXT}dim{RESET})\n",
+        c.input_ids.len(),
+        c.input_ids.len() - trained
+    ));
+    Ok(out)
+}
+
 /// Input format flag.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum FormatArg {
@@ -154,6 +230,9 @@ pub enum FormatArg {
     Text,
     /// One JSON object per line.
     Jsonl,
+    /// One conversation {"messages": [...]} per line (Gemma's chat format; the shards carry
+    /// the loss mask).
+    Chat,
 }
 
 /// Text document unit flag.
@@ -247,6 +326,7 @@ impl From<&TokenizeArgs> for TokenizeOptions {
             format: match a.format {
                 FormatArg::Text => InputFormat::Text,
                 FormatArg::Jsonl => InputFormat::Jsonl,
+                FormatArg::Chat => InputFormat::Chat,
             },
             field: a.field.clone(),
             text_unit: match a.text_unit {
@@ -443,6 +523,46 @@ mod tests {
         }
         assert_eq!(r["dedup_threshold"], 0.9);
         assert_eq!(crate::shard::Manifest::read(&out).unwrap().documents, 3);
+    }
+
+    #[test]
+    fn chat_command_prints_ids_masks_and_colours() {
+        let tok = Tokenizer::from_file(std::path::Path::new(&smoke())).unwrap();
+        let c = chat_tokens(
+            &tok,
+            r#"{"messages": [{"role": "user", "content": "2+2?"}, {"role": "model", "content": "4"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.input_ids.len(), c.loss_mask.len());
+        assert_eq!(c.loss_mask.iter().filter(|&&m| m == 1).count(), 2);
+        let json = serde_json::to_value(&c).unwrap();
+        assert!(json["input_ids"].is_array() && json["loss_mask"].is_array());
+        let shown = render_trained(&tok, &c).unwrap();
+        let last = shown.rfind("4\x1b[0m").expect("the answer is shown");
+        assert!(shown[..last].rfind("\x1b[1;32m") > shown[..last].rfind("\x1b[2m"));
+        assert!(shown.contains("2 trained"), "{shown}");
+        let err = chat_tokens(
+            &tok,
+            r#"{"messages": [{"role": "system", "content": "x"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("<stdin>:1") && err.contains("system"), "{err}");
+        let cli = Cli::try_parse_from([
+            "meshtrain",
+            "tokenizer",
+            "chat",
+            "--tokenizer",
+            "gemma",
+            "--json",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Tokenizer(TokenizerArgs {
+                command: TokenizerCommand::Chat(ChatArgs { json: true, .. })
+            })
+        ));
     }
 
     #[test]

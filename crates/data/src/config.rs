@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::chat::Overflow;
 use crate::ingest::TextUnit;
 use crate::{Error, Result};
 
@@ -18,6 +19,10 @@ pub enum DataFormat {
     Text,
     /// JSONL files with the text in [`DataConfig::field`], tokenized in memory at start.
     Jsonl,
+    /// JSONL conversations, one `{"messages": [...]}` per line, in Gemma's chat format with
+    /// the loss on model turns only ([`crate::chat`]); tokenized in memory at start. Each
+    /// conversation stays whole in one row; longer ones follow [`DataConfig::overflow`].
+    Chat,
 }
 
 /// The `[data]` table of a training config.
@@ -58,7 +63,7 @@ pub struct DataConfig {
     /// `shards`).
     #[serde(default = "default_format")]
     pub format: DataFormat,
-    /// `tokens`: the JSON/JSONL file; `shards`: the directory; `text`/`jsonl`: files,
+    /// `tokens`: the JSON/JSONL file; `shards`: the directory; `text`/`jsonl`/`chat`: files,
     /// directories or glob patterns separated by commas. Empty when `sources` is given.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
@@ -76,7 +81,7 @@ pub struct DataConfig {
     /// Seed of the shuffle.
     #[serde(default)]
     pub seed: u64,
-    /// For `text`/`jsonl`: `gemma` or the path of a `tokenizer.json`.
+    /// For `text`/`jsonl`/`chat`: `gemma` or the path of a `tokenizer.json`.
     #[serde(default)]
     pub tokenizer: Option<String>,
     /// For `jsonl`: the field holding the text.
@@ -95,6 +100,10 @@ pub struct DataConfig {
     /// Check every shard's sha256 when the loader starts (reads all shards once).
     #[serde(default = "default_true")]
     pub verify_checksums: bool,
+    /// A conversation (`chat`, or shards written with `--format chat`) longer than `seq_len`:
+    /// `truncate` (keep its first `seq_len` tokens), `drop` or `error`.
+    #[serde(default)]
+    pub overflow: Overflow,
     /// A weighted mixture instead of `path` (`[[data.sources]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceConfig>,
@@ -157,6 +166,7 @@ impl DataConfig {
             packing: true,
             prefetch: default_prefetch(),
             verify_checksums: true,
+            overflow: Overflow::default(),
             sources: Vec::new(),
         }
     }
@@ -231,14 +241,16 @@ impl DataConfig {
             return Err(Error::config("data.prefetch", "must be at least 1"));
         }
         self.validate_sources()?;
-        let needs_tokenizer = self
-            .source_list()
-            .iter()
-            .any(|s| matches!(s.format, Some(DataFormat::Text | DataFormat::Jsonl)));
+        let needs_tokenizer = self.source_list().iter().any(|s| {
+            matches!(
+                s.format,
+                Some(DataFormat::Text | DataFormat::Jsonl | DataFormat::Chat)
+            )
+        });
         if needs_tokenizer && self.tokenizer.is_none() {
             return Err(Error::config(
                 "data.tokenizer",
-                "required for format text or jsonl (`gemma` or a tokenizer.json path)",
+                "required for format text, jsonl or chat (`gemma` or a tokenizer.json path)",
             ));
         }
         Ok(())

@@ -11,7 +11,9 @@
 //!   exact and near duplicates ([`dedup`]), documents overlapping evaluation sets
 //!   ([`decontam`]) and personal or sensitive data ([`pii`], whose [`pii::scan`] is the one
 //!   detector every part of meshtrain uses).
-//! * [`Loader`]: `data.format = "tokens" | "shards" | "text" | "jsonl"` ([`DataConfig`]) to
+//! * [`chat`]: Gemma's chat format for supervised fine-tuning: conversations to ids and loss
+//!   masks (model turns only), equal to SentencePiece's on `tokenizer.gemma` (`tests/chat.rs`).
+//! * [`Loader`]: `data.format = "tokens" | "shards" | "text" | "jsonl" | "chat"` ([`DataConfig`]) to
 //!   [`Batch`]es of `[batch, seq_len]` with segment ids, positions and a loss mask ([`pack`]),
 //!   prefetched on a background thread; [`Loader::state`] is a small [`LoaderState`] to save
 //!   with a checkpoint. `[[data.sources]]` mixes several sources by weight ([`loader`]).
@@ -66,6 +68,7 @@
 
 #![deny(missing_docs)]
 
+pub mod chat;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
@@ -89,7 +92,9 @@ pub use ingest::{
     FilterOptions, FilterReport, InputFormat, Issue, OnError, PiiMode, Summary, TextUnit,
     TokenizeOptions, tokenize,
 };
-pub use loader::{DataInfo, Loader, LoaderState, SourceState, read_token_rows};
+pub use loader::{
+    DataInfo, Loader, LoaderState, SourceState, read_token_rows, read_token_rows_with_mask,
+};
 pub use pack::Batch;
 pub use rows::RowLoader;
 pub use setup::{cache_dir, setup_tokenizer};

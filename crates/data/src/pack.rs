@@ -1,12 +1,15 @@
 //! Batches and packing: documents to rows of `seq_len` tokens with segment ids and positions.
 //!
 //! Packing (`data.packing = true`): documents become `<bos> tokens <eos>` and are laid end to
-//! end; a row is cut every `seq_len` tokens, so a document may continue in the next row. Each
+//! end; a row is cut every `seq_len` tokens, so a document may continue in the next row.
+//! Conversations (`data.format = "chat"`, or shards with loss masks) are kept whole: one that
+//! does not fit in what is left of a row starts the next row, and the rest is padding. Each
 //! document piece in a row gets its own segment id (1, 2, ... within the row; 0 is padding) and
 //! positions that restart at 0. Without packing a row holds one document piece and is padded
 //! with `<pad>`. In both, `targets[t] = tokens[t+1]` and `loss_mask[t] = 1` exactly when `t+1`
-//! is in the row and in the same segment as `t`: the last position of a row, the last token of
-//! each document piece, and padding predict nothing.
+//! is in the row, in the same segment as `t`, and a target of its document (every token of
+//! plain text; the model turns of a conversation; a `tokens` row's own `loss_mask`): the last
+//! position of a row, the last token of each document piece, and padding predict nothing.
 
 /// One host's batch; every field is row-major `[batch, seq_len]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,25 +55,32 @@ impl Batch {
         self.segment_ids.iter().filter(|&&s| s != 0).count()
     }
 
-    /// Sets tokens `pos..pos+piece.len()` of row `r` to one segment.
-    pub(crate) fn put(&mut self, r: usize, pos: usize, piece: &[u32], segment: i32) {
+    /// Sets tokens `pos..pos+piece.len()` of row `r` to one segment; `mask[i] != 0` when
+    /// token `i` is a target. Until [`Batch::finish_row`], `loss_mask` holds these per-token
+    /// flags.
+    pub(crate) fn put(&mut self, r: usize, pos: usize, piece: &[u32], mask: &[u8], segment: i32) {
         let base = r * self.seq_len + pos;
         for (i, &t) in piece.iter().enumerate() {
             self.tokens[base + i] = t as i32;
             self.segment_ids[base + i] = segment;
             self.positions[base + i] = i as i32;
+            self.loss_mask[base + i] = if mask[i] != 0 { 1.0 } else { 0.0 };
         }
     }
 
-    /// Derives `targets` and `loss_mask` of row `r` from its tokens and segments.
+    /// Derives `targets` and `loss_mask` of row `r` from its tokens, segments and per-token
+    /// target flags: position `t` predicts token `t+1` when both are in one segment and
+    /// `t+1` is a target.
     pub(crate) fn finish_row(&mut self, r: usize, pad: u32) {
         let l = self.seq_len;
         for t in r * l..(r + 1) * l {
             let next = t + 1 < (r + 1) * l;
             let same =
                 next && self.segment_ids[t] != 0 && self.segment_ids[t + 1] == self.segment_ids[t];
+            // Ascending `t`: `loss_mask[t + 1]` still holds token t+1's flag.
+            let target = same && self.loss_mask[t + 1] > 0.0;
             self.targets[t] = if same { self.tokens[t + 1] } else { pad as i32 };
-            self.loss_mask[t] = if same { 1.0 } else { 0.0 };
+            self.loss_mask[t] = if target { 1.0 } else { 0.0 };
         }
     }
 }
@@ -176,13 +186,20 @@ mod tests {
     #[test]
     fn targets_and_mask_follow_segments() {
         let mut b = Batch::new(1, 6, 0);
-        b.put(0, 0, &[2, 10, 1], 1);
-        b.put(0, 3, &[2, 11], 2);
+        b.put(0, 0, &[2, 10, 1], &[1, 1, 1], 1);
+        b.put(0, 3, &[2, 11], &[1, 1], 2);
         b.finish_row(0, 0);
         assert_eq!(b.tokens, [2, 10, 1, 2, 11, 0]);
         assert_eq!(b.segment_ids, [1, 1, 1, 2, 2, 0]);
         assert_eq!(b.positions, [0, 1, 2, 0, 1, 0]);
         assert_eq!(b.targets, [10, 1, 0, 11, 0, 0]);
         assert_eq!(b.loss_mask, [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
+        // Per-token target flags: only tokens 2 and 4 are targets.
+        let mut b = Batch::new(1, 6, 0);
+        b.put(0, 0, &[2, 10, 1], &[0, 0, 1], 1);
+        b.put(0, 3, &[2, 11, 12], &[1, 1, 0], 2);
+        b.finish_row(0, 0);
+        assert_eq!(b.targets, [10, 1, 0, 11, 12, 0]);
+        assert_eq!(b.loss_mask, [0.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
     }
 }

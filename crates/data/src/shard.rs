@@ -6,7 +6,7 @@
 //! | offset | size | content |
 //! |---|---|---|
 //! | 0 | 8 | magic `MTSHARD\0` |
-//! | 8 | 4 | format version, `1` (u32) |
+//! | 8 | 4 | format version, `1` or `2` (u32) |
 //! | 12 | 4 | bytes per token, `4` (u32) |
 //! | 16 | 4·T | the tokens of all documents, back to back (u32), no `<bos>`/`<eos>` |
 //! | 16+4T | 8·(D+1) | document offsets in tokens (u64): document `i` is `[off[i], off[i+1])`, `off[0] = 0`, `off[D] = T` |
@@ -14,7 +14,13 @@
 //! | end-40 | 8 | T, number of tokens (u64) |
 //! | end-32 | 32 | sha256 of every byte before it |
 //!
-//! so a file is exactly `16 + 4T + 8(D+1) + 48` bytes; a truncated file is detected by its size
+//! Version 2 (written by `meshtrain tokenize --format chat`) is version 1 whose tokens carry
+//! their loss-mask bit in bit 31: `id = t & 0x7FFF_FFFF`, target when `t >> 31 == 1` (ids
+//! stay below 2^31). Version 1 shards, with no mask, are written for plain text and read as
+//! before (every token a target); the manifest of a version 2 directory says `"version": 2`
+//! and `"loss_mask": true`.
+//!
+//! A file is exactly `16 + 4T + 8(D+1) + 48` bytes; a truncated file is detected by its size
 //! and a corrupt one by the checksum ([`Shard::verify`]). Shards are written to `*.tmp` and
 //! renamed when complete; the manifest is written last, so a directory with a manifest is whole.
 
@@ -28,8 +34,11 @@ use crate::{Error, Result};
 
 /// First 8 bytes of every shard file.
 pub const SHARD_MAGIC: &[u8; 8] = b"MTSHARD\0";
-/// The shard format version this crate writes and reads.
-pub const SHARD_VERSION: u32 = 1;
+/// The newest shard format version this crate writes and reads (2: tokens carry a
+/// loss-mask bit); version 1 shards are still written for unmasked data and read.
+pub const SHARD_VERSION: u32 = 2;
+/// The loss-mask bit of a token in a version 2 shard.
+pub const MASK_BIT: u32 = 1 << 31;
 /// Name of the manifest in a shard directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 const HEADER: usize = 16;
@@ -41,7 +50,7 @@ const FOOTER: usize = 48;
 pub struct Manifest {
     /// Always `"meshtrain-shards"`.
     pub format: String,
-    /// [`SHARD_VERSION`].
+    /// 1, or 2 when the tokens carry loss masks.
     pub version: u32,
     /// The tokenizer name or path given to `meshtrain tokenize`.
     pub tokenizer: String,
@@ -59,6 +68,9 @@ pub struct Manifest {
     pub tokens: u64,
     /// The shards, in order.
     pub shards: Vec<ShardInfo>,
+    /// The tokens carry loss masks (version 2; conversations from `--format chat`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub loss_mask: bool,
 }
 
 /// One shard in a [`Manifest`].
@@ -85,12 +97,21 @@ impl Manifest {
             line: e.line() as u64,
             message: format!("invalid manifest: {e}"),
         })?;
-        if m.format != "meshtrain-shards" || m.version != SHARD_VERSION {
+        if m.format != "meshtrain-shards" || !(1..=SHARD_VERSION).contains(&m.version) {
             return Err(Error::shard(
                 path,
                 format!(
-                    "manifest is {} v{}, expected meshtrain-shards v{SHARD_VERSION}",
+                    "manifest is {} v{}, expected meshtrain-shards v1 to v{SHARD_VERSION}",
                     m.format, m.version
+                ),
+            ));
+        }
+        if m.loss_mask != (m.version == 2) {
+            return Err(Error::shard(
+                path,
+                format!(
+                    "manifest v{} says loss_mask = {}: masks come with version 2 only",
+                    m.version, m.loss_mask
                 ),
             ));
         }
@@ -114,11 +135,23 @@ pub struct ShardWriter {
     out: BufWriter<std::fs::File>,
     hash: Sha256,
     offsets: Vec<u64>,
+    masked: bool,
 }
 
 impl ShardWriter {
-    /// Starts `path` (written as `path.tmp` until [`ShardWriter::finish`]).
+    /// Starts a version 1 shard at `path` (written as `path.tmp` until
+    /// [`ShardWriter::finish`]).
     pub fn create(path: &Path) -> Result<Self> {
+        Self::create_version(path, false)
+    }
+
+    /// Starts a version 2 shard, whose documents carry loss masks
+    /// ([`ShardWriter::push_masked`]).
+    pub fn create_masked(path: &Path) -> Result<Self> {
+        Self::create_version(path, true)
+    }
+
+    fn create_version(path: &Path, masked: bool) -> Result<Self> {
         let tmp = path.with_extension("mtok.tmp");
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut w = ShardWriter {
@@ -127,10 +160,12 @@ impl ShardWriter {
             out: BufWriter::with_capacity(1 << 20, file),
             hash: Sha256::new(),
             offsets: vec![0],
+            masked,
         };
+        let version: u32 = if masked { 2 } else { 1 };
         let mut header = [0u8; HEADER];
         header[..8].copy_from_slice(SHARD_MAGIC);
-        header[8..12].copy_from_slice(&SHARD_VERSION.to_le_bytes());
+        header[8..12].copy_from_slice(&version.to_le_bytes());
         header[12..16].copy_from_slice(&4u32.to_le_bytes());
         w.put(&header)?;
         Ok(w)
@@ -143,11 +178,44 @@ impl ShardWriter {
             .map_err(|e| Error::io(&self.tmp, e))
     }
 
-    /// Appends one document.
+    /// Appends one document (to a masked shard: every token a target).
     pub fn push(&mut self, doc: &[u32]) -> Result<()> {
+        let ones = vec![1u8; if self.masked { doc.len() } else { 0 }];
+        self.push_tokens(doc, &ones)
+    }
+
+    /// Appends one document and its loss mask (`mask[i] != 0`: token `i` is a target) to a
+    /// shard made by [`ShardWriter::create_masked`].
+    pub fn push_masked(&mut self, doc: &[u32], mask: &[u8]) -> Result<()> {
+        if !self.masked || mask.len() != doc.len() {
+            return Err(Error::shard(
+                &self.path,
+                format!(
+                    "push_masked: {} tokens with {} mask values on a {} shard",
+                    doc.len(),
+                    mask.len(),
+                    if self.masked { "masked" } else { "version 1" }
+                ),
+            ));
+        }
+        self.push_tokens(doc, mask)
+    }
+
+    fn push_tokens(&mut self, doc: &[u32], mask: &[u8]) -> Result<()> {
         let mut bytes = Vec::with_capacity(doc.len() * 4);
-        for t in doc {
-            bytes.extend_from_slice(&t.to_le_bytes());
+        for (i, &t) in doc.iter().enumerate() {
+            if t >= MASK_BIT {
+                return Err(Error::shard(
+                    &self.path,
+                    format!("token id {t} does not fit below 2^31"),
+                ));
+            }
+            let bit = if self.masked && mask[i] != 0 {
+                MASK_BIT
+            } else {
+                0
+            };
+            bytes.extend_from_slice(&(t | bit).to_le_bytes());
         }
         self.put(&bytes)?;
         let last = *self.offsets.last().expect("offsets start with 0");
@@ -207,6 +275,7 @@ pub struct Shard {
     map: memmap2::Mmap,
     documents: u64,
     tokens: u64,
+    masked: bool,
 }
 
 impl std::fmt::Debug for Shard {
@@ -246,11 +315,12 @@ impl Shard {
         }
         let version = u32::from_le_bytes(map[8..12].try_into().expect("4 bytes"));
         let width = u32::from_le_bytes(map[12..16].try_into().expect("4 bytes"));
-        if version != SHARD_VERSION || width != 4 {
+        if !(1..=SHARD_VERSION).contains(&version) || width != 4 {
             return Err(Error::shard(
                 path,
                 format!(
-                    "version {version} with {width}-byte tokens, expected version {SHARD_VERSION} with 4-byte tokens"
+                    "version {version} with {width}-byte tokens, expected version 1 to \
+                     {SHARD_VERSION} with 4-byte tokens"
                 ),
             ));
         }
@@ -271,6 +341,7 @@ impl Shard {
             map,
             documents,
             tokens,
+            masked: version == 2,
         };
         let mut prev = 0;
         for i in 0..=documents {
@@ -326,15 +397,36 @@ impl Shard {
         self.offset(i + 1) - self.offset(i)
     }
 
+    /// Whether the tokens carry loss masks (version 2).
+    pub fn masked(&self) -> bool {
+        self.masked
+    }
+
+    fn raw(&self, i: u64) -> impl Iterator<Item = u32> + '_ {
+        let (a, b) = (self.offset(i) as usize, self.offset(i + 1) as usize);
+        self.map[HEADER + 4 * a..HEADER + 4 * b]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+    }
+
     /// Appends the tokens of document `i` (< [`Shard::documents`]) to `out`.
     pub fn read_doc(&self, i: u64, out: &mut Vec<u32>) {
-        let (a, b) = (self.offset(i) as usize, self.offset(i + 1) as usize);
-        let bytes = &self.map[HEADER + 4 * a..HEADER + 4 * b];
-        out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))),
-        );
+        let keep = if self.masked { !MASK_BIT } else { u32::MAX };
+        out.extend(self.raw(i).map(|t| t & keep));
+    }
+
+    /// Appends the tokens of document `i` to `out` and their loss mask to `mask` (all 1 in a
+    /// version 1 shard).
+    pub fn read_doc_masked(&self, i: u64, out: &mut Vec<u32>, mask: &mut Vec<u8>) {
+        for t in self.raw(i) {
+            if self.masked {
+                out.push(t & !MASK_BIT);
+                mask.push((t >> 31) as u8);
+            } else {
+                out.push(t);
+                mask.push(1);
+            }
+        }
     }
 }
 

@@ -42,6 +42,9 @@ pub const SPECIAL_PIECES: [&str; 6] = [
 /// Ids of the Gemma SentencePiece model's user-defined pieces.
 const GEMMA_USER_DEFINED: [std::ops::RangeInclusive<u32>; 2] = [4..=216, 255_968..=255_999];
 
+/// A token's byte range `(start, end)` in the encoded text.
+pub type Span = (usize, usize);
+
 /// A loaded tokenizer with its special ids.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -170,6 +173,12 @@ impl Tokenizer {
             .encode_fast(text, false)
             .map_err(|e| self.err(e))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` with each token's byte range in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
+        let enc = self.inner.encode(text, false).map_err(|e| self.err(e))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     /// The text of `ids`; control tokens are written as their pieces (`<bos>`).

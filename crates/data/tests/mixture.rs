@@ -32,7 +32,7 @@ fn make_shards(
     let info = w.finish().unwrap();
     Manifest {
         format: "meshtrain-shards".into(),
-        version: data::shard::SHARD_VERSION,
+        version: 1,
         tokenizer: "test".into(),
         vocab_size: vocab,
         bos_id: 2,
@@ -41,6 +41,7 @@ fn make_shards(
         documents: info.documents,
         tokens: info.tokens,
         shards: vec![info],
+        loss_mask: false,
     }
     .write(&out)
     .unwrap();

@@ -326,7 +326,8 @@ impl PlanReport {
                 if self.per_device_peak_bytes > 0 {
                     format!("{:.2}", gib(self.per_device_peak_bytes))
                 } else {
-                    "more than".into()
+                    // The compiler ran out of memory: it reports no peak.
+                    format!("more than {:.2}", gib(self.hbm_bytes_per_device))
                 },
                 gib(self.hbm_bytes_per_device)
             );

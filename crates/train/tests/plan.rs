@@ -118,6 +118,25 @@ fn shipped_gemma_configs_fit_a_v5e_16x16() {
     }
 }
 
+/// The shipped 7B fine-tuning config fits a v5e-16 (4x4) in bf16 and does not fit a v5e-8
+/// (2x4, with `mesh.fsdp = 8`). Minutes each on 2 cores.
+#[test]
+fn gemma_7b_sft_fits_a_v5e_16_and_not_a_v5e_8() {
+    if !have_libtpu() {
+        return;
+    }
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/gemma-7b-sft.toml");
+    let cfg = TrainConfig::load(Some(&path), &[]).unwrap();
+    let r = train::plan::plan(&cfg, "v5e:4x4", 1).unwrap();
+    eprintln!("gemma-7b-sft on v5e:4x4: {}", r.render());
+    assert!(r.fits, "{}", r.render());
+    let cfg = TrainConfig::load(Some(&path), &["mesh.fsdp=8".into()]).unwrap();
+    let r = train::plan::plan(&cfg, "v5e:2x4", 1).unwrap();
+    eprintln!("gemma-7b-sft on v5e:2x4: {}", r.render());
+    assert!(!r.fits, "{}", r.render());
+}
+
 #[test]
 fn two_slices_put_the_data_axis_across_them() {
     if !have_libtpu() {

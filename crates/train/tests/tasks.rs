@@ -195,7 +195,7 @@ fn shard_documents_are_sampled_by_seed() {
     }
     let manifest = data::shard::Manifest {
         format: "meshtrain-shards".into(),
-        version: data::shard::SHARD_VERSION,
+        version: 1,
         tokenizer: "test".into(),
         vocab_size: 100,
         bos_id: 2,
@@ -204,6 +204,7 @@ fn shard_documents_are_sampled_by_seed() {
         documents: 12,
         tokens: next as u64,
         shards: infos,
+        loss_mask: false,
     };
     manifest.write(dir.path()).unwrap();
     let docs = sample_shard_docs(dir.path(), 5, 9).unwrap();

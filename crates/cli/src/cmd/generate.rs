@@ -26,6 +26,11 @@ pub struct Args {
     /// `gemma` or a tokenizer.json (default: the model's own).
     #[arg(long)]
     tokenizer: Option<String>,
+    /// Ask each text prompt as a user turn in Gemma's chat format
+    /// (`<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n`), as a model
+    /// fine-tuned on `data.format = "chat"` expects.
+    #[arg(long, conflicts_with = "tokens")]
+    chat: bool,
     /// New tokens per sample at most.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
@@ -81,7 +86,12 @@ pub fn run(args: Args) -> Result<()> {
                 .iter()
                 .map(|t| {
                     let mut ids = vec![tok.bos_id()];
-                    ids.extend(tok.encode(t)?);
+                    if args.chat {
+                        use data::chat::{Message, Role, render_prompt};
+                        ids.extend(tok.encode(&render_prompt(&[Message::new(Role::User, t)]))?);
+                    } else {
+                        ids.extend(tok.encode(t)?);
+                    }
                     Ok(ids)
                 })
                 .collect::<Result<_>>()?

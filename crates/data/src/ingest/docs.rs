@@ -37,7 +37,7 @@ pub(crate) fn split_docs(bytes: &[u8], format: InputFormat, unit: TextUnit) -> V
         })
     };
     match (format, unit) {
-        (InputFormat::Jsonl, _) => lines()
+        (InputFormat::Jsonl | InputFormat::Chat, _) => lines()
             .map(|(line, body, terminated)| RawDoc {
                 line,
                 bytes: body,
@@ -125,7 +125,7 @@ pub(crate) fn doc_text(
     })?;
     let text = match format {
         InputFormat::Text => text.to_string(),
-        InputFormat::Jsonl => {
+        InputFormat::Jsonl | InputFormat::Chat => {
             let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
                 if doc.last_unterminated && e.is_eof() {
                     issue(

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::shard::{Manifest, ShardInfo, ShardWriter, shard_file_name};
 use crate::{Error, Result, Tokenizer};
 
+mod chat;
 mod docs;
 mod filter;
 
@@ -39,6 +40,9 @@ pub enum InputFormat {
     Text,
     /// One JSON object per line; the document is the string in a field.
     Jsonl,
+    /// One conversation `{"messages": [...]}` per line, in Gemma's chat format: written to
+    /// shards that carry the loss mask ([`crate::shard`] version 2).
+    Chat,
 }
 
 /// What one document is in a text file.
@@ -256,6 +260,9 @@ pub fn tokenize(
     opts: &TokenizeOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Summary> {
+    if opts.format == InputFormat::Chat {
+        return chat::tokenize_chat(tokenizer, opts, progress);
+    }
     let start = Instant::now();
     let files = expand_inputs(&opts.inputs)?;
     if opts.shard_tokens == 0 {
@@ -379,7 +386,7 @@ pub fn tokenize(
     summary.shards = shards.len();
     let manifest = Manifest {
         format: "meshtrain-shards".into(),
-        version: crate::shard::SHARD_VERSION,
+        version: 1,
         tokenizer: tokenizer.name().to_string(),
         vocab_size: tokenizer.vocab_size(),
         bos_id: tokenizer.bos_id(),
@@ -388,6 +395,7 @@ pub fn tokenize(
         documents: summary.documents,
         tokens: summary.tokens,
         shards,
+        loss_mask: false,
     };
     manifest.write(out)?;
     summary.seconds = start.elapsed().as_secs_f64();

@@ -44,8 +44,8 @@ use crate::{Error, Result};
 mod open;
 mod producer;
 
-pub use open::read_token_rows;
-use open::{Source, Vocab, open_source};
+use open::{Source, Vocab, open_source, overflow_message};
+pub use open::{read_token_rows, read_token_rows_with_mask};
 use producer::{Producer, Stream};
 
 /// Where a loader stands after a batch: save it with a checkpoint, give it to [`Loader::new`].
@@ -98,6 +98,11 @@ pub struct DataInfo {
     pub rows_per_host: usize,
     /// Each source's name and documents (all hosts together).
     pub sources: Vec<(String, u64)>,
+    /// Conversations longer than `data.seq_len`, all sources together: cut to `seq_len`
+    /// tokens (`data.overflow = "truncate"`) each time they are read.
+    pub truncated: u64,
+    /// Conversations longer than `data.seq_len` left out (`data.overflow = "drop"`).
+    pub dropped: u64,
 }
 
 /// The data loader. See the module docs.
@@ -227,6 +232,11 @@ impl Drop for Loader {
 pub(crate) struct Sources {
     list: Vec<SourceConfig>,
     opened: Vec<Arc<Source>>,
+    /// Per source: `<bos>`/`<eos>` around documents, and whether they are conversations.
+    wraps: Vec<(Option<(u32, u32)>, bool)>,
+    /// Conversations longer than a row, all sources.
+    overflowing: u64,
+    overflow: crate::chat::Overflow,
     /// What every source's tokenizer says (checked equal).
     vocab: Vocab,
     mixture: bool,
@@ -239,10 +249,16 @@ impl Sources {
         let list = cfg.source_list();
         let mut tok = None;
         let mut opened = Vec::with_capacity(list.len());
+        let mut wraps = Vec::with_capacity(list.len());
+        let mut overflowing = 0;
         let mut first: Option<Vocab> = None;
         for (i, src) in list.iter().enumerate() {
             let format = src.format.expect("resolved");
             let o = open_source(cfg, format, &src.path, &mut tok, cache_dir)?;
+            if o.conversations {
+                let key = source_key(mixture, i, &src.name);
+                overflowing += count_overflowing(cfg, &o.source, &key)?;
+            }
             match first {
                 None => first = Some(o.vocab),
                 Some(f) if f != o.vocab => {
@@ -250,24 +266,23 @@ impl Sources {
                         &source_key(mixture, i, &src.name),
                         format!(
                             "made with another tokenizer than data.sources[0] (vocabulary {:?}, \
-                             <bos>/<eos> {:?}, <pad> {}; the first source has {:?}, {:?}, {}): \
+                             <pad> {}; the first source has {:?}, {}): \
                              all sources must share one tokenizer",
-                            o.vocab.vocab_size,
-                            o.vocab.wrap,
-                            o.vocab.pad,
-                            f.vocab_size,
-                            f.wrap,
-                            f.pad
+                            o.vocab.vocab_size, o.vocab.pad, f.vocab_size, f.pad
                         ),
                     ));
                 }
                 Some(_) => {}
             }
             opened.push(Arc::new(o.source));
+            wraps.push((o.wrap, o.conversations));
         }
         Ok(Sources {
             list,
             opened,
+            wraps,
+            overflowing,
+            overflow: cfg.overflow,
             vocab: first.expect("at least one source"),
             mixture,
         })
@@ -315,8 +330,9 @@ impl Sources {
                     shuffle: cfg.shuffle,
                     seed,
                 },
-                wrap: self.vocab.wrap,
+                wrap: self.wraps[i].0,
                 share: src.weight / total_weight,
+                whole: self.wraps[i].1,
             });
         }
         let Vocab { pad, packing, .. } = self.vocab;
@@ -341,6 +357,10 @@ impl Sources {
                 fp = splitmix(fp ^ v);
             }
         }
+        if self.wraps.iter().any(|w| w.1) {
+            // How long conversations are cut or left out decides the stream too.
+            fp = splitmix(fp ^ (0x100 + cfg.overflow as u64));
+        }
         let state = start_state(&self.list, &streams, resume, fp, packing, rows, cfg.seq_len)?;
         Ok(Producer::new(
             streams,
@@ -349,6 +369,7 @@ impl Sources {
             packing,
             pad,
             state,
+            cfg.overflow,
         ))
     }
 
@@ -365,8 +386,51 @@ impl Sources {
                 .zip(&self.opened)
                 .map(|(l, s)| (l.name.clone(), s.len()))
                 .collect(),
+            truncated: match self.overflow {
+                crate::chat::Overflow::Drop => 0,
+                _ => self.overflowing,
+            },
+            dropped: match self.overflow {
+                crate::chat::Overflow::Drop => self.overflowing,
+                _ => 0,
+            },
         }
     }
+}
+
+/// Counts a conversation source's documents longer than `data.seq_len`; under
+/// `data.overflow = "error"` the first is an error, under `drop` a source of only such
+/// conversations is one.
+fn count_overflowing(cfg: &DataConfig, source: &Source, key: &str) -> Result<u64> {
+    let n = source.len();
+    let mut count = 0;
+    for i in 0..n {
+        let len = source.doc_len(i);
+        if len > cfg.seq_len as u64 {
+            if cfg.overflow == crate::chat::Overflow::Error {
+                return Err(Error::config(
+                    key,
+                    format!(
+                        "{}: {}",
+                        source.describe(i),
+                        overflow_message(len as usize, cfg.seq_len)
+                    ),
+                ));
+            }
+            count += 1;
+        }
+    }
+    if count == n && cfg.overflow == crate::chat::Overflow::Drop {
+        return Err(Error::config(
+            key,
+            format!(
+                "all {n} conversations are longer than data.seq_len = {} and \
+                 data.overflow = \"drop\" leaves none",
+                cfg.seq_len
+            ),
+        ));
+    }
+    Ok(count)
 }
 
 /// The config key that names source `i`.

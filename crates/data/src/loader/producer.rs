@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::open::Source;
 use super::{LoaderState, SourceState};
+use crate::chat::Overflow;
 use crate::pack::{Batch, Order};
 
 /// One source as the producer reads it.
@@ -14,6 +15,9 @@ pub(crate) struct Stream {
     pub wrap: Option<(u32, u32)>,
     /// Share of the tokens (the weights, normalised).
     pub share: f64,
+    /// Documents are conversations: kept whole in one row, cut or left out by `overflow`
+    /// when longer than a row.
+    pub whole: bool,
 }
 
 /// Builds batches from [`Stream`]s.
@@ -30,8 +34,11 @@ pub(crate) struct Producer {
     pub packing: bool,
     pub pad: u32,
     pub state: LoaderState,
+    pub overflow: Overflow,
     current: usize,
     doc: Vec<u32>,
+    /// Per-token target flags of `doc`.
+    mask: Vec<u8>,
     loaded: bool,
 }
 
@@ -43,6 +50,7 @@ impl Producer {
         packing: bool,
         pad: u32,
         state: LoaderState,
+        overflow: Overflow,
     ) -> Self {
         Producer {
             streams,
@@ -51,8 +59,10 @@ impl Producer {
             packing,
             pad,
             state,
+            overflow,
             current: 0,
             doc: Vec::new(),
+            mask: Vec::new(),
             loaded: false,
         }
     }
@@ -80,12 +90,24 @@ impl Producer {
         let stream = &self.streams[self.current];
         let g = stream.order.global(s.epoch, s.document);
         self.doc.clear();
+        self.mask.clear();
         if let Some((bos, _)) = stream.wrap {
             self.doc.push(bos);
+            self.mask.push(1);
         }
-        stream.source.read(g, &mut self.doc);
+        stream.source.read(g, &mut self.doc, &mut self.mask);
         if let Some((_, eos)) = stream.wrap {
             self.doc.push(eos);
+            self.mask.push(1);
+        }
+        if stream.whole && self.doc.len() > self.seq_len {
+            // `error` was checked when the source was opened.
+            let keep = match self.overflow {
+                Overflow::Drop => 0,
+                Overflow::Truncate | Overflow::Error => self.seq_len,
+            };
+            self.doc.truncate(keep);
+            self.mask.truncate(keep);
         }
         self.loaded = true;
     }
@@ -118,9 +140,20 @@ impl Producer {
             if !self.packing && pos > 0 {
                 break;
             }
+            let rest = self.doc.len() - off;
+            if self.streams[self.current].whole && pos > 0 && rest > self.seq_len - pos {
+                // A conversation that does not fit starts the next row.
+                break;
+            }
             segment += 1;
-            let n = (self.seq_len - pos).min(self.doc.len() - off);
-            batch.put(r, pos, &self.doc[off..off + n], segment);
+            let n = (self.seq_len - pos).min(rest);
+            batch.put(
+                r,
+                pos,
+                &self.doc[off..off + n],
+                &self.mask[off..off + n],
+                segment,
+            );
             pos += n;
             let s = &mut self.state.sources[self.current];
             s.offset += n as u64;

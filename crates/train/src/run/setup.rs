@@ -192,9 +192,23 @@ fn open_feed(
     };
     hosts
         .into_iter()
-        .map(|(host, rows)| {
+        .enumerate()
+        .map(|(i, (host, rows))| {
             let loader =
                 data::RowLoader::new(&cfg.data, &rows, |r| saved.as_ref().map(|s| s[r].clone()))?;
+            let info = loader.info();
+            if i == 0 && info.truncated + info.dropped > 0 {
+                eprintln!(
+                    "meshtrain data: {} of {} conversations are longer than data.seq_len = {}: \
+                     {} truncated, {} dropped (data.overflow = \"{}\")",
+                    info.truncated + info.dropped,
+                    info.documents,
+                    cfg.data.seq_len,
+                    info.truncated,
+                    info.dropped,
+                    cfg.data.overflow.name()
+                );
+            }
             if let Some(v) = loader.info().vocab_size
                 && v > model.vocab_size
             {
