@@ -119,8 +119,10 @@ fn shipped_gemma_configs_fit_a_v5e_16x16() {
 }
 
 /// The shipped 7B fine-tuning config fits a v5e-16 (4x4) in bf16 and does not fit a v5e-8
-/// (2x4, with `mesh.fsdp = 8`). Minutes each on 2 cores.
+/// (2x4, with `mesh.fsdp = 8`). 25 and 7 minutes of compiling on 2 cores, too
+/// slow for every CI run: `cargo test -p meshtrain-train --test plan -- --ignored`.
 #[test]
+#[ignore = "compiles the 7B twice (about 30 min on 2 cores): run with -- --ignored"]
 fn gemma_7b_sft_fits_a_v5e_16_and_not_a_v5e_8() {
     if !have_libtpu() {
         return;
