@@ -74,6 +74,11 @@ fn loss(args: Args) -> Result<()> {
         tokens,
         args.batch_size.unwrap_or(8),
     )?;
+    record(
+        &args.checkpoint,
+        "loss",
+        &[("loss", r.loss), ("perplexity", r.perplexity)],
+    )?;
     if args.json {
         println!(
             "{}",
@@ -109,6 +114,7 @@ fn memorization(args: Args) -> Result<()> {
     let (devices, dtype) = args.runtime.devices(&model)?;
     let mut generator = Generator::new(devices, &model.checkpoint, dtype)?;
     let r = tasks::memorization(&mut generator, &docs, &opts)?;
+    record(&args.checkpoint, "memorization", &[("rate", r.rate)])?;
     if args.json {
         let mut v = serde_json::to_value(&r)?;
         v["task"] = "memorization".into();
@@ -136,6 +142,11 @@ fn choices(args: Args) -> Result<()> {
     let (devices, dtype) = args.runtime.devices(&model)?;
     let mut generator = Generator::new(devices, &model.checkpoint, dtype)?;
     let r = tasks::score_choices(&mut generator, &items, args.batch_size.unwrap_or(32))?;
+    record(
+        &args.checkpoint,
+        "choices",
+        &[("accuracy", r.accuracy), ("accuracy_norm", r.accuracy_norm)],
+    )?;
     if args.json {
         let mut v = serde_json::to_value(&r)?;
         v["task"] = "choices".into();
@@ -145,6 +156,15 @@ fn choices(args: Args) -> Result<()> {
             "accuracy {:.4}  length-normalised {:.4}  over {} items",
             r.accuracy, r.accuracy_norm, r.items
         );
+    }
+    Ok(())
+}
+
+/// A run's model (`run_dir/checkpoints/...` or `run_dir/final`) gets its
+/// eval results in the run's TensorBoard events, under `eval/<task>/`.
+fn record(model: &std::path::Path, task: &str, values: &[(&str, f64)]) -> Result<()> {
+    if let Some(file) = train::tensorboard::record_eval(model, task, values)? {
+        eprintln!("meshtrain: eval results added to {}", file.display());
     }
     Ok(())
 }
