@@ -8,9 +8,10 @@ checks it against what it must hold.
 
 --expected: the scalars and texts read equal the JSON exactly
   ({"scalars": {tag: [[step, value], ...]}, "text": {tag: [[step, text], ...]}}).
---metrics: every number of every metrics.jsonl line is the scalar
-  train/<key> (train/<key>/<inner key> for objects) at the line's step,
-  exactly, and no tag has a step twice or a step metrics.jsonl lacks.
+--metrics: every number of every metrics.jsonl line, rounded to float32 (the
+  precision TensorBoard keeps scalars in), is exactly the scalar
+  train/<key> (train/<key>/<inner key> for objects) at the line's step, and
+  no tag has a step twice or a step metrics.jsonl lacks.
 
 Needs `pip install tensorboard`. Exits 1 on a mismatch.
 """
@@ -18,6 +19,8 @@ Needs `pip install tensorboard`. Exits 1 on a mismatch.
 import argparse
 import json
 import sys
+
+import numpy as np
 
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 from tensorboard.util import tensor_util
@@ -49,7 +52,7 @@ def from_metrics(path):
             for k, x in v.items():
                 items = [(f"train/{k}/{s}", y) for s, y in x.items()] if isinstance(x, dict) else [(f"train/{k}", x)]
                 for tag, y in items:
-                    want.setdefault(tag, []).append([step, float(y)])
+                    want.setdefault(tag, []).append([step, float(np.float32(y))])
     return want
 
 

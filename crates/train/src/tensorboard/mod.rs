@@ -3,8 +3,11 @@
 //!
 //! Every numeric field of a `metrics.jsonl` line becomes a scalar under
 //! `train/` at the line's step (nested objects such as `tokens_by_source`
-//! become `train/tokens_by_source/<name>`), written as a float64 tensor
-//! so TensorBoard reads back exactly the number in `metrics.jsonl`. The
+//! become `train/tokens_by_source/<name>`). Scalars are float32, as
+//! TensorBoard keeps them: the loss, learning rate and grad norm come off
+//! the device as float32 and are the numbers of `metrics.jsonl` exactly;
+//! host-measured numbers (step time, tokens/s, MFU) are those numbers
+//! rounded to float32. The
 //! resolved config and the sharding report are text summaries; eval
 //! results go under `eval/`.
 //!
@@ -108,19 +111,19 @@ impl EventWriter {
         values.retain(|(tag, _)| *tag != format!("{prefix}/step"));
         let values: Vec<(String, Value)> = values
             .into_iter()
-            .map(|(tag, x)| (tag, Value::Scalar(x)))
+            .map(|(tag, x)| (tag, Value::Scalar(x as f32)))
             .collect();
         let t = self.now();
         self.record(&record::summary_event(t, step, &values))
     }
 
-    /// One scalar `tag` at `step`.
+    /// One scalar `tag` at `step` (stored as float32).
     pub fn scalar(&mut self, tag: &str, step: u64, value: f64) -> Result<()> {
         let t = self.now();
         self.record(&record::summary_event(
             t,
             step,
-            &[(tag.into(), Value::Scalar(value))],
+            &[(tag.into(), Value::Scalar(value as f32))],
         ))
     }
 

@@ -45,11 +45,15 @@ pub(crate) fn frame(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The records of an event file with their byte offsets, and where an
+/// incomplete last record starts.
+pub(crate) type Records<'a> = (Vec<(usize, &'a [u8])>, Option<usize>);
+
 /// The records of an event file, each as `(byte offset, data)`, and the
 /// offset where an incomplete last record starts (a write cut short by a
 /// crash), if any. A record whose CRC does not match is an error naming
 /// its offset.
-pub(crate) fn read_records(bytes: &[u8]) -> Result<(Vec<(usize, &[u8])>, Option<usize>), String> {
+pub(crate) fn read_records(bytes: &[u8]) -> Result<Records<'_>, String> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
@@ -109,16 +113,17 @@ pub(crate) fn varint_field(out: &mut Vec<u8>, field: u64, v: u64) {
 }
 
 // tensorflow.DataType and tensorboard's SummaryMetadata.DataClass values.
-const DT_DOUBLE: u64 = 2;
+const DT_FLOAT: u64 = 1;
 const DT_STRING: u64 = 7;
 const DATA_CLASS_SCALAR: u64 = 1;
 const DATA_CLASS_TENSOR: u64 = 2;
 
 /// What one summary value holds.
 pub(crate) enum Value<'a> {
-    /// A scalar for the scalars dashboard, kept as a float64 tensor so the
-    /// number read back is exactly the one written.
-    Scalar(f64),
+    /// A scalar for the scalars dashboard: a rank-0 float32 tensor, the
+    /// one scalar form every TensorBoard reader takes (its data server
+    /// keeps scalars as float32).
+    Scalar(f32),
     /// Markdown for the text dashboard.
     Text(&'a str),
 }
@@ -138,9 +143,9 @@ fn summary_value(tag: &str, value: &Value) -> Vec<u8> {
     let mut tensor = Vec::new();
     let meta = match value {
         Value::Scalar(x) => {
-            varint_field(&mut tensor, 1, DT_DOUBLE);
+            varint_field(&mut tensor, 1, DT_FLOAT);
             bytes_field(&mut tensor, 2, &[]); // tensor_shape: rank 0
-            bytes_field(&mut tensor, 6, &x.to_le_bytes()); // packed double_val
+            bytes_field(&mut tensor, 5, &x.to_le_bytes()); // packed float_val
             metadata("scalars", DATA_CLASS_SCALAR)
         }
         Value::Text(s) => {
