@@ -37,6 +37,7 @@ def main():
     p.add_argument("--profile", action="store_true")
     p.add_argument("--port", type=int, default=6123)
     p.add_argument("--wait", type=float, default=15, help="seconds for the page to render")
+    p.add_argument("--tags", default="train/", help="scalars: the tag filter (a regular expression)")
     a = p.parse_args()
     base = f"http://127.0.0.1:{a.port}"
     tb = subprocess.Popen(
@@ -63,7 +64,7 @@ def main():
             )
             size = {"width": 1400, "height": 360}
         else:
-            url = base + "/#scalars"
+            url = f"{base}/#scalars&tagFilter={urllib.parse.quote(a.tags, safe='')}"
             size = {"width": 1400, "height": 1000}
         browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
         with sync_playwright() as pw:

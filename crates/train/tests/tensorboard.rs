@@ -207,4 +207,23 @@ fn a_resumed_run_logs_each_step_once_with_the_metrics_values_and_profiles() {
         (3, "sharding"),
     ];
     assert_eq!(texts, want.map(|(s, t)| (s, t.to_string())));
+    // `meshtrain eval` of a run's checkpoint adds eval/ at its step; a
+    // model outside a run is left alone.
+    let ckpt = run.join("checkpoints").join(train::checkpoint::dir_name(6));
+    let file = train::tensorboard::record_eval(&ckpt, "loss", &[("perplexity", 12.5)]).unwrap();
+    assert!(file.is_some());
+    let evals: Vec<_> = read_dir(&run.join("tensorboard"))
+        .unwrap()
+        .into_iter()
+        .filter(|(_, t, _)| t.starts_with("eval/"))
+        .collect();
+    assert_eq!(
+        evals,
+        vec![(6, "eval/loss/perplexity".to_string(), Decoded::Number(12.5))]
+    );
+    assert!(
+        train::tensorboard::record_eval(dir.path(), "loss", &[])
+            .unwrap()
+            .is_none()
+    );
 }

@@ -187,11 +187,13 @@ pub fn record_eval(model: &Path, task: &str, values: &[(&str, f64)]) -> Result<O
     let Ok(text) = std::fs::read_to_string(run_dir.join("config.toml")) else {
         return Ok(None);
     };
-    let config: toml::Value = match text.parse() {
-        Ok(v) => v,
-        Err(_) => return Ok(None),
+    let Some(train) = text
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|t| t.get("train").cloned())
+    else {
+        return Ok(None);
     };
-    let train = &config["train"];
     if train.get("tensorboard").and_then(toml::Value::as_bool) == Some(false) {
         return Ok(None);
     }
