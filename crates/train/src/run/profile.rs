@@ -43,7 +43,7 @@ impl StepProfile {
             process,
             spans: Vec::new(),
             t0: Instant::now(),
-            t0_unix_ns: 0,
+            t0_unix_ns: unix_ns(),
             device: None,
         }
     }
@@ -64,9 +64,7 @@ impl StepProfile {
             return Ok(());
         }
         self.t0 = Instant::now();
-        self.t0_unix_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        self.t0_unix_ns = unix_ns();
         let plugin = client.plugin();
         self.device = pjrt::Profiler::start(plugin)?;
         if self.device.is_none() {
@@ -183,6 +181,12 @@ impl StepProfile {
         }));
         serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms"})
     }
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// `PJRT_Extension_Type_Profiler`.
