@@ -1,7 +1,8 @@
 //! Multi-process jobs on loopback with the real binary: a coordinator and
 //! CPU workers train like one process; a killed worker is detected, replaced
 //! and the job ends exactly as an uninterrupted one; wrong tokens and
-//! configs are refused; a lost coordinator is a clear error.
+//! configs are refused; a lost coordinator is a clear error. The
+//! coordinator's TensorBoard events hold each step once across a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -183,6 +184,25 @@ fn a_killed_worker_is_replaced_and_the_job_ends_as_if_uninterrupted() {
     assert_eq!(a, b);
     let model = |r: &Path| std::fs::read(r.join("final/model.safetensors")).unwrap();
     assert_eq!(model(&straight), model(&run));
+    // The coordinator's TensorBoard events, the restart included: each
+    // step's loss once, the number of metrics.jsonl (float32, as stored).
+    let events = train::tensorboard::read_dir(&run.join("tensorboard")).unwrap();
+    let tb: Vec<(u64, f32)> = events
+        .iter()
+        .filter_map(|(s, tag, v)| match v {
+            train::tensorboard::Decoded::Number(x) if tag == "train/loss" => Some((*s, *x as f32)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tb,
+        b.iter().map(|&(s, l)| (s, l as f32)).collect::<Vec<_>>()
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(s, tag, _)| *s == 2 && tag == "sharding")
+    );
 }
 
 #[test]

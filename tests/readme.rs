@@ -282,3 +282,51 @@ fn launch_local_gets_its_own_run_dir_and_says_when_nothing_is_left() {
          over)\n"
     );
 }
+
+/// The absl log line format of the plugins: `I0000 00:00:...` (or W, E, F).
+fn is_absl_line(line: &str) -> bool {
+    let b = line.as_bytes();
+    line.contains("absl::InitializeLog")
+        || (b.len() > 6
+            && b"IWEF".contains(&b[0])
+            && b[1..5].iter().all(u8::is_ascii_digit)
+            && b[5] == b' ')
+}
+
+#[test]
+fn train_shows_only_meshtrains_lines_unless_meshtrain_log_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |run: &str, log: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshtrain"));
+        cmd.args([
+            "train",
+            "--set",
+            "train.steps=2",
+            "--set",
+            "train.profile_steps=[0, 1]",
+        ])
+        .args([
+            "--set",
+            &format!("train.run_dir={}", dir.path().join(run).display()),
+        ])
+        .env_remove("TF_CPP_MIN_LOG_LEVEL")
+        .env_remove("TPU_STDERR_LOG_LEVEL")
+        .env_remove("MESHTRAIN_LOG");
+        if let Some(l) = log {
+            cmd.env("MESHTRAIN_LOG", l);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let quiet = train("quiet", None);
+    assert!(!quiet.lines().any(is_absl_line), "{quiet}");
+    assert!(quiet.contains("no PJRT profiler extension"), "{quiet}");
+    // MESHTRAIN_LOG=info brings the plugin's INFO lines back.
+    let loud = train("loud", Some("info"));
+    assert!(
+        loud.contains("cpu_device_count set via create_options"),
+        "{loud}"
+    );
+    assert!(loud.lines().any(is_absl_line), "{loud}");
+}

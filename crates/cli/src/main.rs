@@ -42,7 +42,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    cmd::quiet_xla_info_logs();
+    cmd::quiet_plugin_logs();
     let cli = Cli::parse();
     // Library warnings (refused RPCs, lost workers) go to stderr;
     // MESHTRAIN_LOG=info|debug shows more.

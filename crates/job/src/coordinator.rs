@@ -70,6 +70,7 @@ pub fn run(opts: Options) -> Result<Summary> {
     })?;
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut metrics: Option<std::fs::File> = None;
+    let mut events: Option<train::tensorboard::EventWriter> = None;
     let mut losses: Vec<(u64, f64)> = Vec::new();
     let bar = train::progress_bar(cfg.train.steps, opts.show_progress);
     let say = |msg: String| bar.suspend(|| eprintln!("meshtrain coordinator: {msg}"));
@@ -126,6 +127,10 @@ pub fn run(opts: Options) -> Result<Summary> {
                 if metrics.is_none() || losses.last().is_some_and(|(s, _)| *s >= step) {
                     metrics = Some(train::open_metrics(&metrics_path, step)?);
                     losses.retain(|(s, _)| *s < step);
+                    if cfg.train.tensorboard {
+                        drop(events.take()); // flushed before the files are trimmed
+                        events = Some(open_events(cfg, step)?);
+                    }
                 }
                 let file = metrics.as_mut().expect("opened above");
                 writeln!(file, "{line}")
@@ -135,10 +140,12 @@ pub fn run(opts: Options) -> Result<Summary> {
                         path: metrics_path.clone(),
                         source: e,
                     })?;
-                let loss = serde_json::from_str::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v["loss"].as_f64())
-                    .unwrap_or(f64::NAN);
+                let parsed = serde_json::from_str::<serde_json::Value>(line).ok();
+                if let (Some(w), Some(v)) = (&mut events, &parsed) {
+                    w.metrics("train", step, v)?;
+                    w.flush()?;
+                }
+                let loss = parsed.and_then(|v| v["loss"].as_f64()).unwrap_or(f64::NAN);
                 losses.push((step, loss));
                 bar.set_position(step + 1);
                 bar.set_message(format!("loss {loss:.4}"));
@@ -160,4 +167,18 @@ pub fn run(opts: Options) -> Result<Summary> {
         Some(reason) => Err(Error::Stopped(reason)),
         None => Ok(Summary { losses, restarts }),
     }
+}
+
+/// The job's TensorBoard event file for a run (re)starting at `step`: the
+/// resolved config, and the sharding report its process 0 wrote into the
+/// shared run directory, as text.
+fn open_events(cfg: &TrainConfig, step: u64) -> Result<train::tensorboard::EventWriter> {
+    let run_dir = &cfg.train.run_dir;
+    let mut w = train::tensorboard::EventWriter::open(&run_dir.join("tensorboard"), step)?;
+    w.preformatted("config", step, &cfg.to_toml())?;
+    if let Ok(report) = std::fs::read_to_string(run_dir.join("sharding.txt")) {
+        w.preformatted("sharding", step, &report)?;
+    }
+    w.flush()?;
+    Ok(w)
 }

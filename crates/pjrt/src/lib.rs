@@ -70,6 +70,7 @@ pub mod install;
 mod kv;
 mod options;
 mod plugin;
+mod profiler;
 mod timing;
 mod topology;
 
@@ -92,6 +93,7 @@ pub use host::tune_host_allocator;
 pub use kv::{CallbackFailure, KeyValueStore, PluginSide};
 pub use options::OptionValue;
 pub use plugin::{HEADER_API_VERSION, Plugin};
+pub use profiler::Profiler;
 pub use timing::time_module;
 pub use topology::{Topology, TopologyDevice};
 

@@ -209,6 +209,16 @@ pub struct TrainSection {
     /// if `run_dir` holds checkpoints); otherwise a checkpoint directory.
     #[serde(default = "default_resume")]
     pub resume: String,
+    /// Write TensorBoard event files to `run_dir/tensorboard` (a single
+    /// process, or the coordinator of a multi-process job).
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
+    /// `[first, last]`: profile these steps (0-based, inclusive, as in
+    /// `metrics.jsonl`): host spans as a Chrome trace in
+    /// `run_dir/profile/`, and an XLA device profile for TensorBoard's
+    /// profile plugin where the PJRT plugin has a profiler. Empty: off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profile_steps: Vec<u64>,
 }
 
 fn default_keep() -> usize {
@@ -547,6 +557,20 @@ impl TrainConfig {
             return bad(
                 "train.steps",
                 "train.steps and train.log_every must be at least 1".into(),
+            );
+        }
+        let profile_ok = match self.train.profile_steps.as_slice() {
+            [] => true,
+            [first, last] => first <= last && *last < self.train.steps,
+            _ => false,
+        };
+        if !profile_ok {
+            return bad(
+                "train.profile_steps",
+                format!(
+                    "{:?}: expected [first, last], 0-based steps with first <= last < train.steps = {}",
+                    self.train.profile_steps, self.train.steps
+                ),
             );
         }
         if self.data.seq_len > model.max_seq_len {

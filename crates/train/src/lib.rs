@@ -27,6 +27,7 @@ pub mod shard;
 mod state;
 pub mod step;
 pub mod tasks;
+pub mod tensorboard;
 
 pub use config::TrainConfig;
 pub use device::{make_client, make_pod_client};

@@ -75,6 +75,11 @@ fn loss(args: Args) -> Result<()> {
         tokens,
         args.batch_size.unwrap_or(8),
     )?;
+    record(
+        &args.checkpoint,
+        "loss",
+        &[("loss", r.loss), ("perplexity", r.perplexity)],
+    )?;
     if args.json {
         println!(
             "{}",
@@ -119,6 +124,12 @@ fn memorization(args: Args) -> Result<()> {
         })?),
         None => None,
     };
+    let mut values = vec![("rate", r.rate)];
+    if let Some(p) = &pii {
+        values.push(("personal", p.personal as f64));
+        values.push(("sensitive", p.sensitive as f64));
+    }
+    record(&args.checkpoint, "memorization", &values)?;
     if args.json {
         let mut v = serde_json::to_value(&r)?;
         v["task"] = "memorization".into();
@@ -156,6 +167,11 @@ fn choices(args: Args) -> Result<()> {
     let (devices, dtype) = args.runtime.devices(&model)?;
     let mut generator = Generator::new(devices, &model.checkpoint, dtype)?;
     let r = tasks::score_choices(&mut generator, &items, args.batch_size.unwrap_or(32))?;
+    record(
+        &args.checkpoint,
+        "choices",
+        &[("accuracy", r.accuracy), ("accuracy_norm", r.accuracy_norm)],
+    )?;
     if args.json {
         let mut v = serde_json::to_value(&r)?;
         v["task"] = "choices".into();
@@ -165,6 +181,15 @@ fn choices(args: Args) -> Result<()> {
             "accuracy {:.4}  length-normalised {:.4}  over {} items",
             r.accuracy, r.accuracy_norm, r.items
         );
+    }
+    Ok(())
+}
+
+/// A run's model (`run_dir/checkpoints/...` or `run_dir/final`) gets its
+/// eval results in the run's TensorBoard events, under `eval/<task>/`.
+fn record(model: &std::path::Path, task: &str, values: &[(&str, f64)]) -> Result<()> {
+    if let Some(file) = train::tensorboard::record_eval(model, task, values)? {
+        eprintln!("meshtrain: eval results added to {}", file.display());
     }
     Ok(())
 }

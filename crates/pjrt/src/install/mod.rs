@@ -330,19 +330,47 @@ fn download(pkg: &PluginPackage, tmp: &Path) -> Result<PathBuf> {
         backend: format!("{:?}", pkg.backend),
         reason,
     };
-    let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
-        .args(["--platform", pkg.platform, "--python-version", pkg.python_version, "-d"])
+    // pip's own progress bar and messages are captured, not shown: the
+    // user sees meshtrain's spinner, and pip's output only if it fails.
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} downloading {msg} ({elapsed})")
+            .expect("valid template"),
+    );
+    bar.set_message(format!("the {spec} wheel"));
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let out = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+        ])
+        .args(["--progress-bar", "off", "--no-color"])
+        .args([
+            "--platform",
+            pkg.platform,
+            "--python-version",
+            pkg.python_version,
+            "-d",
+        ])
         .arg(tmp)
         .arg(&spec)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(std::io::stderr())) // keep stdout for the command's own output (JSON)
-        .stderr(Stdio::inherit())
-        .status()
-        .map_err(|e| fail(format!("cannot run `{python} -m pip` ({e}); install Python 3 with pip, or set MESHTRAIN_PYTHON")))?;
-    if !status.success() {
+        .output();
+    bar.finish_and_clear();
+    let out = out.map_err(|e| {
+        fail(format!(
+            "cannot run `{python} -m pip` ({e}); install Python 3 with pip, or set MESHTRAIN_PYTHON"
+        ))
+    })?;
+    if !out.status.success() {
         return Err(fail(format!(
-            "`{python} -m pip download {spec}` failed ({status})"
+            "`{python} -m pip download {spec}` failed ({}):\n{}",
+            out.status,
+            last_lines(&out.stdout, &out.stderr, 20)
         )));
     }
     let wheel = fs::read_dir(tmp)
@@ -356,6 +384,17 @@ fn download(pkg: &PluginPackage, tmp: &Path) -> Result<PathBuf> {
             ))
         })?;
     Ok(wheel)
+}
+
+/// The last `n` lines of a command's stdout and stderr, for an error.
+fn last_lines(stdout: &[u8], stderr: &[u8], n: usize) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(stdout),
+        String::from_utf8_lossy(stderr)
+    );
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn unpack(pkg: &PluginPackage, wheel: &Path, dest: &Path) -> Result<()> {

@@ -9,6 +9,7 @@
 
 mod files;
 mod finish;
+mod profile;
 mod setup;
 mod steps;
 

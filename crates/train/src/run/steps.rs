@@ -6,8 +6,10 @@ use std::time::Instant;
 
 use super::Mode;
 use super::files::{open_metrics, progress_bar};
+use super::profile::StepProfile;
 use super::setup::Job;
 use crate::group::GroupSaver;
+use crate::tensorboard::EventWriter;
 use crate::{Error, Result, checkpoint, mfu, state};
 
 /// What the loop hands to finishing.
@@ -20,15 +22,21 @@ pub(super) struct Done {
 /// Where a step's metrics go: `metrics.jsonl` of a single process, or the
 /// group's coordinator (which writes it for the job).
 enum Sink<'g> {
-    File(std::fs::File, std::path::PathBuf),
+    /// `metrics.jsonl`, and the TensorBoard events when asked for.
+    File(std::fs::File, std::path::PathBuf, Option<EventWriter>),
     Group(&'g dyn crate::ProcessGroup),
 }
 
 impl Sink<'_> {
     fn write(&mut self, step: u64, line: &serde_json::Value) -> Result<()> {
         match self {
-            Sink::File(f, path) => {
-                writeln!(f, "{line}").map_err(|e| Error::io("writing", path.as_path(), e))
+            Sink::File(f, path, tb) => {
+                writeln!(f, "{line}").map_err(|e| Error::io("writing", path.as_path(), e))?;
+                if let Some(tb) = tb {
+                    tb.metrics("train", step, line)?;
+                    tb.flush()?;
+                }
+                Ok(())
             }
             Sink::Group(g) => g.report(step, line),
         }
@@ -38,9 +46,11 @@ impl Sink<'_> {
     /// commit, and at the end).
     fn flush(&mut self) -> Result<()> {
         match self {
-            Sink::File(f, path) => f
-                .flush()
-                .map_err(|e| Error::io("writing", path.as_path(), e)),
+            Sink::File(f, path, tb) => {
+                f.flush()
+                    .map_err(|e| Error::io("writing", path.as_path(), e))?;
+                tb.as_mut().map_or(Ok(()), EventWriter::flush)
+            }
             Sink::Group(_) => Ok(()),
         }
     }
@@ -63,7 +73,11 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
     let ckpt_root = job.run_dir.join("checkpoints");
     let metrics_path = job.run_dir.join("metrics.jsonl");
     let mut sink = match job.mode.any_group() {
-        None => Sink::File(open_metrics(&metrics_path, start)?, metrics_path),
+        None => Sink::File(
+            open_metrics(&metrics_path, start)?,
+            metrics_path,
+            open_tensorboard(job)?,
+        ),
         Some(g) => Sink::Group(g),
     };
     let mut writer = checkpoint::Writer::new(ckpt_root.clone(), cfg.train.keep_checkpoints);
@@ -75,6 +89,11 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
             job.mode.is_spmd(),
         )
     });
+    let mut profile = StepProfile::new(
+        &cfg.train.profile_steps,
+        job.run_dir.clone(),
+        job.mode.rank(),
+    );
     let bar = progress_bar(cfg.train.steps, show_progress);
     bar.set_position(start.min(cfg.train.steps));
     let mut losses = Vec::new();
@@ -83,6 +102,9 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
         if let Some(g) = job.mode.any_group() {
             g.check()?;
         }
+        profile.begin_step(s, &job.client, |m| {
+            bar.suspend(|| eprintln!("meshtrain: {m}"))
+        })?;
         let t = Instant::now();
         let mut batches = Vec::with_capacity(job.feed.len());
         for f in &mut job.feed {
@@ -90,6 +112,8 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
             check_tokens(&b, job.model.vocab_size, s)?;
             batches.push((f.host, f.rows.as_slice(), b));
         }
+        profile.span(s, "load batch", t);
+        let t_step = Instant::now();
         let out = job.stepper.run(
             &job.client,
             &job.plan,
@@ -99,6 +123,7 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
             &batches,
             s,
         )?;
+        profile.span(s, "transfer batch + run step", t_step);
         let dt = t.elapsed().as_secs_f64();
         if !out.loss.is_finite() {
             return Err(Error::Diverged {
@@ -126,7 +151,9 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
                 "mfu": flops_per_step / dt / job.peak_flops,
                 "tokens_by_source": tokens_by_source,
             });
+            let t_log = Instant::now();
             sink.write(s, &line)?;
+            profile.span(s, "write metrics", t_log);
         }
         if let Some(saver) = &mut group_saver {
             saver.after_step(s)?;
@@ -134,6 +161,7 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
         let every = cfg.train.checkpoint_every;
         if every > 0 && ((s + 1) % every == 0 || s + 1 == cfg.train.steps) {
             sink.flush()?;
+            let t_copy = Instant::now();
             let parts = job
                 .feed
                 .iter()
@@ -154,6 +182,8 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
                     )
                 })
                 .collect::<Result<Vec<_>>>()?;
+            profile.span(s, "checkpoint copy to host", t_copy);
+            let t_save = Instant::now();
             match &mut group_saver {
                 None => writer.start(parts)?,
                 Some(saver) => {
@@ -161,6 +191,10 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
                     saver.start(s, part)?
                 }
             }
+            profile.span(s, "checkpoint hand-off", t_save);
+        }
+        for path in profile.end_step(s)? {
+            bar.suspend(|| eprintln!("meshtrain: profile written to {}", path.display()));
         }
         if let Some(saved) = writer.poll()? {
             bar.suspend(|| eprintln!("meshtrain: checkpoint step {saved} committed"));
@@ -203,4 +237,18 @@ fn check_tokens(batch: &data::Batch, vocab_size: usize, s: u64) -> Result<()> {
         )),
         None => Ok(()),
     }
+}
+
+/// The run's TensorBoard event file (`train.tensorboard`), opened for a
+/// run starting at the job's start step, with the resolved config and the
+/// sharding report as text.
+fn open_tensorboard(job: &Job) -> Result<Option<EventWriter>> {
+    if !job.cfg.train.tensorboard || !job.lead {
+        return Ok(None);
+    }
+    let mut w = EventWriter::open(&job.run_dir.join("tensorboard"), job.start)?;
+    w.preformatted("config", job.start, &job.cfg.to_toml())?;
+    w.preformatted("sharding", job.start, &job.report.render())?;
+    w.flush()?;
+    Ok(Some(w))
 }
