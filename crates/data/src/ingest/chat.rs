@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::{Issue, OnError, Progress, Summary, TokenizeOptions, expand_inputs, issue_error};
 use crate::chat::{ChatTokens, encode_chat, parse_line};
-use crate::shard::{MANIFEST_FILE, Manifest, ShardInfo, ShardWriter, shard_file_name};
+use crate::shard::{MANIFEST_FILE, ShardInfo, ShardWriter, shard_file_name};
 use crate::{Error, Result, Tokenizer};
 
 /// Tokenizes every conversation of the inputs (one `{"messages": [...]}` per line) into masked
@@ -96,37 +96,9 @@ pub(super) fn tokenize_chat(
     if let Some(w) = writer {
         shards.push(w.finish()?);
     }
-    if summary.documents == 0 {
-        return Err(Error::NoInput {
-            pattern: opts.inputs.join(" "),
-            message: format!(
-                "no usable conversation ({} skipped; first: {})",
-                summary.issues.len(),
-                summary
-                    .issues
-                    .first()
-                    .map(|i| i.to_string())
-                    .unwrap_or_default()
-            ),
-        });
-    }
-    summary.shards = shards.len();
     summary.filter.documents_in = summary.documents + summary.issues.len() as u64;
     summary.filter.documents_out = summary.documents;
-    Manifest {
-        format: "meshtrain-shards".into(),
-        version: 2,
-        tokenizer: tokenizer.name().to_string(),
-        vocab_size: tokenizer.vocab_size(),
-        bos_id: tokenizer.bos_id(),
-        eos_id: tokenizer.eos_id(),
-        pad_id: tokenizer.pad_id(),
-        documents: summary.documents,
-        tokens: summary.tokens,
-        shards,
-        loss_mask: true,
-    }
-    .write(out)?;
+    super::write_manifest(out, opts, tokenizer, &mut summary, shards, true)?;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
 }

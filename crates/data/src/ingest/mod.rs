@@ -369,11 +369,37 @@ pub fn tokenize(
     if let Some(w) = writer {
         shards.push(w.finish()?);
     }
+    write_manifest(out, opts, tokenizer, &mut summary, shards, false)?;
+    summary.seconds = start.elapsed().as_secs_f64();
+    progress(Progress {
+        bytes_done: total,
+        bytes_total: total,
+        documents: summary.documents,
+        tokens: summary.tokens,
+    });
+    Ok(summary)
+}
+
+/// Writes the manifest of the shards `tokenize` wrote (version 2 when they
+/// carry loss masks), or refuses an output without a usable document.
+pub(super) fn write_manifest(
+    out: &Path,
+    opts: &TokenizeOptions,
+    tokenizer: &Tokenizer,
+    summary: &mut Summary,
+    shards: Vec<ShardInfo>,
+    loss_mask: bool,
+) -> Result<()> {
     if summary.documents == 0 {
+        let what = if loss_mask {
+            "conversation"
+        } else {
+            "document"
+        };
         return Err(Error::NoInput {
             pattern: opts.inputs.join(" "),
             message: format!(
-                "no usable document ({} skipped; first: {})",
+                "no usable {what} ({} skipped; first: {})",
                 summary.issues.len(),
                 summary
                     .issues
@@ -384,9 +410,9 @@ pub fn tokenize(
         });
     }
     summary.shards = shards.len();
-    let manifest = Manifest {
+    Manifest {
         format: "meshtrain-shards".into(),
-        version: 1,
+        version: if loss_mask { 2 } else { 1 },
         tokenizer: tokenizer.name().to_string(),
         vocab_size: tokenizer.vocab_size(),
         bos_id: tokenizer.bos_id(),
@@ -395,17 +421,9 @@ pub fn tokenize(
         documents: summary.documents,
         tokens: summary.tokens,
         shards,
-        loss_mask: false,
-    };
-    manifest.write(out)?;
-    summary.seconds = start.elapsed().as_secs_f64();
-    progress(Progress {
-        bytes_done: total,
-        bytes_total: total,
-        documents: summary.documents,
-        tokens: summary.tokens,
-    });
-    Ok(summary)
+        loss_mask,
+    }
+    .write(out)
 }
 
 const CHUNK_DOCS: usize = 4096;
