@@ -186,34 +186,17 @@ fn five_masked_adamw_steps_equal_the_host_reference() {
             (step_loss as f64 - host).abs() < 2e-5 * host,
             "step {step}: training loss {step_loss} vs host masked mean {host}"
         );
-        let norm = grads
-            .iter()
-            .flatten()
-            .map(|&g| (g as f64).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let norm = common::host_adamw_step(
+            &o,
+            &specs,
+            &grads,
+            step,
+            cfg.train.steps,
+            &mut p,
+            &mut m,
+            &mut v,
+        );
         assert!(norm > 0.05, "the test must exercise clipping (norm {norm})");
-        let scale = (o.clip_grad_norm / (norm + 1e-6)).min(1.0);
-        let lr = train::schedule::learning_rate(&o, step as u64, cfg.train.steps);
-        let t = (step + 1) as i32;
-        for (k, spec) in specs.iter().enumerate() {
-            let decay =
-                if spec.is_norm() && !o.decay_norms || spec.is_embedding() && !o.decay_embedding {
-                    0.0
-                } else {
-                    o.weight_decay
-                };
-            for i in 0..p[k].len() {
-                let g = grads[k][i] as f64 * scale;
-                m[k][i] = o.beta1 * m[k][i] + (1.0 - o.beta1) * g;
-                v[k][i] = o.beta2 * v[k][i] + (1.0 - o.beta2) * g * g;
-                let (mhat, vhat) = (
-                    m[k][i] / (1.0 - o.beta1.powi(t)),
-                    v[k][i] / (1.0 - o.beta2.powi(t)),
-                );
-                p[k][i] = p[k][i] * (1.0 - lr * decay) - lr * mhat / (vhat.sqrt() + o.eps);
-            }
-        }
     }
     let worst = after
         .iter()

@@ -70,3 +70,48 @@ export_final = false
         run = dir.join("run").display().to_string(),
     )
 }
+
+/// One step of the host reference AdamW (torch.optim.AdamW with global norm
+/// clipping and meshtrain's decay rules) in f64 on `p`, `m`, `v` from
+/// `grads`, at 0-based `step` of `total_steps`; returns the gradient norm
+/// before clipping.
+#[allow(clippy::too_many_arguments)] // the optimizer's whole state, spelled out
+pub fn host_adamw_step(
+    o: &train::config::OptimizerConfig,
+    specs: &[gemma::ParamSpec],
+    grads: &[Vec<f32>],
+    step: usize,
+    total_steps: u64,
+    p: &mut [Vec<f64>],
+    m: &mut [Vec<f64>],
+    v: &mut [Vec<f64>],
+) -> f64 {
+    let norm = grads
+        .iter()
+        .flatten()
+        .map(|&g| (g as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let scale = (o.clip_grad_norm / (norm + 1e-6)).min(1.0);
+    let lr = train::schedule::learning_rate(o, step as u64, total_steps);
+    let t = (step + 1) as i32;
+    for (k, spec) in specs.iter().enumerate() {
+        let decay = if spec.is_norm() && !o.decay_norms || spec.is_embedding() && !o.decay_embedding
+        {
+            0.0
+        } else {
+            o.weight_decay
+        };
+        for i in 0..p[k].len() {
+            let g = grads[k][i] as f64 * scale;
+            m[k][i] = o.beta1 * m[k][i] + (1.0 - o.beta1) * g;
+            v[k][i] = o.beta2 * v[k][i] + (1.0 - o.beta2) * g * g;
+            let (mhat, vhat) = (
+                m[k][i] / (1.0 - o.beta1.powi(t)),
+                v[k][i] / (1.0 - o.beta2.powi(t)),
+            );
+            p[k][i] = p[k][i] * (1.0 - lr * decay) - lr * mhat / (vhat.sqrt() + o.eps);
+        }
+    }
+    norm
+}
