@@ -228,26 +228,14 @@ fn put_host_batch(
     b: &data::Batch,
     out: &mut [PerPartition<Buffer>],
 ) -> Result<()> {
-    put_rows(
-        client,
-        plan,
-        at,
-        host,
-        &slots[0],
-        rows,
-        &b.tokens,
-        &mut out[0],
-    )?;
-    put_rows(
-        client,
-        plan,
-        at,
-        host,
-        &slots[1],
-        rows,
-        &b.targets,
-        &mut out[1],
-    )?;
+    for (i, data) in [
+        (0, &b.tokens),
+        (1, &b.targets),
+        (3, &b.segment_ids),
+        (4, &b.positions),
+    ] {
+        put_rows(client, plan, at, host, &slots[i], rows, data, &mut out[i])?;
+    }
     put_rows(
         client,
         plan,
@@ -257,26 +245,6 @@ fn put_host_batch(
         rows,
         &b.loss_mask,
         &mut out[2],
-    )?;
-    put_rows(
-        client,
-        plan,
-        at,
-        host,
-        &slots[3],
-        rows,
-        &b.segment_ids,
-        &mut out[3],
-    )?;
-    put_rows(
-        client,
-        plan,
-        at,
-        host,
-        &slots[4],
-        rows,
-        &b.positions,
-        &mut out[4],
     )
 }
 
