@@ -39,6 +39,10 @@ struct Inputs<'d> {
 }
 
 impl Inputs<'_> {
+    fn declare_all(&self, b: &mut Builder, slots: &[Slot]) -> hlo::Result<Vec<Value>> {
+        slots.iter().map(|s| self.declare(b, s)).collect()
+    }
+
     fn declare(&self, b: &mut Builder, slot: &Slot) -> hlo::Result<Value> {
         let dims: Vec<i64> = slot.shape.iter().map(|&d| d as i64).collect();
         let ty = TensorType::new(slot.dtype, dims);
@@ -95,6 +99,17 @@ pub(crate) struct ModelSpec<'a> {
     pub params: &'a [Slot],
 }
 
+impl ModelSpec<'_> {
+    /// How the model computes when generating: in its dtype, nothing to
+    /// rematerialise.
+    fn options(&self) -> ComputeOptions {
+        ComputeOptions {
+            dtype: self.compute,
+            remat: RematPolicy::None,
+        }
+    }
+}
+
 fn choose(
     b: &mut Builder,
     logits: Value,
@@ -133,31 +148,15 @@ pub(crate) fn prefill(
     bucket: Bucket,
     choice: Choice,
 ) -> Result<hlo::Program> {
-    let mut b = Builder::new("prefill");
-    if dev.partitions() > 1 {
-        b.set_mesh(hlo::Mesh::new(dev.plan.mesh.axes())?);
-    }
-    let inp = Inputs { dev };
-    let params: Vec<Value> = m
-        .params
-        .iter()
-        .map(|s| inp.declare(&mut b, s))
-        .collect::<hlo::Result<_>>()?;
+    let (mut b, inp, params) = begin(dev, m, "prefill")?;
     let ids_slot = dev.slot(
         "ids",
         DType::I32,
         &[("batch", bucket.batch), ("seq", bucket.prompt)],
     );
     let ids = inp.declare(&mut b, &ids_slot)?;
-    let rows: Vec<Value> = row_slots(dev, bucket.batch)
-        .iter()
-        .map(|s| inp.declare(&mut b, s))
-        .collect::<hlo::Result<_>>()?;
-    let opts = ComputeOptions {
-        dtype: m.compute,
-        remat: RematPolicy::None,
-    };
-    let model = Gemma::new(m.cfg, &params, opts)?;
+    let rows = inp.declare_all(&mut b, &row_slots(dev, bucket.batch))?;
+    let model = Gemma::new(m.cfg, &params, m.options())?;
     let (logits, cache) =
         gemma::decode::prefill(&mut b, &model, ids, rows[0], bucket.cache as i64, &dev.plan)?;
     // The first new token sits at position prompt_len = P - pad.
@@ -186,23 +185,11 @@ pub(crate) fn decode(
     bucket: Bucket,
     choice: Choice,
 ) -> Result<hlo::Program> {
-    let mut b = Builder::new("decode_step");
-    if dev.partitions() > 1 {
-        b.set_mesh(hlo::Mesh::new(dev.plan.mesh.axes())?);
-    }
-    let inp = Inputs { dev };
-    let params: Vec<Value> = m
-        .params
-        .iter()
-        .map(|s| inp.declare(&mut b, s))
-        .collect::<hlo::Result<_>>()?;
+    let (mut b, inp, params) = begin(dev, m, "decode_step")?;
     let tok = dev.slot("token", DType::I32, &[("batch", bucket.batch)]);
     let token = inp.declare(&mut b, &tok)?;
     let slot = inp.declare(&mut b, &dev.slot("slot", DType::I32, &[]))?;
-    let rows: Vec<Value> = row_slots(dev, bucket.batch)
-        .iter()
-        .map(|s| inp.declare(&mut b, s))
-        .collect::<hlo::Result<_>>()?;
+    let rows = inp.declare_all(&mut b, &row_slots(dev, bucket.batch))?;
     let cs = cache_slot(dev, m.cfg, "cache", m.compute, bucket);
     let n = m.cfg.layers;
     let mut caches = Vec::with_capacity(2 * n);
@@ -211,11 +198,7 @@ pub(crate) fn decode(
         s.name = format!("cache_{}.{i}", ["k", "v"][kind]);
         caches.push(inp.declare(&mut b, &s)?);
     }
-    let opts = ComputeOptions {
-        dtype: m.compute,
-        remat: RematPolicy::None,
-    };
-    let model = Gemma::new(m.cfg, &params, opts)?;
+    let model = Gemma::new(m.cfg, &params, m.options())?;
     let cache = gemma::decode::KvCache {
         k: caches[..n].to_vec(),
         v: caches[n..].to_vec(),
@@ -243,6 +226,22 @@ pub(crate) fn decode(
     }
     program.donate(slot, 1)?;
     Ok(program)
+}
+
+/// A builder for program `name` over the devices' mesh, with the model's
+/// parameters declared first.
+fn begin<'d>(
+    dev: &'d Devices,
+    m: &ModelSpec,
+    name: &str,
+) -> Result<(Builder, Inputs<'d>, Vec<Value>)> {
+    let mut b = Builder::new(name);
+    if dev.partitions() > 1 {
+        b.set_mesh(hlo::Mesh::new(dev.plan.mesh.axes())?);
+    }
+    let inp = Inputs { dev };
+    let params = inp.declare_all(&mut b, m.params)?;
+    Ok((b, inp, params))
 }
 
 fn sharding(slot: &Slot) -> Sharding {
