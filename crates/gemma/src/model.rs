@@ -41,6 +41,14 @@ pub struct ComputeOptions {
     pub dtype: DType,
     /// What each layer keeps for the backward pass.
     pub remat: RematPolicy,
+    /// The dtype the weight matmuls run in, when not the compute dtype
+    /// (`None`). `Some(F32)` with bf16 compute and f32 weights that hold
+    /// bf16 values computes exactly what a bf16 matmul with f32
+    /// accumulation does (a product of two bf16 values is exact in f32),
+    /// the result rounded to bf16: XLA's CPU backend computes bf16 matmuls
+    /// that way anyway, but widens the weights again on every call, which
+    /// dominates a decode step. Generation on CPU uses it.
+    pub matmul_dtype: Option<DType>,
 }
 
 impl Default for ComputeOptions {
@@ -48,6 +56,7 @@ impl Default for ComputeOptions {
         ComputeOptions {
             dtype: DType::F32,
             remat: RematPolicy::None,
+            matmul_dtype: None,
         }
     }
 }
@@ -180,14 +189,11 @@ impl<'a> Gemma<'a> {
     /// The final norm and the tied output head: `h [B, T, d]` gives logits
     /// `[B, T, V]` (`h E^T`) in the compute dtype.
     pub fn head(&self, b: &mut Builder, x: Value, c: &dyn Constrain) -> Result<Value> {
-        let (cd, eps) = (self.opts.dtype, self.cfg.norm_eps);
+        let eps = self.cfg.norm_eps;
         let embed = self.params[0];
         let final_norm = *self.params.last().expect("final norm");
         let h = b.scope("model.norm", |b| b.rms_norm(x, final_norm, eps))?;
-        let logits = b.scope("lm_head", |b| -> hlo::Result<Value> {
-            let e = b.convert(embed, cd)?;
-            b.linear(h, e)
-        })?;
+        let logits = b.scope("lm_head", |b| self.dense(b, h, embed))?;
         Ok(c.constrain(b, logits, &["batch", "seq", "vocab"])?)
     }
 
@@ -234,8 +240,7 @@ impl<'a> Gemma<'a> {
         let [bs, t] = [b.dims(x)[0], b.dims(x)[1]];
         let (h, kv, hd) = (cfg.heads as i64, cfg.kv_heads as i64, cfg.head_dim as i64);
         let proj = |b: &mut Builder, w: Value, heads: i64| -> hlo::Result<Value> {
-            let w = b.convert(w, self.opts.dtype)?;
-            let y = b.linear(x, w)?; // [B, T, heads * hd]
+            let y = self.dense(b, x, w)?; // [B, T, heads * hd]
             b.reshape(y, &[bs, t, heads, hd]) // [B, T, heads, hd]
         };
         let q = b.scope("q_proj", |b| proj(b, l.q, h))?;
@@ -245,25 +250,33 @@ impl<'a> Gemma<'a> {
         let k = b.scope("rotary", |b| b.rope(k, positions, cfg.rope_theta))?;
         let o = b.scope("attention", |b| attend.attend(b, index, q, k, v))?; // [B, T, H, hd]
         let o = b.reshape(o, &[bs, t, h * hd])?;
-        b.scope("o_proj", |b| {
-            let w = b.convert(l.o, self.opts.dtype)?;
-            b.linear(o, w)
-        })
+        b.scope("o_proj", |b| self.dense(b, o, l.o))
     }
 
     /// GeGLU: `down(gelu_tanh(gate(x)) * up(x))`.
     fn mlp(&self, b: &mut Builder, l: &Layer, x: Value) -> hlo::Result<Value> {
-        let cd = self.opts.dtype;
-        let (gate, up, down) = (
-            b.convert(l.gate, cd)?,
-            b.convert(l.up, cd)?,
-            b.convert(l.down, cd)?,
-        );
-        let g = b.scope("gate_proj", |b| b.linear(x, gate))?;
+        let g = b.scope("gate_proj", |b| self.dense(b, x, l.gate))?;
         let g = b.scope("act_fn", |b| b.gelu_tanh(g))?;
-        let u = b.scope("up_proj", |b| b.linear(x, up))?;
+        let u = b.scope("up_proj", |b| self.dense(b, x, l.up))?;
         let gu = b.mul(g, u)?;
-        b.scope("down_proj", |b| b.linear(gu, down))
+        b.scope("down_proj", |b| self.dense(b, gu, l.down))
+    }
+
+    /// `x W^T` for a weight `w [out, in]`, in the compute dtype; see
+    /// [`ComputeOptions::matmul_dtype`].
+    fn dense(&self, b: &mut Builder, x: Value, w: Value) -> hlo::Result<Value> {
+        let cd = self.opts.dtype;
+        match self.opts.matmul_dtype {
+            Some(md) if md != cd => {
+                let (xw, ww) = (b.convert(x, md)?, b.convert(w, md)?);
+                let y = b.linear(xw, ww)?;
+                b.convert(y, cd)
+            }
+            _ => {
+                let w = b.convert(w, cd)?;
+                b.linear(x, w)
+            }
+        }
     }
 }
 

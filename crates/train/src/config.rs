@@ -732,7 +732,11 @@ impl TrainConfig {
                 ));
             }
         };
-        Ok(gemma::ComputeOptions { dtype, remat })
+        Ok(gemma::ComputeOptions {
+            dtype,
+            remat,
+            matmul_dtype: None,
+        })
     }
 }
 

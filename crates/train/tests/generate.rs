@@ -280,3 +280,52 @@ fn sampled_frequencies_match_transformers_filtered_softmax() {
         );
     }
 }
+
+/// bf16 generation on the CPU keeps the weights as f32 holding bf16 values
+/// and multiplies in f32 (XLA's CPU backend would widen bf16 weights on
+/// every call): the same scores and greedy tokens as bf16-stored weights,
+/// and not the f32 model's scores (the weights really are rounded).
+#[test]
+fn bf16_weights_stored_as_f32_compute_what_bf16_weights_do() {
+    let model = "crates/gemma/tests/golden/multi_query/model";
+    let ck = gemma::hf::load(&root().join(model)).unwrap();
+    let make = |compute: DType, stored: DType| {
+        let dev = Devices::new(
+            &ck.config,
+            &RuntimeConfig::default(),
+            &MeshSection::default(),
+            compute,
+        )
+        .unwrap();
+        Generator::with_storage(dev, &ck, compute, stored).unwrap()
+    };
+    let mut widened = make(DType::BF16, DType::F32);
+    assert_eq!(widened.devices().weight_dtype(DType::BF16), DType::F32);
+    let mut native = make(DType::BF16, DType::BF16);
+    let mut full = make(DType::F32, DType::F32);
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..4u32)
+        .map(|i| {
+            let ctx: Vec<u32> = (0..3 + 5 * i).map(|t| 2 + (t * 7 + i) % 90).collect();
+            (ctx, vec![5 + i, 17, 33 + i])
+        })
+        .collect();
+    let a = widened.continuation_logprobs(&pairs, 4).unwrap();
+    let b = native.continuation_logprobs(&pairs, 4).unwrap();
+    let f = full.continuation_logprobs(&pairs, 4).unwrap();
+    for ((x, y), z) in a.iter().zip(&b).zip(&f) {
+        assert!((x - y).abs() <= 0.02 * y.abs().max(1.0), "{x} vs bf16 {y}");
+        assert!(
+            x != z,
+            "bf16 scores equal f32 ones ({x}): weights not rounded"
+        );
+    }
+    let prompts: Vec<Vec<u32>> = pairs.iter().map(|p| p.0.clone()).collect();
+    let opts = GenerateOptions {
+        max_new_tokens: 8,
+        stop_ids: vec![],
+        ..GenerateOptions::default()
+    };
+    let ga = widened.generate(&prompts, &opts, &mut |_| {}).unwrap();
+    let gb = native.generate(&prompts, &opts, &mut |_| {}).unwrap();
+    assert_eq!(ga, gb);
+}

@@ -171,23 +171,36 @@ impl Devices {
             .collect()
     }
 
+    /// How weights computed in `compute` are stored: as it, except bf16 on
+    /// the CPU plugin, stored as f32 holding bf16 values (see
+    /// [`gemma::ComputeOptions::matmul_dtype`]): XLA's CPU backend widens
+    /// bf16 weights to f32 for every matmul, on every call.
+    pub fn weight_dtype(&self, compute: DType) -> DType {
+        if compute == DType::BF16 && self.client.platform_name() == "cpu" {
+            DType::F32
+        } else {
+            compute
+        }
+    }
+
     /// Host parameters (f32, [`gemma::param_specs`] order) onto the
-    /// devices in `dtype` (`F32` or `BF16`): per partition, in slot order.
+    /// devices for computing in `compute` (`F32` or `BF16`), stored in
+    /// `stored` (`compute`, or f32 holding bf16 values): per partition, in
+    /// slot order.
     pub fn upload_params(
         &self,
         model: &gemma::GemmaConfig,
         params: &[gemma::hf::HostTensor],
-        dtype: DType,
+        compute: DType,
+        stored: DType,
     ) -> Result<Vec<Vec<Buffer>>> {
-        let slots = self.param_slots(model, dtype);
+        let slots = self.param_slots(model, stored);
         let mut out: Vec<Vec<Buffer>> = (0..self.partitions()).map(|_| Vec::new()).collect();
         for (slot, t) in slots.iter().zip(params) {
-            let bufs = match dtype {
-                DType::BF16 => {
-                    let h: Vec<pjrt::bf16> =
-                        t.data.iter().map(|&x| pjrt::bf16::from_f32(x)).collect();
-                    self.put(slot, &h)?
-                }
+            let bf16 = t.data.iter().map(|&x| pjrt::bf16::from_f32(x));
+            let bufs = match (compute, stored) {
+                (DType::BF16, DType::BF16) => self.put(slot, &bf16.collect::<Vec<_>>())?,
+                (DType::BF16, _) => self.put(slot, &bf16.map(f32::from).collect::<Vec<_>>())?,
                 _ => self.put(slot, &t.data)?,
             };
             for (p, b) in bufs.into_iter().enumerate() {

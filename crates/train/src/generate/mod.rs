@@ -183,9 +183,23 @@ struct Row<'p> {
 }
 
 impl Generator {
-    /// Puts `model`'s parameters on `dev`'s devices, stored and computed in
-    /// `dtype` (`F32`, or `BF16` as a bf16 Hugging Face model runs).
+    /// Puts `model`'s parameters on `dev`'s devices, computed in `dtype`
+    /// (`F32`, or `BF16` as a bf16 Hugging Face model runs) and stored as
+    /// [`Devices::weight_dtype`] says.
     pub fn new(dev: Devices, model: &gemma::hf::Checkpoint, dtype: DType) -> Result<Generator> {
+        let stored = dev.weight_dtype(dtype);
+        Self::with_storage(dev, model, dtype, stored)
+    }
+
+    /// [`Generator::new`] with the weights stored in `stored`: `dtype`, or
+    /// f32 holding the bf16 values when `dtype` is bf16 (the same numbers,
+    /// matmuls run in f32; [`gemma::ComputeOptions::matmul_dtype`]).
+    pub fn with_storage(
+        dev: Devices,
+        model: &gemma::hf::Checkpoint,
+        dtype: DType,
+        stored: DType,
+    ) -> Result<Generator> {
         if !matches!(dtype, DType::F32 | DType::BF16) {
             return Err(Error::config(
                 "generate",
@@ -193,8 +207,15 @@ impl Generator {
                 format!("{dtype}: expected f32 or bf16"),
             ));
         }
-        let weights = dev.upload_params(&model.config, &model.params, dtype)?;
-        let params = dev.param_slots(&model.config, dtype);
+        if stored != dtype && stored != DType::F32 {
+            return Err(Error::config(
+                "generate",
+                "weight dtype",
+                format!("{stored} for {dtype} compute: expected {dtype} or f32"),
+            ));
+        }
+        let weights = dev.upload_params(&model.config, &model.params, dtype, stored)?;
+        let params = dev.param_slots(&model.config, stored);
         Ok(Generator {
             dev,
             cfg: model.config.clone(),
@@ -217,7 +238,19 @@ impl Generator {
         &self.dev
     }
 
-    /// The weights on the devices, per partition in [`gemma::param_specs`] order.
+    /// How the programs compute: in the model's dtype, nothing to
+    /// rematerialise, matmuls in the stored weights' dtype.
+    fn options(&self) -> gemma::ComputeOptions {
+        let stored = self.params.first().map_or(self.compute, |s| s.dtype);
+        gemma::ComputeOptions {
+            dtype: self.compute,
+            remat: hlo::RematPolicy::None,
+            matmul_dtype: (stored != self.compute).then_some(stored),
+        }
+    }
+
+    /// The weights on the devices, per partition in [`gemma::param_specs`] order
+    /// (stored as [`Devices::weight_dtype`] says).
     pub fn weights(&self) -> &[Vec<Buffer>] {
         &self.weights
     }
@@ -305,7 +338,7 @@ impl Generator {
             let t0 = Instant::now();
             let spec = ModelSpec {
                 cfg: &self.cfg,
-                compute: self.compute,
+                options: self.options(),
                 params: &self.params,
             };
             let (prefill, bucket, choice) = key;

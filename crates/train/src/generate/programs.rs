@@ -10,7 +10,7 @@
 //! (donated); outputs: the next token `[B]`, `slot + 1`, the caches.
 
 use gemma::{ComputeOptions, Gemma, GemmaConfig};
-use hlo::{Builder, DType, RematPolicy, Sharding, TensorType, Value};
+use hlo::{Builder, DType, Sharding, TensorType, Value};
 
 use super::devices::Devices;
 use crate::Result;
@@ -95,19 +95,9 @@ pub(crate) fn cache_slot(
 /// Everything a program needs to know about the model.
 pub(crate) struct ModelSpec<'a> {
     pub cfg: &'a GemmaConfig,
-    pub compute: DType,
+    /// How it computes; `options.dtype` is also the KV cache's.
+    pub options: ComputeOptions,
     pub params: &'a [Slot],
-}
-
-impl ModelSpec<'_> {
-    /// How the model computes when generating: in its dtype, nothing to
-    /// rematerialise.
-    fn options(&self) -> ComputeOptions {
-        ComputeOptions {
-            dtype: self.compute,
-            remat: RematPolicy::None,
-        }
-    }
 }
 
 fn choose(
@@ -156,7 +146,7 @@ pub(crate) fn prefill(
     );
     let ids = inp.declare(&mut b, &ids_slot)?;
     let rows = inp.declare_all(&mut b, &row_slots(dev, bucket.batch))?;
-    let model = Gemma::new(m.cfg, &params, m.options())?;
+    let model = Gemma::new(m.cfg, &params, m.options)?;
     let (logits, cache) =
         gemma::decode::prefill(&mut b, &model, ids, rows[0], bucket.cache as i64, &dev.plan)?;
     // The first new token sits at position prompt_len = P - pad.
@@ -170,7 +160,7 @@ pub(crate) fn prefill(
     if dev.partitions() > 1 {
         let tok = dev.slot("token", DType::I32, &[("batch", bucket.batch)]);
         program.set_output_sharding(0, sharding(&tok))?;
-        let cs = cache_slot(dev, m.cfg, "cache", m.compute, bucket);
+        let cs = cache_slot(dev, m.cfg, "cache", m.options.dtype, bucket);
         for i in 0..2 * m.cfg.layers {
             program.set_output_sharding(1 + i, sharding(&cs))?;
         }
@@ -190,7 +180,7 @@ pub(crate) fn decode(
     let token = inp.declare(&mut b, &tok)?;
     let slot = inp.declare(&mut b, &dev.slot("slot", DType::I32, &[]))?;
     let rows = inp.declare_all(&mut b, &row_slots(dev, bucket.batch))?;
-    let cs = cache_slot(dev, m.cfg, "cache", m.compute, bucket);
+    let cs = cache_slot(dev, m.cfg, "cache", m.options.dtype, bucket);
     let n = m.cfg.layers;
     let mut caches = Vec::with_capacity(2 * n);
     for (kind, i) in (0..2).flat_map(|k| (0..n).map(move |i| (k, i))) {
@@ -198,7 +188,7 @@ pub(crate) fn decode(
         s.name = format!("cache_{}.{i}", ["k", "v"][kind]);
         caches.push(inp.declare(&mut b, &s)?);
     }
-    let model = Gemma::new(m.cfg, &params, m.options())?;
+    let model = Gemma::new(m.cfg, &params, m.options)?;
     let cache = gemma::decode::KvCache {
         k: caches[..n].to_vec(),
         v: caches[n..].to_vec(),

@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use gemma::{ComputeOptions, Gemma, Tokens};
-use hlo::{Builder, DType, RematPolicy, Sharding, TensorType, Value};
+use gemma::{Gemma, Tokens};
+use hlo::{Builder, DType, Sharding, TensorType, Value};
 
 use super::{Generator, run};
 use crate::{Error, Result};
@@ -132,11 +132,7 @@ impl Generator {
                 .iter()
                 .map(|s| declare(&mut bld, s))
                 .collect::<hlo::Result<_>>()?;
-            let opts = ComputeOptions {
-                dtype: self.compute,
-                remat: RematPolicy::None,
-            };
-            let model = Gemma::new(&self.cfg, &params, opts)?;
+            let model = Gemma::new(&self.cfg, &params, self.options())?;
             let tokens = Tokens {
                 ids: ins[0],
                 positions: ins[1],
