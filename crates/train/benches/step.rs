@@ -2,8 +2,10 @@
 //! 8 layers, 8 heads, 1 kv head, head_dim 64, MLP 2048, batch 4 x 256, one
 //! CPU device; f32 and bf16 compute. Prints compile time, median step time
 //! and tokens/s, and, when a Python with JAX is given in
-//! `MESHTRAIN_BENCH_PYTHON`, runs `scripts/bench_jax_step.py` on the same
-//! machine for a side-by-side table.
+//! `MESHTRAIN_BENCH_PYTHON`, runs `scripts/bench_jax_step.py` (JAX's jit,
+//! and JAX's exported program through meshtrain's plugin) and, with torch,
+//! `scripts/bench_torch_step.py` (PyTorch eager f32 and bf16 autocast) on
+//! the same machine for a side-by-side table.
 //!
 //! `cargo bench -p meshtrain-train --bench step`
 //! `MESHTRAIN_BENCH_PYTHON=/path/to/venv/bin/python cargo bench -p meshtrain-train --bench step`
@@ -65,6 +67,33 @@ device_count = {devices}
     )
 }
 
+/// Runs a Python bench script for `dtype`; its stdout is "COMPILE_S STEP_S".
+fn python_row(python: &str, script: &std::path::Path, dtype: &str) -> Option<(f64, f64)> {
+    let out = Command::new(python)
+        .arg(script)
+        .args(["--dtype", dtype, "--steps", &STEPS.to_string()])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let v: Vec<f64> = text
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (v.len() == 2).then(|| (v[0], v[1]))
+        }
+        Ok(o) => {
+            let name = script.file_name().unwrap_or_default().to_string_lossy();
+            eprintln!("{name} failed: {}", String::from_utf8_lossy(&o.stderr));
+            None
+        }
+        Err(e) => {
+            eprintln!("cannot run {python}: {e}");
+            None
+        }
+    }
+}
+
 fn main() {
     // As the meshtrain binary does at start.
     pjrt::tune_host_allocator();
@@ -83,31 +112,16 @@ fn main() {
         ));
     }
     if let (Ok(python), false) = (std::env::var("MESHTRAIN_BENCH_PYTHON"), only_ours) {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../scripts/bench_jax_step.py");
+        let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts");
+        let jax = scripts.join("bench_jax_step.py");
         for dtype in ["f32", "bf16"] {
-            let out = Command::new(&python)
-                .arg(&script)
-                .args(["--dtype", dtype, "--steps", &STEPS.to_string()])
-                .output();
-            match out {
-                Ok(o) if o.status.success() => {
-                    let text = String::from_utf8_lossy(&o.stdout);
-                    let v: Vec<f64> = text
-                        .split_whitespace()
-                        .filter_map(|x| x.parse().ok())
-                        .collect();
-                    if v.len() == 2 {
-                        rows.push((format!("JAX jit ({dtype})"), v[0], v[1]));
-                    }
-                }
-                Ok(o) => eprintln!("JAX bench failed: {}", String::from_utf8_lossy(&o.stderr)),
-                Err(e) => eprintln!("cannot run {python}: {e}"),
+            if let Some((c, s)) = python_row(&python, &jax, dtype) {
+                rows.push((format!("JAX jit ({dtype})"), c, s));
             }
             // JAX's own StableHLO of the same step, through meshtrain's plugin.
             let file = std::env::temp_dir().join(format!("jax_step_{dtype}.mlir"));
             let exported = Command::new(&python)
-                .arg(&script)
+                .arg(&jax)
                 .args(["--dtype", dtype, "--export"])
                 .arg(&file)
                 .status();
@@ -116,6 +130,15 @@ fn main() {
                 let client = pjrt::cpu_client(1).unwrap();
                 let (compile, step) = pjrt::time_module(&client, &mlir, STEPS as usize).unwrap();
                 rows.push((format!("JAX export, our plugin ({dtype})"), compile, step));
+            }
+        }
+        let torch = scripts.join("bench_torch_step.py");
+        for (dtype, name) in [
+            ("f32", "PyTorch eager (f32)"),
+            ("bf16", "PyTorch eager (bf16 autocast)"),
+        ] {
+            if let Some((c, s)) = python_row(&python, &torch, dtype) {
+                rows.push((name.to_string(), c, s));
             }
         }
     }

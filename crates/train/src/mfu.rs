@@ -12,9 +12,32 @@ pub fn flops_per_token(c: &GemmaConfig, seq_len: usize) -> f64 {
     6.0 * c.num_params() as f64 + 12.0 * (c.layers * c.heads * c.head_dim * seq_len) as f64
 }
 
-/// Measures one device's matmul rate in FLOP/s for `dtype` (`f32` or
-/// `bf16`): four chained 1024^3 matmuls, best of 5 after a warm-up.
-pub fn measure_peak_flops(client: &pjrt::Client, bf16: bool) -> pjrt::Result<f64> {
+/// Measures one device's peak matmul rate in FLOP/s for a step computing
+/// in bf16 or f32, compiled with the XLA options the step is compiled with
+/// (on CPU they pick the matmul library, so a peak measured without them
+/// can sit below what the step reaches). For bf16 it is the better of the
+/// bf16 and f32 rates: XLA's CPU backend widens bf16 matmuls to f32, which
+/// can run faster than its bf16 path.
+pub fn measure_peak_flops(
+    client: &pjrt::Client,
+    bf16: bool,
+    xla_options: &[(String, pjrt::XlaOption)],
+) -> pjrt::Result<f64> {
+    let f32 = matmul_rate(client, false, xla_options)?;
+    Ok(if bf16 {
+        f32.max(matmul_rate(client, true, xla_options)?)
+    } else {
+        f32
+    })
+}
+
+/// One device's matmul rate in FLOP/s in bf16 or f32: four chained 1024^3
+/// matmuls, best of 5 after a warm-up.
+fn matmul_rate(
+    client: &pjrt::Client,
+    bf16: bool,
+    xla_options: &[(String, pjrt::XlaOption)],
+) -> pjrt::Result<f64> {
     const N: usize = 1024;
     let ty = if bf16 { "bf16" } else { "f32" };
     let t = format!("tensor<{N}x{N}x{ty}>");
@@ -29,7 +52,11 @@ pub fn measure_peak_flops(client: &pjrt::Client, bf16: bool) -> pjrt::Result<f64
     let mlir = format!(
         "func.func public @main(%x: {t}, %w: {t}) -> {t} {{\n{body}    return {prev} : {t}\n}}"
     );
-    let exe = client.compile(&mlir, &pjrt::CompileOptions::single())?;
+    let options = pjrt::CompileOptions {
+        xla_options: xla_options.to_vec(),
+        ..pjrt::CompileOptions::single()
+    };
+    let exe = client.compile(&mlir, &options)?;
     let vals: Vec<f32> = (0..N * N)
         .map(|i| ((i % 13) as f32 - 6.0) / 1024.0)
         .collect();
@@ -54,40 +81,64 @@ pub fn measure_peak_flops(client: &pjrt::Client, bf16: bool) -> pjrt::Result<f64
     Ok(2.0 * (N * N * N * 4) as f64 / best)
 }
 
-/// Peak dense bf16 FLOP/s of one accelerator, by the device kind its PJRT
-/// plugin reports (vendor data sheets: Cloud TPU system-architecture pages,
-/// NVIDIA H100/H200 data sheets, dense, without sparsity). `None` for
-/// kinds not listed (CPUs are measured instead).
-pub fn chip_peak_flops(kind: &str) -> Option<f64> {
+/// The arithmetic a step's matmuls run in, which picks the peak to divide by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Matmuls {
+    /// bf16 operands.
+    Bf16,
+    /// f32 operands at XLA's default precision: one bf16 pass on TPU,
+    /// TF32 tensor cores on NVIDIA GPUs.
+    F32,
+    /// f32 at `matmul_precision = "highest"`: six bf16 passes on TPU,
+    /// the non-tensor-core f32 units on NVIDIA GPUs.
+    F32Highest,
+}
+
+/// Peak dense FLOP/s of one accelerator for `m`, by the device kind its
+/// PJRT plugin reports (vendor data sheets: Cloud TPU system-architecture
+/// pages, NVIDIA H100/H200 data sheets, dense, without sparsity). `None`
+/// for kinds not listed (CPUs are measured instead, in the compute dtype).
+pub fn chip_peak_flops(kind: &str, m: Matmuls) -> Option<f64> {
     let k = kind.to_ascii_lowercase();
-    let table: [(&[&str], f64); 6] = [
-        (&["v5 lite", "v5e", "v5litepod"], 197e12),
-        (&["v6 lite", "v6e"], 918e12),
-        (&["v5p", "tpu v5"], 459e12),
-        (&["h100 pcie"], 756e12),
-        (&["h100"], 989e12),
-        (&["h200"], 989e12),
+    // (names, bf16, f32 at default precision, f32 at highest precision)
+    let table: [(&[&str], f64, f64, f64); 6] = [
+        (
+            &["v5 lite", "v5e", "v5litepod"],
+            197e12,
+            197e12,
+            197e12 / 6.0,
+        ),
+        (&["v6 lite", "v6e"], 918e12, 918e12, 918e12 / 6.0),
+        (&["v5p", "tpu v5"], 459e12, 459e12, 459e12 / 6.0),
+        (&["h100 pcie"], 756e12, 378e12, 51.2e12),
+        (&["h100"], 989e12, 494.7e12, 66.9e12),
+        (&["h200"], 989e12, 494.7e12, 66.9e12),
     ];
     table
         .iter()
-        .find(|(names, _)| names.iter().any(|n| k.contains(n)))
-        .map(|(_, peak)| *peak)
+        .find(|(names, ..)| names.iter().any(|n| k.contains(n)))
+        .map(|&(_, bf16, f32, highest)| match m {
+            Matmuls::Bf16 => bf16,
+            Matmuls::F32 => f32,
+            Matmuls::F32Highest => highest,
+        })
 }
 
 /// The peak FLOP/s of a whole job of `devices` devices of `kind` over
-/// `hosts` processes: a known accelerator's peak times the devices; a
+/// `hosts` processes: a known accelerator's peak for `matmuls` times the devices; a
 /// CPU's measured rate (`measured`, one process's cores, shared by its
 /// virtual devices) times the hosts; any other device's measured rate
 /// times the devices. `per_device` (`train.peak_flops_per_device`)
 /// overrides the table and the measurement.
 pub fn job_peak_flops(
     kind: &str,
+    matmuls: Matmuls,
     devices: usize,
     hosts: usize,
     per_device: Option<f64>,
     measured: impl FnOnce() -> pjrt::Result<f64>,
 ) -> pjrt::Result<f64> {
-    if let Some(p) = per_device.or_else(|| chip_peak_flops(kind)) {
+    if let Some(p) = per_device.or_else(|| chip_peak_flops(kind, matmuls)) {
         return Ok(p * devices as f64);
     }
     let m = measured()?;
@@ -104,31 +155,45 @@ mod tests {
 
     #[test]
     fn chips_are_known_by_their_plugin_kinds() {
-        assert_eq!(chip_peak_flops("TPU v5 lite"), Some(197e12));
-        assert_eq!(chip_peak_flops("TPU v6 lite"), Some(918e12));
-        assert_eq!(chip_peak_flops("TPU v5p"), Some(459e12));
-        assert_eq!(chip_peak_flops("NVIDIA H100 80GB HBM3"), Some(989e12));
-        assert_eq!(chip_peak_flops("NVIDIA H100 PCIe"), Some(756e12));
-        assert_eq!(chip_peak_flops("NVIDIA H200"), Some(989e12));
-        assert_eq!(chip_peak_flops("cpu"), None);
+        let bf16 = |k| chip_peak_flops(k, Matmuls::Bf16);
+        assert_eq!(bf16("TPU v5 lite"), Some(197e12));
+        assert_eq!(bf16("TPU v6 lite"), Some(918e12));
+        assert_eq!(bf16("TPU v5p"), Some(459e12));
+        assert_eq!(bf16("NVIDIA H100 80GB HBM3"), Some(989e12));
+        assert_eq!(bf16("NVIDIA H100 PCIe"), Some(756e12));
+        assert_eq!(bf16("NVIDIA H200"), Some(989e12));
+        assert_eq!(bf16("cpu"), None);
+    }
+
+    #[test]
+    fn an_f32_step_is_measured_against_the_f32_peak() {
+        // A GPU runs f32 matmuls on TF32 tensor cores, half the bf16 rate;
+        // at the highest precision on its f32 units.
+        let h100 = |m| chip_peak_flops("NVIDIA H100 80GB HBM3", m).unwrap();
+        assert_eq!(h100(Matmuls::F32), 494.7e12);
+        assert_eq!(h100(Matmuls::F32Highest), 66.9e12);
+        // A TPU's default f32 matmul is one bf16 pass; the highest is six.
+        let v5e = |m| chip_peak_flops("TPU v5 lite", m).unwrap();
+        assert_eq!(v5e(Matmuls::F32), 197e12);
+        assert_eq!(v5e(Matmuls::F32Highest), 197e12 / 6.0);
     }
 
     #[test]
     fn a_job_peak_counts_every_device() {
         // 256 v5e chips: 256 x 197 TFLOP/s, whatever one chip measures.
-        let p = job_peak_flops("TPU v5 lite", 256, 64, None, || Ok(1.0)).unwrap();
+        let p = job_peak_flops("TPU v5 lite", Matmuls::Bf16, 256, 64, None, || Ok(1.0)).unwrap();
         assert_eq!(p, 256.0 * 197e12);
         // 8 virtual CPU devices share one host's cores; 2 hosts have twice.
         assert_eq!(
-            job_peak_flops("cpu", 8, 1, None, || Ok(5e10)).unwrap(),
+            job_peak_flops("cpu", Matmuls::F32, 8, 1, None, || Ok(5e10)).unwrap(),
             5e10
         );
         assert_eq!(
-            job_peak_flops("cpu", 8, 2, None, || Ok(5e10)).unwrap(),
+            job_peak_flops("cpu", Matmuls::F32, 8, 2, None, || Ok(5e10)).unwrap(),
             1e11
         );
         assert_eq!(
-            job_peak_flops("cpu", 8, 1, Some(1e9), || Ok(5e10)).unwrap(),
+            job_peak_flops("cpu", Matmuls::F32, 8, 1, Some(1e9), || Ok(5e10)).unwrap(),
             8e9
         );
     }

@@ -127,13 +127,21 @@ impl<'g> Job<'g> {
             ),
         };
         let kind = client.devices().first().map_or("cpu", |d| d.kind.as_str());
-        let bf16 = cfg.compute_options()?.dtype == hlo::DType::BF16;
+        let compute = cfg.compute_options()?.dtype;
+        let bf16 = compute == hlo::DType::BF16;
+        let xla = cfg.runtime.xla_options(compute)?;
+        let matmuls = match (bf16, cfg.runtime.dot_precision()?) {
+            (true, _) => mfu::Matmuls::Bf16,
+            (false, hlo::DotPrecision::Highest) => mfu::Matmuls::F32Highest,
+            (false, _) => mfu::Matmuls::F32,
+        };
         let peak_flops = mfu::job_peak_flops(
             kind,
+            matmuls,
             plan.mesh.devices() as usize,
             mode.size(),
             cfg.train.peak_flops_per_device,
-            || mfu::measure_peak_flops(&client, bf16),
+            || mfu::measure_peak_flops(&client, bf16, &xla),
         )?;
         Ok(Job {
             cfg: cfg.clone(),
