@@ -22,6 +22,7 @@ mod params;
 pub use config::GemmaConfig;
 pub use error::{Error, Result};
 pub use model::{
-    Attend, ComputeOptions, Constrain, Gemma, MaskedAttention, Tokens, Unconstrained, token_loss,
+    Attend, ComputeOptions, Constrain, Gemma, MaskedAttention, Matmuls, Tokens, Unconstrained,
+    token_loss,
 };
 pub use params::{Axis, ParamSpec, declare_parameters, param_specs};

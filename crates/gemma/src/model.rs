@@ -41,14 +41,32 @@ pub struct ComputeOptions {
     pub dtype: DType,
     /// What each layer keeps for the backward pass.
     pub remat: RematPolicy,
-    /// The dtype the weight matmuls run in, when not the compute dtype
-    /// (`None`). `Some(F32)` with bf16 compute and f32 weights that hold
-    /// bf16 values computes exactly what a bf16 matmul with f32
-    /// accumulation does (a product of two bf16 values is exact in f32),
-    /// the result rounded to bf16: XLA's CPU backend computes bf16 matmuls
-    /// that way anyway, but widens the weights again on every call, which
-    /// dominates a decode step. Generation on CPU uses it.
-    pub matmul_dtype: Option<DType>,
+    /// How the weight matmuls run.
+    pub matmuls: Matmuls,
+}
+
+/// How the weight matmuls (projections, MLP, output head) run.
+///
+/// XLA's CPU backend computes a bf16 matmul by widening both operands to
+/// f32, multiplying in f32 and rounding the result; done by the program
+/// instead, the widened weights are computed once per step (training: the
+/// forward and backward passes share them) or never (generation: stored
+/// widened). A product of two bf16 values is exact in f32, so
+/// [`Matmuls::F32`] computes exactly what a bf16 matmul with f32
+/// accumulation does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Matmuls {
+    /// In the compute dtype.
+    #[default]
+    Compute,
+    /// In f32, on operands rounded to the compute dtype (a no-op for f32
+    /// compute), the result rounded to it. `weights_rounded`: the weights
+    /// are f32 already holding compute-dtype values, so they are not
+    /// rounded again.
+    F32 {
+        /// The weights already hold values of the compute dtype.
+        weights_rounded: bool,
+    },
 }
 
 impl Default for ComputeOptions {
@@ -56,7 +74,7 @@ impl Default for ComputeOptions {
         ComputeOptions {
             dtype: DType::F32,
             remat: RematPolicy::None,
-            matmul_dtype: None,
+            matmuls: Matmuls::Compute,
         }
     }
 }
@@ -263,13 +281,19 @@ impl<'a> Gemma<'a> {
     }
 
     /// `x W^T` for a weight `w [out, in]`, in the compute dtype; see
-    /// [`ComputeOptions::matmul_dtype`].
+    /// [`Matmuls`].
     fn dense(&self, b: &mut Builder, x: Value, w: Value) -> hlo::Result<Value> {
         let cd = self.opts.dtype;
-        match self.opts.matmul_dtype {
-            Some(md) if md != cd => {
-                let (xw, ww) = (b.convert(x, md)?, b.convert(w, md)?);
-                let y = b.linear(xw, ww)?;
+        match self.opts.matmuls {
+            Matmuls::F32 { weights_rounded } if cd != DType::F32 => {
+                let w = if weights_rounded {
+                    b.convert(w, DType::F32)?
+                } else {
+                    let r = b.convert(w, cd)?;
+                    b.convert(r, DType::F32)?
+                };
+                let xw = b.convert(x, DType::F32)?;
+                let y = b.linear(xw, w)?;
                 b.convert(y, cd)
             }
             _ => {

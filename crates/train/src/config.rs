@@ -735,7 +735,7 @@ impl TrainConfig {
         Ok(gemma::ComputeOptions {
             dtype,
             remat,
-            matmul_dtype: None,
+            matmuls: gemma::Matmuls::Compute,
         })
     }
 }

@@ -55,7 +55,19 @@ impl<'g> Stepper<'g> {
             seq_len: cfg.data.seq_len,
             total_steps: cfg.optimizer.schedule_steps.unwrap_or(cfg.train.steps),
         };
-        let compute = cfg.compute_options()?;
+        let mut compute = cfg.compute_options()?;
+        if compute.dtype == hlo::DType::BF16
+            && client.platform_name() == "cpu"
+            && crate::mfu::cpu_bf16_widened_is_faster(
+                client,
+                &cfg.runtime.xla_options(compute.dtype)?,
+            )?
+        {
+            // The same bf16 numbers, multiplied in f32 (gemma::Matmuls).
+            compute.matmuls = gemma::Matmuls::F32 {
+                weights_rounded: false,
+            };
+        }
         let exe = |mlir: String| -> Result<Exe> {
             let (exe, partition_of) = compile(client, cfg, plan, order, &mlir)?;
             Ok(Exe { exe, partition_of })

@@ -1,5 +1,7 @@
 //! Model FLOPs and the device's peak, for MFU.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use gemma::GemmaConfig;
@@ -31,9 +33,41 @@ pub fn measure_peak_flops(
     })
 }
 
+/// Whether bf16 matmuls run faster on this CPU plugin when the program
+/// widens them to f32 ([`gemma::Matmuls::F32`]): its measured f32 matmul
+/// rate beats its bf16 rate. The CPU plugin computes some bf16 matmuls by
+/// widening them itself, on every use, and its bf16 kernels' speed depends
+/// on the CPU (2 cores here: 250 GFLOP/s f32 against 149 bf16).
+pub fn cpu_bf16_widened_is_faster(
+    client: &pjrt::Client,
+    xla_options: &[(String, pjrt::XlaOption)],
+) -> pjrt::Result<bool> {
+    Ok(matmul_rate(client, false, xla_options)? > matmul_rate(client, true, xla_options)?)
+}
+
 /// One device's matmul rate in FLOP/s in bf16 or f32: four chained 1024^3
-/// matmuls, best of 5 after a warm-up.
+/// matmuls, best of 5 after a warm-up; measured once per process for each
+/// platform, dtype and set of options.
 fn matmul_rate(
+    client: &pjrt::Client,
+    bf16: bool,
+    xla_options: &[(String, pjrt::XlaOption)],
+) -> pjrt::Result<f64> {
+    static RATES: OnceLock<Mutex<HashMap<String, f64>>> = OnceLock::new();
+    let key = format!("{} {bf16} {xla_options:?}", client.platform_name());
+    let rates = RATES.get_or_init(Default::default);
+    if let Some(&r) = rates.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(r);
+    }
+    let r = measure_rate(client, bf16, xla_options)?;
+    rates
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, r);
+    Ok(r)
+}
+
+fn measure_rate(
     client: &pjrt::Client,
     bf16: bool,
     xla_options: &[(String, pjrt::XlaOption)],

@@ -173,7 +173,7 @@ impl Devices {
 
     /// How weights computed in `compute` are stored: as it, except bf16 on
     /// the CPU plugin, stored as f32 holding bf16 values (see
-    /// [`gemma::ComputeOptions::matmul_dtype`]): XLA's CPU backend widens
+    /// [`gemma::Matmuls`]): XLA's CPU backend widens
     /// bf16 weights to f32 for every matmul, on every call.
     pub fn weight_dtype(&self, compute: DType) -> DType {
         if compute == DType::BF16 && self.client.platform_name() == "cpu" {

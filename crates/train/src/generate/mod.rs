@@ -193,7 +193,7 @@ impl Generator {
 
     /// [`Generator::new`] with the weights stored in `stored`: `dtype`, or
     /// f32 holding the bf16 values when `dtype` is bf16 (the same numbers,
-    /// matmuls run in f32; [`gemma::ComputeOptions::matmul_dtype`]).
+    /// matmuls run in f32; [`gemma::Matmuls`]).
     pub fn with_storage(
         dev: Devices,
         model: &gemma::hf::Checkpoint,
@@ -245,7 +245,13 @@ impl Generator {
         gemma::ComputeOptions {
             dtype: self.compute,
             remat: hlo::RematPolicy::None,
-            matmul_dtype: (stored != self.compute).then_some(stored),
+            matmuls: if stored != self.compute {
+                gemma::Matmuls::F32 {
+                    weights_rounded: true,
+                }
+            } else {
+                gemma::Matmuls::Compute
+            },
         }
     }
 
