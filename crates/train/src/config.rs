@@ -94,6 +94,11 @@ pub struct ModelConfig {
     pub norm_eps: Option<f64>,
     /// Post-sub-layer norms (off in released v1 checkpoints).
     pub post_norms: Option<bool>,
+    /// A reward model: a `score` head instead of the LM head (set by
+    /// `train.objective = "reward"`; a `model.init` causal LM then gets its
+    /// head from the seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_head: Option<bool>,
     /// `"random"` or `"hf:DIR"` (a Hugging Face checkpoint directory).
     #[serde(default = "default_init")]
     pub init: String,
@@ -772,7 +777,8 @@ impl ModelConfig {
             max_seq_len,
             rope_theta,
             norm_eps,
-            post_norms
+            post_norms,
+            score_head
         );
         c.validate()?;
         Ok(c)

@@ -65,7 +65,7 @@ impl Plan {
                     Axis::Heads => c.heads,
                     Axis::KvHeads => c.kv_heads,
                     Axis::Mlp => c.mlp_dim,
-                    Axis::Norm => 1,
+                    Axis::Norm | Axis::Label => 1,
                 };
                 (a.name(), unit as i64)
             })
