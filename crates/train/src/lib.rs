@@ -20,6 +20,7 @@ pub mod mfu;
 pub mod plan;
 mod plot;
 pub mod report;
+pub mod reward;
 mod resolve;
 mod run;
 pub mod schedule;
