@@ -8,7 +8,9 @@ rejected one never does. A reward model that learns "responses with 42 are
 better" separates the pairs; nothing else tells them apart.
 
 Deterministic (seeded). Usage: python3 scripts/gen_pref_smoke.py
+[--seed N --pairs N --out FILE] (e.g. held-out pairs with another seed).
 """
+import argparse
 import json
 import os
 import random
@@ -20,20 +22,25 @@ OUT = os.path.join(os.path.dirname(__file__), "..", "configs", "data", "prefs-sm
 
 
 def main():
-    rng = random.Random(0)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pairs", type=int, default=PAIRS)
+    ap.add_argument("--out", default=OUT)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
     ids = [i for i in range(3, VOCAB) if i != FAVOURITE]
     chosen, rejected = [], []
-    for _ in range(PAIRS):
+    for _ in range(args.pairs):
         prompt = [2] + [rng.choice(ids) for _ in range(rng.randint(3, 8))]
         good = [rng.choice(ids) for _ in range(rng.randint(4, 12))]
         good[rng.randrange(len(good))] = FAVOURITE
         bad = [rng.choice(ids) for _ in range(rng.randint(4, 12))]
         chosen.append(prompt + good)
         rejected.append(prompt + bad)
-    with open(OUT, "w") as f:
+    with open(args.out, "w") as f:
         json.dump({"chosen": chosen, "rejected": rejected}, f, separators=(",", ":"))
         f.write("\n")
-    print(f"{PAIRS} pairs -> {OUT}")
+    print(f"{args.pairs} pairs -> {args.out}")
 
 
 if __name__ == "__main__":
