@@ -481,7 +481,7 @@ impl TrainConfig {
     pub(crate) fn check(&self, source: &str, devices_from: &str) -> Result<()> {
         let bad = |key: &str, msg: String| Err(Error::config(source, key, msg));
         let model = self.model.resolve()?;
-        crate::objective::check(self, source)?;
+        crate::objective::check(self, &model, source)?;
         let o = &self.optimizer;
         if !(o.lr > 0.0 && o.lr.is_finite()) {
             return bad(

@@ -78,10 +78,11 @@ pub(crate) fn fill_score_head(table: &mut toml::Table) {
 }
 
 /// The objective's requirements on the rest of the config.
-pub(crate) fn check(cfg: &TrainConfig, source: &str) -> Result<()> {
+/// `model` is the resolved shape (a classifier at `model.init` has a head).
+pub(crate) fn check(cfg: &TrainConfig, model: &gemma::GemmaConfig, source: &str) -> Result<()> {
     let bad = |key: &str, msg: String| Err(Error::config(source, key, msg));
     let obj = cfg.train.objective;
-    let head = cfg.model.score_head.unwrap_or(false);
+    let head = model.score_head;
     let pairs = cfg.data.format == data::DataFormat::Preferences && cfg.data.sources.is_empty();
     if obj == Objective::Reward && !head {
         return bad(
@@ -94,7 +95,8 @@ pub(crate) fn check(cfg: &TrainConfig, source: &str) -> Result<()> {
         return bad(
             "model.score_head",
             format!(
-                "true: only train.objective = \"reward\" trains a reward model (the objective is {:?})",
+                "true (set, or a reward model at model.init): only train.objective = \"reward\" \
+                 trains a reward model (the objective is {:?})",
                 obj.name()
             ),
         );

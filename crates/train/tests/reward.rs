@@ -69,14 +69,14 @@ fn split_pairs(batch: &data::Batch) -> [(Vec<i32>, Vec<i32>); 2] {
         (vec![0; batch.batch * t], vec![0; batch.batch]),
     ];
     for r in 0..batch.batch {
-        for k in 0..2 {
+        for (k, (ids, lens)) in out.iter_mut().enumerate() {
             let idx: Vec<usize> = (0..t)
                 .filter(|&i| batch.segment_ids[r * t + i] == k as i32 + 1)
                 .collect();
             for (j, &i) in idx.iter().enumerate() {
-                out[k].0[r * t + j] = batch.tokens[r * t + i];
+                ids[r * t + j] = batch.tokens[r * t + i];
             }
-            out[k].1[r] = idx.len() as i32;
+            lens[r] = idx.len() as i32;
         }
     }
     out
@@ -144,6 +144,7 @@ fn five_bradley_terry_steps_equal_the_host_adamw_reference() {
     let summary = train::train(&cfg, false).unwrap();
     assert_eq!(summary.losses.len(), 5);
     let lines = metrics(&cfg.train.run_dir);
+    assert_eq!(lines.len(), 5, "train.log_every = 1");
     let model_cfg = cfg.model.resolve().unwrap();
     assert!(
         model_cfg.score_head,
@@ -158,7 +159,7 @@ fn five_bradley_terry_steps_equal_the_host_adamw_reference() {
     let mut m: Vec<Vec<f64>> = p.iter().map(|v| vec![0.0; v.len()]).collect();
     let mut v = m.clone();
     let mut loader = data::Loader::new(&cfg.data, 0, 1, None).unwrap();
-    for step in 0..5 {
+    for (step, line) in lines.iter().enumerate() {
         let batch = loader.next_batch().unwrap();
         let p32: Vec<Vec<f32>> = p
             .iter()
@@ -170,7 +171,6 @@ fn five_bradley_terry_steps_equal_the_host_adamw_reference() {
         let loss = margins.iter().map(|d| (1.0 + (-d).exp()).ln()).sum::<f64>() / n;
         let accuracy = margins.iter().filter(|&&d| d > 0.0).count() as f64 / n;
         let margin = margins.iter().sum::<f64>() / n;
-        let line = &lines[step];
         let got = |k: &str| line[k].as_f64().unwrap();
         assert!(
             (got("loss") - loss).abs() < 2e-5,
@@ -268,4 +268,33 @@ fn objective_mismatches_are_errors_naming_the_key() {
             .to_string();
         assert!(e.contains(key), "{sets:?}: {e}");
     }
+}
+
+#[test]
+fn a_reward_model_at_model_init_needs_the_reward_objective() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gemma/tests/golden/reward/model");
+    let data = common::tokens_file(dir.path(), 8, 16, 64);
+    let text = format!(
+        "[model]\ninit = {:?}\n\n[data]\nformat = \"tokens\"\npath = {:?}\nseq_len = 8\nbatch_size = 2\n\n\
+         [train]\nsteps = 1\nrun_dir = {:?}\n",
+        format!("hf:{}", golden.display()),
+        data.display().to_string(),
+        dir.path().join("run").display().to_string(),
+    );
+    let e = TrainConfig::from_toml(&text, "test", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.score_head") && e.contains("model.init"),
+        "{e}"
+    );
+    let pairs = pairs_file(dir.path(), 4, 64);
+    let sets = [
+        "train.objective=\"reward\"".to_string(),
+        "data.format=\"preferences\"".into(),
+        format!("data.path={:?}", pairs.display().to_string()),
+    ];
+    let cfg = TrainConfig::from_toml(&text, "test", &sets).unwrap();
+    assert!(cfg.model.resolve().unwrap().score_head);
 }
