@@ -21,6 +21,8 @@ enum Command {
     Train(cmd::train::Args),
     /// Score a model: next-token loss, the memorization test, or multiple-choice tasks.
     Eval(cmd::eval::Args),
+    /// Score rows (tokens, texts or conversations) with a reward model.
+    Reward(cmd::reward::Args),
     /// Continue prompts with a model: greedy or sampled, on any mesh.
     Generate(cmd::generate::Args),
     /// Serve a multi-process job: workers join it, it supervises them and writes the metrics.
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Train(_)
             | Command::Eval(_)
             | Command::Generate(_)
+            | Command::Reward(_)
             | Command::Plan(_)
             | Command::Worker(_)
     ) {
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Generate(args) => cmd::generate::run(args),
+        Command::Reward(args) => cmd::reward::run(args),
         Command::Plan(args) => cmd::plan::run(args),
         Command::Export(args) => cmd::export::run(args),
         Command::Coordinator(args) => cmd::coordinator::run(args),

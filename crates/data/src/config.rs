@@ -23,6 +23,11 @@ pub enum DataFormat {
     /// the loss on model turns only ([`crate::chat`]); tokenized in memory at start. Each
     /// conversation stays whole in one row; longer ones follow [`DataConfig::overflow`].
     Chat,
+    /// Preference pairs for reward modelling and DPO ([`crate::prefs`]): token level
+    /// `{"chosen": [[ids]...], "rejected": [[ids]...]}` or chat JSONL `{"prompt": [messages],
+    /// "chosen": "...", "rejected": "..."}`. One pair per row (chosen, then rejected as a
+    /// second segment), never packed; `batch_size` counts pairs, `seq_len` bounds a pair.
+    Preferences,
 }
 
 /// The `[data]` table of a training config.
@@ -298,11 +303,14 @@ impl DataConfig {
                     format!("{} is not a positive number", s.weight),
                 ));
             }
-            if s.format.unwrap_or(self.format) == DataFormat::Tokens {
+            if matches!(
+                s.format.unwrap_or(self.format),
+                DataFormat::Tokens | DataFormat::Preferences
+            ) {
                 return Err(Error::config(
                     &field("format"),
-                    "tokens rows are whole training sequences and cannot be mixed: \
-                     shards, text or jsonl expected",
+                    "tokens rows and preference pairs are whole training rows and cannot be \
+                     mixed: shards, text, jsonl or chat expected",
                 ));
             }
         }

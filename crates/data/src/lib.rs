@@ -80,6 +80,7 @@ pub mod ingest;
 pub mod loader;
 pub mod pack;
 pub mod pii;
+pub mod prefs;
 pub mod rows;
 pub mod setup;
 pub mod shard;

@@ -60,10 +60,15 @@ impl Batch {
     /// flags.
     pub(crate) fn put(&mut self, r: usize, pos: usize, piece: &[u32], mask: &[u8], segment: i32) {
         let base = r * self.seq_len + pos;
+        // A preference pair's second sequence starts a segment of its own.
+        let (mut segment, mut start) = (segment, 0);
         for (i, &t) in piece.iter().enumerate() {
+            if i > 0 && mask[i] & crate::prefs::NEW_SEGMENT != 0 {
+                (segment, start) = (segment + 1, i);
+            }
             self.tokens[base + i] = t as i32;
             self.segment_ids[base + i] = segment;
-            self.positions[base + i] = i as i32;
+            self.positions[base + i] = (i - start) as i32;
             self.loss_mask[base + i] = if mask[i] != 0 { 1.0 } else { 0.0 };
         }
     }

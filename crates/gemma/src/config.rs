@@ -33,6 +33,12 @@ pub struct GemmaConfig {
     /// Gemma 2 style). Released v1 checkpoints do not: off by default.
     #[serde(default)]
     pub post_norms: bool,
+    /// A reward model: a bias-free `score` head (`score.weight [1, d_model]`)
+    /// on the last real token's final-normed state instead of the tied LM
+    /// head, as transformers' `GemmaForSequenceClassification` with
+    /// `num_labels = 1`.
+    #[serde(default)]
+    pub score_head: bool,
 }
 
 impl GemmaConfig {
@@ -50,6 +56,7 @@ impl GemmaConfig {
             rope_theta: 10_000.0,
             norm_eps: 1e-6,
             post_norms: false,
+            score_head: false,
         }
     }
 
@@ -200,13 +207,25 @@ impl GemmaConfig {
                 .unwrap_or_else(|| float("rope_theta", 10_000.0)),
             norm_eps: float("rms_norm_eps", 1e-6),
             post_norms: false,
+            score_head: score_head(&v, path)?,
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// The Hugging Face `config.json` for this shape (`GemmaForCausalLM`).
+    /// The Hugging Face `config.json` for this shape (`GemmaForCausalLM`, or
+    /// `GemmaForSequenceClassification` with one label for a reward model).
     pub fn to_hf_json(&self, torch_dtype: &str) -> serde_json::Value {
+        let mut v = self.causal_lm_json(torch_dtype);
+        if self.score_head {
+            v["architectures"] = serde_json::json!(["GemmaForSequenceClassification"]);
+            v["id2label"] = serde_json::json!({"0": "LABEL_0"});
+            v["label2id"] = serde_json::json!({"LABEL_0": 0});
+        }
+        v
+    }
+
+    fn causal_lm_json(&self, torch_dtype: &str) -> serde_json::Value {
         serde_json::json!({
             "architectures": ["GemmaForCausalLM"],
             "model_type": "gemma",
@@ -231,6 +250,36 @@ impl GemmaConfig {
             "torch_dtype": torch_dtype,
         })
     }
+}
+
+/// Whether a `config.json` describes a reward model:
+/// `GemmaForSequenceClassification`, which must have exactly one label.
+fn score_head(v: &serde_json::Value, path: &std::path::Path) -> Result<bool> {
+    let arch = v.get("architectures").and_then(|a| a.as_array());
+    let classifier = arch.is_some_and(|a| {
+        a.iter()
+            .any(|x| x.as_str() == Some("GemmaForSequenceClassification"))
+    });
+    if !classifier {
+        return Ok(false);
+    }
+    let labels = match (v.get("num_labels"), v.get("id2label")) {
+        (Some(n), _) => n.as_u64(),
+        (None, Some(m)) => m.as_object().map(|m| m.len() as u64),
+        // transformers' default is two labels.
+        (None, None) => Some(2),
+    };
+    if labels != Some(1) {
+        return Err(Error::format(
+            path,
+            format!(
+                "GemmaForSequenceClassification with {} labels (num_labels / id2label); \
+                 a reward model has exactly 1",
+                labels.map_or("an unreadable number of".into(), |n| n.to_string())
+            ),
+        ));
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Gemma v1 for meshtrain: the 2B/7B shapes and any custom one
 //! ([`GemmaConfig`]), the parameter tree with logical axes
-//! ([`param_specs`]), and Hugging Face checkpoint import/export ([`hf`]).
+//! ([`param_specs`]), the reward model ([`Gemma::score`]), and Hugging
+//! Face checkpoint import/export ([`hf`]).
 //!
 //! ```
 //! let c = gemma::GemmaConfig::gemma_2b();
@@ -18,6 +19,7 @@ mod error;
 pub mod hf;
 mod model;
 mod params;
+mod reward;
 
 pub use config::GemmaConfig;
 pub use error::{Error, Result};

@@ -81,9 +81,9 @@ impl Default for ComputeOptions {
 
 /// The model: a config and its parameter values, in [`crate::param_specs`] order.
 pub struct Gemma<'a> {
-    cfg: &'a GemmaConfig,
-    params: &'a [Value],
-    opts: ComputeOptions,
+    pub(crate) cfg: &'a GemmaConfig,
+    pub(crate) params: &'a [Value],
+    pub(crate) opts: ComputeOptions,
 }
 
 /// One layer's parameters.
@@ -132,6 +132,12 @@ impl<'a> Gemma<'a> {
         if self.cfg.post_norms { 11 } else { 9 }
     }
 
+    /// The final norm's weight (after the layers; a reward model's `score`
+    /// head follows it).
+    pub(crate) fn final_norm(&self) -> Value {
+        self.params[1 + self.cfg.layers * self.per_layer()]
+    }
+
     fn layer(&self, i: usize) -> Layer {
         let p = &self.params[1 + i * self.per_layer()..];
         let post = self.cfg.post_norms;
@@ -158,13 +164,19 @@ impl<'a> Gemma<'a> {
 
     /// Logits `[B, T, V]` in the compute dtype.
     pub fn forward(&self, b: &mut Builder, t: &Tokens, c: &dyn Constrain) -> Result<Value> {
+        let h = self.backbone(b, t, c)?;
+        self.head(b, h, c)
+    }
+
+    /// The last layer's output `[B, T, d]` (before the final norm) for the
+    /// batch's own tokens under the causal, per-segment mask.
+    pub(crate) fn backbone(&self, b: &mut Builder, t: &Tokens, c: &dyn Constrain) -> Result<Value> {
         let bt = token_dims(b, "ids", t.ids, None)?;
         token_dims(b, "positions", t.positions, Some(bt))?;
         token_dims(b, "segment_ids", t.segment_ids, Some(bt))?;
         let x = self.embed(b, t.ids, c)?;
         let mask = b.scope("model.attention_mask", |b| attention_mask(b, t.segment_ids))?;
-        let h = self.layers(b, x, t.positions, &mut MaskedAttention(mask), c)?;
-        self.head(b, h, c)
+        self.layers(b, x, t.positions, &mut MaskedAttention(mask), c)
     }
 
     /// The scaled embedding `E[ids] * sqrt(d_model)`: `ids [B, T]` gives
@@ -209,7 +221,7 @@ impl<'a> Gemma<'a> {
     pub fn head(&self, b: &mut Builder, x: Value, c: &dyn Constrain) -> Result<Value> {
         let eps = self.cfg.norm_eps;
         let embed = self.params[0];
-        let final_norm = *self.params.last().expect("final norm");
+        let final_norm = self.final_norm();
         let h = b.scope("model.norm", |b| b.rms_norm(x, final_norm, eps))?;
         let logits = b.scope("lm_head", |b| self.dense(b, h, embed))?;
         Ok(c.constrain(b, logits, &["batch", "seq", "vocab"])?)

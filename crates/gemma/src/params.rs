@@ -20,6 +20,8 @@ pub enum Axis {
     Mlp,
     /// A norm scale vector: never sharded.
     Norm,
+    /// The output labels of a classification head (1 for a reward model).
+    Label,
 }
 
 impl Axis {
@@ -32,6 +34,7 @@ impl Axis {
             Axis::KvHeads => "kv_heads",
             Axis::Mlp => "mlp",
             Axis::Norm => "norm",
+            Axis::Label => "label",
         }
     }
 }
@@ -73,7 +76,8 @@ impl ParamSpec {
 }
 
 /// Every parameter of the model, in a fixed order: embedding, then each
-/// layer's tensors in the order of the forward pass, then the final norm.
+/// layer's tensors in the order of the forward pass, then the final norm,
+/// then (reward models) the `score` head.
 pub fn param_specs(c: &GemmaConfig) -> Vec<ParamSpec> {
     use Axis::*;
     let (d, q, kv, m) = (
@@ -122,6 +126,13 @@ pub fn param_specs(c: &GemmaConfig) -> Vec<ParamSpec> {
         }
     }
     out.push(ParamSpec::new("model.norm.weight".into(), [d], [Norm]));
+    if c.score_head {
+        out.push(ParamSpec::new(
+            "score.weight".into(),
+            [1, d],
+            [Label, Embed],
+        ));
+    }
     out
 }
 

@@ -32,6 +32,9 @@ pub struct TrainConfig {
     /// `[coordinator]`: multi-process jobs (`meshtrain coordinator`).
     #[serde(default)]
     pub coordinator: CoordinatorSection,
+    /// `[dpo]`: for `train.objective = "dpo"` (β defaults to 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpo: Option<crate::objective::DpoSection>,
 }
 
 /// `[coordinator]`: supervision of a multi-process job.
@@ -94,6 +97,11 @@ pub struct ModelConfig {
     pub norm_eps: Option<f64>,
     /// Post-sub-layer norms (off in released v1 checkpoints).
     pub post_norms: Option<bool>,
+    /// A reward model: a `score` head instead of the LM head (set by
+    /// `train.objective = "reward"`; a `model.init` causal LM then gets its
+    /// head from the seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_head: Option<bool>,
     /// `"random"` or `"hf:DIR"` (a Hugging Face checkpoint directory).
     #[serde(default = "default_init")]
     pub init: String,
@@ -186,6 +194,9 @@ impl OptimizerConfig {
 pub struct TrainSection {
     /// Optimizer steps.
     pub steps: u64,
+    /// What to optimise: `"lm"` (default), `"reward"` or `"dpo"`.
+    #[serde(default)]
+    pub objective: crate::objective::Objective,
     /// Where metrics, the resolved config, the plot and the final model go.
     pub run_dir: PathBuf,
     /// Log every this many steps (and the last).
@@ -391,6 +402,7 @@ impl TrainConfig {
             apply_set(&mut table, key, parse_value(value.trim()))?;
         }
         fill_default_dtype(&mut table);
+        crate::objective::fill_score_head(&mut table);
         let set_keys: Vec<&str> = seen.iter().map(String::as_str).collect();
         let origin = |key: &str| {
             let from_set = set_keys.iter().any(|s| {
@@ -469,6 +481,7 @@ impl TrainConfig {
     pub(crate) fn check(&self, source: &str, devices_from: &str) -> Result<()> {
         let bad = |key: &str, msg: String| Err(Error::config(source, key, msg));
         let model = self.model.resolve()?;
+        crate::objective::check(self, &model, source)?;
         let o = &self.optimizer;
         if !(o.lr > 0.0 && o.lr.is_finite()) {
             return bad(
@@ -776,7 +789,8 @@ impl ModelConfig {
             max_seq_len,
             rope_theta,
             norm_eps,
-            post_norms
+            post_norms,
+            score_head
         );
         c.validate()?;
         Ok(c)

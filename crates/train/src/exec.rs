@@ -6,7 +6,7 @@ use pjrt::{Buffer, Client, LoadedExecutable};
 
 use crate::device::{PerPartition, Placement, compile, get_into, put, put_rows};
 use crate::state::DeviceState;
-use crate::step::{Plan, Slot, StepShape, build_split, build_step};
+use crate::step::{Plan, Slot, StepShape, build_split, build_step_with};
 use crate::{ProcessGroup, Result, TrainConfig};
 
 /// What a step reports.
@@ -14,6 +14,8 @@ pub(crate) struct StepOut {
     pub loss: f32,
     pub grad_norm: f32,
     pub lr: f32,
+    /// The objective's own metrics (`accuracy`, `margin`...).
+    pub extra: Vec<(&'static str, f32)>,
 }
 
 /// A compiled program and the partition of each of its argument lists.
@@ -25,7 +27,16 @@ pub(crate) struct Exe {
 /// The compiled step.
 pub(crate) enum Stepper<'g> {
     /// One program: forward, backward, update.
-    Fused { exe: Exe, batch: Vec<Slot> },
+    Fused {
+        exe: Exe,
+        batch: Vec<Slot>,
+        /// Names of the scalars after the learning rate.
+        metrics: &'static [&'static str],
+        /// DPO's frozen reference parameters, once set
+        /// ([`Stepper::set_reference`]).
+        reference: Option<Vec<PerPartition<Buffer>>>,
+        needs_reference: bool,
+    },
     /// Gradient program, cross-process sum, update program.
     Split {
         grads: Exe,
@@ -48,6 +59,17 @@ impl<'g> Stepper<'g> {
         let model = cfg.model.resolve()?;
         let a = cfg.optimizer.accumulation_steps;
         let processes = group.map_or(1, |g| g.size());
+        if group.is_some() && cfg.train.objective != crate::objective::Objective::Lm {
+            return Err(crate::Error::config(
+                "train",
+                "train.objective",
+                format!(
+                    "{:?}: CPU process groups train the LM objective only; run it in one process \
+                     (any number of devices) or as one SPMD program over a pod",
+                    cfg.train.objective.name()
+                ),
+            ));
+        }
         let micro_batch = cfg.rows_per_process(processes)?;
         let shape = StepShape {
             accumulation: a,
@@ -74,13 +96,17 @@ impl<'g> Stepper<'g> {
         };
         match group {
             None => {
-                let mut step = build_step(&model, &cfg.optimizer, compute, shape, plan)?;
+                let loss = crate::step::loss_of(cfg);
+                let mut step = build_step_with(&model, &cfg.optimizer, compute, shape, plan, loss)?;
                 step.program.set_dot_precision(cfg.runtime.dot_precision()?);
                 let fused = exe(step.program.to_mlir())?;
                 Ok((
                     Stepper::Fused {
                         exe: fused,
                         batch: step.batch,
+                        metrics: step.metrics,
+                        reference: None,
+                        needs_reference: step.reference,
                     },
                     step.params,
                 ))
@@ -102,6 +128,39 @@ impl<'g> Stepper<'g> {
                 ))
             }
         }
+    }
+
+    /// Whether the step reads reference parameters (DPO).
+    pub(crate) fn needs_reference(&self) -> bool {
+        matches!(
+            self,
+            Stepper::Fused {
+                needs_reference: true,
+                ..
+            }
+        )
+    }
+
+    /// Puts the frozen reference parameters (`values` in parameter order)
+    /// on this process's devices, laid out like the parameters.
+    pub(crate) fn set_reference(
+        &mut self,
+        client: &Client,
+        plan: &Plan,
+        at: &Placement,
+        params: &[Slot],
+        values: &[Vec<f32>],
+    ) -> Result<()> {
+        if let Stepper::Fused { reference, .. } = self {
+            *reference = Some(
+                params
+                    .iter()
+                    .zip(values)
+                    .map(|(slot, v)| put(client, plan, at, slot, v))
+                    .collect::<Result<_>>()?,
+            );
+        }
+        Ok(())
     }
 
     /// The program whose memory and collectives the start-up report shows.
@@ -135,7 +194,13 @@ impl<'g> Stepper<'g> {
     ) -> Result<StepOut> {
         let k = 3 * params.len() + 1;
         match self {
-            Stepper::Fused { exe, batch: slots } => {
+            Stepper::Fused {
+                exe,
+                batch: slots,
+                metrics,
+                reference,
+                needs_reference,
+            } => {
                 let mut inputs: Vec<PerPartition<Buffer>> = slots
                     .iter()
                     .map(|_| (0..at.device_of.len()).map(|_| None).collect())
@@ -143,8 +208,14 @@ impl<'g> Stepper<'g> {
                 for (host, rows, b) in batch {
                     put_host_batch(client, plan, at, *host, slots, rows, b, &mut inputs)?;
                 }
-                let mut outs = execute(exe, state, k, &[&inputs])?;
-                let scalars = scalars(&outs[0][k..k + 3])?;
+                let none = Vec::new();
+                let reference = match (reference, needs_reference) {
+                    (Some(r), true) => r,
+                    (None, true) => unreachable!("set_reference runs before the first step"),
+                    _ => &none,
+                };
+                let mut outs = execute(exe, state, k, &[reference, &inputs])?;
+                let scalars = scalars(&outs[0][k..k + 3 + metrics.len()])?;
                 for (i, o) in outs.iter_mut().enumerate() {
                     state[exe.partition_of[i]] = Some(o.drain(..k).collect());
                 }
@@ -152,6 +223,7 @@ impl<'g> Stepper<'g> {
                     loss: scalars[0],
                     grad_norm: scalars[1],
                     lr: scalars[2],
+                    extra: metrics.iter().copied().zip(scalars[3..].to_vec()).collect(),
                 })
             }
             Stepper::Split {
@@ -204,6 +276,7 @@ impl<'g> Stepper<'g> {
                     loss,
                     grad_norm: scalars[0],
                     lr: scalars[1],
+                    extra: Vec::new(),
                 })
             }
         }

@@ -20,11 +20,18 @@ fn uniform(state: &mut u64) -> f64 {
     ((splitmix(state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
-/// Every parameter's initial values, in [`param_specs`] order.
+/// Every parameter's initial values, in [`param_specs`] order. A reward
+/// model (`cfg.score_head`) may start from a causal-LM checkpoint: the
+/// backbone comes from it, the `score` head from the seed.
 pub fn init_params(cfg: &GemmaConfig, init: &str, seed: u64) -> Result<Vec<Vec<f32>>> {
     if let Some(dir) = init.strip_prefix("hf:") {
         let ck = gemma::hf::load(&crate::config::hf_dir(dir)?)?;
-        if &ck.config != cfg {
+        let head_from_seed = cfg.score_head && !ck.config.score_head;
+        let backbone = GemmaConfig {
+            score_head: cfg.score_head && ck.config.score_head,
+            ..cfg.clone()
+        };
+        if ck.config != backbone {
             return Err(Error::config(
                 "model",
                 "model.init",
@@ -34,9 +41,18 @@ pub fn init_params(cfg: &GemmaConfig, init: &str, seed: u64) -> Result<Vec<Vec<f
                 ),
             ));
         }
-        return Ok(ck.params.into_iter().map(|t| t.data).collect());
+        let mut params: Vec<Vec<f32>> = ck.params.into_iter().map(|t| t.data).collect();
+        if head_from_seed {
+            let random = random_params(cfg, seed);
+            params.push(random.last().expect("score head").clone());
+        }
+        return Ok(params);
     }
-    Ok(param_specs(cfg)
+    Ok(random_params(cfg, seed))
+}
+
+fn random_params(cfg: &GemmaConfig, seed: u64) -> Vec<Vec<f32>> {
+    param_specs(cfg)
         .iter()
         .enumerate()
         .map(|(i, spec)| {
@@ -53,7 +69,7 @@ pub fn init_params(cfg: &GemmaConfig, init: &str, seed: u64) -> Result<Vec<Vec<f
                 })
                 .collect()
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -80,5 +96,62 @@ mod tests {
             mean.abs() < 1e-3 && (std - 0.02).abs() < 1e-3,
             "mean {mean} std {std}"
         );
+    }
+
+    #[test]
+    fn a_reward_model_starts_from_a_causal_lm_with_a_seeded_head() {
+        let lm = GemmaConfig {
+            vocab_size: 64,
+            d_model: 16,
+            layers: 1,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 8,
+            mlp_dim: 32,
+            ..GemmaConfig::tiny()
+        };
+        let params = init_params(&lm, "random", 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        gemma::hf::save(
+            dir.path(),
+            &lm,
+            &host_of(&lm, &params),
+            gemma::hf::SaveDtype::F32,
+        )
+        .unwrap();
+        let init = format!("hf:{}", dir.path().display());
+        let rm = GemmaConfig {
+            score_head: true,
+            ..lm.clone()
+        };
+        let got = init_params(&rm, &init, 5).unwrap();
+        assert_eq!(got.len(), params.len() + 1);
+        assert_eq!(
+            &got[..params.len()],
+            &params[..],
+            "backbone from the checkpoint"
+        );
+        assert_eq!(got.last(), init_params(&rm, "random", 5).unwrap().last());
+        // A causal LM does not start from a reward model.
+        gemma::hf::save(
+            dir.path(),
+            &rm,
+            &host_of(&rm, &got),
+            gemma::hf::SaveDtype::F32,
+        )
+        .unwrap();
+        let e = init_params(&lm, &init, 5).unwrap_err().to_string();
+        assert!(e.contains("model.init"), "{e}");
+    }
+
+    fn host_of(cfg: &GemmaConfig, params: &[Vec<f32>]) -> Vec<gemma::hf::HostTensor> {
+        param_specs(cfg)
+            .iter()
+            .zip(params)
+            .map(|(s, d)| gemma::hf::HostTensor {
+                shape: s.shape.clone(),
+                data: d.clone(),
+            })
+            .collect()
     }
 }

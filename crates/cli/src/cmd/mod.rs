@@ -6,6 +6,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod plan;
+pub mod reward;
 pub mod runtime;
 pub mod setup;
 pub mod train;

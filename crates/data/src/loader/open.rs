@@ -236,6 +236,52 @@ pub(super) fn open_source(
                 },
             })
         }
+        DataFormat::Preferences => {
+            if tok.is_none()
+                && let Some(spec) = cfg.tokenizer.as_deref()
+            {
+                *tok = Some(Tokenizer::load(spec, cache_dir)?);
+            }
+            let file = Path::new(path);
+            let pairs = crate::prefs::read_pairs(file, tok.as_ref())?;
+            if cfg.overflow != Overflow::Drop
+                && let Some((at, p)) = pairs
+                    .iter()
+                    .find(|(_, p)| p.0.len() + p.2.len() > cfg.seq_len)
+            {
+                return Err(Error::config(
+                    "data.seq_len",
+                    format!(
+                        "{}: {at}: the pair holds {} + {} tokens, more than data.seq_len = {} \
+                         (a pair fills one row; a cut pair would lose its rejected sequence): \
+                         raise data.seq_len, or set data.overflow = \"drop\" to leave such pairs out",
+                        file.display(),
+                        p.0.len(),
+                        p.2.len(),
+                        cfg.seq_len
+                    ),
+                ));
+            }
+            let (docs, masks) = pairs
+                .iter()
+                .map(|(_, p)| crate::prefs::pair_document(p))
+                .unzip();
+            Ok(Opened {
+                source: Source::Memory {
+                    docs,
+                    masks: Some(masks),
+                },
+                wrap: None,
+                conversations: true,
+                vocab: Vocab {
+                    packing: false,
+                    pad: tok
+                        .as_ref()
+                        .map_or(crate::tokenizer::PAD_ID, |t| t.pad_id()),
+                    vocab_size: tok.as_ref().map(|t| t.vocab_size()),
+                },
+            })
+        }
         DataFormat::Tokens => {
             let rows = read_token_rows_with_mask(Path::new(path), cfg.seq_len)?;
             let any_mask = rows.iter().any(|(_, m)| m.is_some());

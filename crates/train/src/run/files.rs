@@ -4,7 +4,7 @@
 use crate::{Error, Result};
 
 /// The JSON objects of a `metrics.jsonl` (unreadable lines skipped).
-fn metric_lines(path: &std::path::Path) -> std::io::Result<Vec<serde_json::Value>> {
+pub(crate) fn metric_lines(path: &std::path::Path) -> std::io::Result<Vec<serde_json::Value>> {
     Ok(std::fs::read_to_string(path)?
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

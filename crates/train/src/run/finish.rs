@@ -1,6 +1,7 @@
-//! Finishing a run: the loss plot and the final model, written by process 0.
+//! Finishing a run: the loss plot (and the preference objectives' margin
+//! plot, `reward.svg`) and the final model, written by process 0.
 
-use super::files::{earlier_losses, write_file};
+use super::files::{earlier_losses, metric_lines, write_file};
 use super::setup::Job;
 use super::steps::Done;
 use crate::{Error, Result, checkpoint, state};
@@ -17,6 +18,24 @@ pub(super) fn finish(job: &Job, done: &Done) -> Result<()> {
         &run_dir.join("loss.svg"),
         crate::plot::loss_svg(&curve, "training loss").as_bytes(),
     )?;
+    if job.cfg.train.objective.on_pairs() {
+        // The preference objectives' margin per logged step (resumed runs included).
+        let margins: Vec<(u64, f32)> = metric_lines(&run_dir.join("metrics.jsonl"))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| Some((v["step"].as_u64()?, v["margin"].as_f64()? as f32)))
+            .collect();
+        let title = match job.cfg.train.objective {
+            crate::objective::Objective::Dpo => {
+                "DPO margin: mean β·[Δ log π(chosen) − Δ log π(rejected)]"
+            }
+            _ => "reward margin: mean r(chosen) − r(rejected)",
+        };
+        write_file(
+            &run_dir.join("reward.svg"),
+            crate::plot::loss_svg(&margins, title).as_bytes(),
+        )?;
+    }
     if !job.cfg.train.export_final {
         return Ok(());
     }

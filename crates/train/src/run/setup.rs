@@ -81,7 +81,13 @@ impl<'g> Job<'g> {
         }
         let at = Placement::new(cfg, &client, &plan)?;
         let t0 = Instant::now();
-        let (stepper, params) = Stepper::new(cfg, &client, &plan, &at.layout.order, mode.group())?;
+        let (mut stepper, params) =
+            Stepper::new(cfg, &client, &plan, &at.layout.order, mode.group())?;
+        if stepper.needs_reference() {
+            // DPO's reference: the policy at model.init, frozen (also on resume).
+            let init = crate::init_params(&model, &cfg.model.init, cfg.model.seed)?;
+            stepper.set_reference(&client, &plan, &at, &params, &init)?;
+        }
         let compile_seconds = t0.elapsed().as_secs_f64();
         let stats = stepper.main().executable().memory_stats()?;
         eprintln!(

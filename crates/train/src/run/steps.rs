@@ -141,7 +141,7 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
             for (name, n) in job.feed.iter().flat_map(|f| f.loader.tokens_by_source()) {
                 *tokens_by_source.entry(name).or_insert(0u64) += n;
             }
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "step": s,
                 "loss": out.loss,
                 "learning_rate": out.lr,
@@ -151,6 +151,9 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
                 "mfu": flops_per_step / dt / job.peak_flops,
                 "tokens_by_source": tokens_by_source,
             });
+            for (name, value) in &out.extra {
+                line[*name] = serde_json::json!(value);
+            }
             let t_log = Instant::now();
             sink.write(s, &line)?;
             profile.span(s, "write metrics", t_log);

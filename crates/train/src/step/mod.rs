@@ -6,15 +6,22 @@
 //! Inputs: `params[P]`, `m[P]`, `v[P]`, `step` (i32), then the batch
 //! `tokens`, `targets`, `loss_mask`, `segment_ids`, `positions`, each
 //! `[accumulation, micro_batch, seq_len]`. Outputs: `params'[P]`, `m'[P]`,
-//! `v'[P]`, `step + 1`, `loss`, `grad_norm`, `learning_rate`.
+//! `v'[P]`, `step + 1`, `loss`, `grad_norm`, `learning_rate`. The
+//! preference objectives (`train.objective = "reward" | "dpo"`, see
+//! [`pairs`]) add their metrics after `learning_rate`; DPO reads the frozen
+//! reference parameters `ref[P]` between `step` and the batch: a second,
+//! non-differentiated parameter set in the same program, so one dispatch
+//! runs both forwards and XLA keeps no activations of the reference.
 
 use gemma::{Axis, Constrain, Gemma, GemmaConfig, ParamSpec, Tokens, param_specs, token_loss};
 use hlo::{Builder, DType, Sharding, TensorType, Value};
 use mesh::{Mesh, Rules};
 
 use crate::config::OptimizerConfig;
+use crate::objective::Objective;
 use crate::{Error, Result};
 
+mod pairs;
 mod split;
 mod update;
 
@@ -65,7 +72,7 @@ impl Plan {
                     Axis::Heads => c.heads,
                     Axis::KvHeads => c.kv_heads,
                     Axis::Mlp => c.mlp_dim,
-                    Axis::Norm => 1,
+                    Axis::Norm | Axis::Label => 1,
                 };
                 (a.name(), unit as i64)
             })
@@ -120,15 +127,43 @@ pub struct StepProgram {
     pub params: Vec<Slot>,
     /// Batch slots: tokens, targets, loss_mask, segment_ids, positions.
     pub batch: Vec<Slot>,
+    /// Names of the scalars after `learning_rate` ([`Objective::metrics`]).
+    pub metrics: &'static [&'static str],
+    /// Whether the reference parameters (`ref.<name>`, laid out like the
+    /// parameters, read only) follow `step` in the inputs (DPO).
+    pub reference: bool,
 }
 
-/// Builds the step program.
+/// The loss a step optimises.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Loss {
+    /// `train.objective`.
+    pub objective: Objective,
+    /// `dpo.beta`.
+    pub beta: f64,
+}
+
+/// Builds the step program of the language-model loss.
 pub fn build_step(
     cfg: &GemmaConfig,
     opt: &OptimizerConfig,
     compute: gemma::ComputeOptions,
     shape: StepShape,
     plan: &Plan,
+) -> Result<StepProgram> {
+    build_step_with(cfg, opt, compute, shape, plan, Loss::default())
+}
+
+/// Builds the step program of `loss`. For DPO the inputs are `params[P]`,
+/// `m[P]`, `v[P]`, `step`, `ref[P]`, then the batch; every objective's
+/// outputs end with its [`Objective::metrics`].
+pub fn build_step_with(
+    cfg: &GemmaConfig,
+    opt: &OptimizerConfig,
+    compute: gemma::ComputeOptions,
+    shape: StepShape,
+    plan: &Plan,
+    loss_kind: Loss,
 ) -> Result<StepProgram> {
     for (key, n) in [
         ("optimizer.accumulation_steps", shape.accumulation),
@@ -153,15 +188,36 @@ pub fn build_step(
     let m = declare_all(&mut b, plan, &params, "m.")?;
     let v = declare_all(&mut b, plan, &params, "v.")?;
     let step = declare(&mut b, plan, &step_slot(), "")?;
+    let objective = loss_kind.objective;
+    let reference = match objective {
+        Objective::Dpo => Some(declare_all(&mut b, plan, &params, "ref.")?),
+        _ => None,
+    };
     let inputs = declare_all(&mut b, plan, &batch, "")?;
 
-    // Loss over all micro-batches, normalised by the step's total token count.
-    let count = b.scope("loss_count", |b| -> hlo::Result<Value> {
-        let c = b.sum(inputs[2], &[0, 1, 2])?;
-        let one = b.scalar(1.0, DType::F32);
-        b.max(c, one)
-    })?;
-    let (loss, grads) = loss_and_grads(&mut b, cfg, compute, plan, &p, &inputs, count, shape)?;
+    let (loss, grads, metrics) = if objective.on_pairs() {
+        pairs::loss_and_grads(
+            &mut b,
+            cfg,
+            compute,
+            plan,
+            &p,
+            reference.as_deref(),
+            &inputs,
+            shape,
+            objective,
+            loss_kind.beta,
+        )?
+    } else {
+        // Loss over all micro-batches, normalised by the step's total token count.
+        let count = b.scope("loss_count", |b| -> hlo::Result<Value> {
+            let c = b.sum(inputs[2], &[0, 1, 2])?;
+            let one = b.scalar(1.0, DType::F32);
+            b.max(c, one)
+        })?;
+        let (loss, grads) = loss_and_grads(&mut b, cfg, compute, plan, &p, &inputs, count, shape)?;
+        (loss, grads, vec![])
+    };
     let u = update::adamw(&mut b, opt, cfg, &p, &m, &v, step, grads, shape.total_steps)?;
 
     let n = params.len();
@@ -170,6 +226,7 @@ pub fn build_step(
     outputs.extend(&u.m);
     outputs.extend(&u.v);
     outputs.extend([u.next_step, loss, u.grad_norm, u.lr]);
+    outputs.extend(metrics);
     let mut program = b.build(&outputs)?;
     shard_outputs(&mut program, plan, &params, 3)?;
     donate_state(&mut program, &p, &m, &v, step)?;
@@ -177,6 +234,8 @@ pub fn build_step(
         program,
         params,
         batch,
+        metrics: objective.metrics(),
+        reference: reference.is_some(),
     })
 }
 
@@ -341,8 +400,23 @@ fn donate_state(
 /// place where training and planning build their step.
 pub fn build_for(cfg: &crate::TrainConfig) -> Result<(GemmaConfig, Plan, StepProgram)> {
     let (model, plan, shape) = shape_for(cfg)?;
-    let step = build_step(&model, &cfg.optimizer, cfg.compute_options()?, shape, &plan)?;
+    let step = build_step_with(
+        &model,
+        &cfg.optimizer,
+        cfg.compute_options()?,
+        shape,
+        &plan,
+        loss_of(cfg),
+    )?;
     Ok((model, plan, step))
+}
+
+/// The loss `cfg` trains.
+pub fn loss_of(cfg: &crate::TrainConfig) -> Loss {
+    Loss {
+        objective: cfg.train.objective,
+        beta: cfg.dpo.clone().unwrap_or_default().beta,
+    }
 }
 
 /// The plan and the parameter and batch slots of `cfg`'s fused step,

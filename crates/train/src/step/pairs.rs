@@ -1,0 +1,145 @@
+//! The losses of preference pairs, one pair per row (chosen = segment 1,
+//! rejected = segment 2): Bradley-Terry reward modelling and DPO. Both are
+//! means over the step's pairs (`accumulation x micro_batch`, a constant),
+//! so micro-batches add up like the LM loss.
+
+use gemma::{Gemma, GemmaConfig, Tokens};
+use hlo::{Builder, DType, Value};
+
+use super::{Plan, StepShape};
+use crate::Result;
+use crate::objective::Objective;
+
+/// The objective's loss, its gradient with respect to `p`, and its extra
+/// metrics ([`Objective::metrics`] order), summed over micro-batches.
+/// DPO reads the reference policy from `reference` (never differentiated).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn loss_and_grads(
+    b: &mut Builder,
+    cfg: &GemmaConfig,
+    compute: gemma::ComputeOptions,
+    plan: &Plan,
+    p: &[Value],
+    reference: Option<&[Value]>,
+    inputs: &[Value],
+    shape: StepShape,
+    objective: Objective,
+    beta: f64,
+) -> Result<(Value, Vec<Value>, Vec<Value>)> {
+    let (mb, t) = (shape.micro_batch, shape.seq_len);
+    let pairs = (shape.accumulation * mb) as f64;
+    let model = Gemma::new(cfg, p, compute)?;
+    let frozen = reference.map(|r| Gemma::new(cfg, r, compute)).transpose()?;
+    let mut acc: Option<(Value, Vec<Value>, Vec<Value>)> = None;
+    for i in 0..shape.accumulation {
+        let micro = |b: &mut Builder, x: Value| -> hlo::Result<Value> {
+            let s = b.slice_axis(x, 0, i as i64, 1)?;
+            b.reshape(s, &[mb as i64, t as i64])
+        };
+        let [ids, targets, mask, segment_ids, positions] =
+            [0, 1, 2, 3, 4].map(|k| micro(b, inputs[k]));
+        let (targets, mask) = (targets?, mask?);
+        let tokens = Tokens {
+            ids: ids?,
+            positions: positions?,
+            segment_ids: segment_ids?,
+        };
+        // The per-pair margin whose −log σ is the loss.
+        let margin = b.scope(&format!("micro_batch.{i}"), |b| -> Result<Value> {
+            match objective {
+                Objective::Reward => {
+                    let (c, r) = model.score_pairs(b, &tokens, plan)?;
+                    Ok(b.sub(c, r)?)
+                }
+                Objective::Dpo => {
+                    let frozen = frozen.as_ref().expect("DPO declares the reference");
+                    let logits = model.forward(b, &tokens, plan)?;
+                    let (c, r) = pair_log_probs(b, logits, targets, mask, tokens.segment_ids)?;
+                    let ref_logits = b.scope("reference", |b| frozen.forward(b, &tokens, plan))?;
+                    let (rc, rr) =
+                        pair_log_probs(b, ref_logits, targets, mask, tokens.segment_ids)?;
+                    let (rc, rr) = (b.stop_gradient(rc)?, b.stop_gradient(rr)?);
+                    let dc = b.sub(c, rc)?;
+                    let dr = b.sub(r, rr)?;
+                    let d = b.sub(dc, dr)?;
+                    Ok(b.mul_scalar(d, beta)?)
+                }
+                Objective::Lm => unreachable!("the LM loss is built in step::loss_and_grads"),
+            }
+        })?;
+        let (loss, metrics) = b.scope("pair_loss", |b| -> hlo::Result<(Value, Vec<Value>)> {
+            let l = neg_log_sigmoid(b, margin)?;
+            let loss = mean_over(b, l, pairs)?;
+            let zero = b.zeros_like(margin);
+            let right = b.gt(margin, zero)?;
+            let right = b.convert(right, DType::F32)?;
+            Ok((
+                loss,
+                vec![mean_over(b, right, pairs)?, mean_over(b, margin, pairs)?],
+            ))
+        })?;
+        let grads = b.grad(loss, p)?;
+        acc = Some(match acc {
+            None => (loss, grads, metrics),
+            Some((l0, g0, m0)) => (
+                b.add(l0, loss)?,
+                add_all(b, &g0, &grads)?,
+                add_all(b, &m0, &metrics)?,
+            ),
+        });
+    }
+    Ok(acc.expect("at least one micro-batch"))
+}
+
+/// `−log σ(x) = softplus(−x) = max(−x, 0) + log1p(exp(−|x|))`, stable for any x.
+fn neg_log_sigmoid(b: &mut Builder, x: Value) -> hlo::Result<Value> {
+    let neg = b.neg(x)?;
+    let zero = b.zeros_like(x);
+    let relu = b.max(neg, zero)?;
+    let a = b.abs(x)?;
+    let na = b.neg(a)?;
+    let e = b.exp(na)?;
+    let l = b.log1p(e)?;
+    b.add(relu, l)
+}
+
+/// `sum(x) / n` for `x [B]`.
+fn mean_over(b: &mut Builder, x: Value, n: f64) -> hlo::Result<Value> {
+    let s = b.sum(x, &[0])?;
+    b.mul_scalar(s, 1.0 / n)
+}
+
+fn add_all(b: &mut Builder, x: &[Value], y: &[Value]) -> hlo::Result<Vec<Value>> {
+    x.iter().zip(y).map(|(a, c)| b.add(*a, *c)).collect()
+}
+
+/// Summed log-probabilities of the targets where `mask` is 1, per row, in
+/// segment 1 (chosen) and segment 2 (rejected): `([B], [B])` f32.
+fn pair_log_probs(
+    b: &mut Builder,
+    logits: Value,
+    targets: Value,
+    mask: Value,
+    segment_ids: Value,
+) -> hlo::Result<(Value, Value)> {
+    b.scope("log_probs", |b| {
+        let lf = b.convert(logits, DType::F32)?;
+        let v = b.dims(lf)[2];
+        let lse = b.logsumexp(lf, 2)?; // [B, T]
+        let hot = b.one_hot(targets, v, DType::F32)?;
+        let picked = b.mul(lf, hot)?;
+        let picked = b.sum(picked, &[2])?;
+        let lp = b.sub(picked, lse)?;
+        let lp = b.mul(lp, mask)?;
+        let seg = b.convert(segment_ids, DType::F32)?;
+        let mut per = Vec::new();
+        for k in [1.0, 2.0] {
+            let kk = b.full_like(seg, k);
+            let inside = b.eq(seg, kk)?;
+            let inside = b.convert(inside, DType::F32)?;
+            let x = b.mul(lp, inside)?;
+            per.push(b.sum(x, &[1])?);
+        }
+        Ok((per[0], per[1]))
+    })
+}
