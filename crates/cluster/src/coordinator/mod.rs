@@ -38,6 +38,12 @@ pub struct CoordinatorOptions {
     pub heartbeat_timeout: Duration,
     /// Serve over TLS.
     pub tls: Option<TlsServer>,
+    /// The generation to start in: a coordinator restarted for a job
+    /// already under way starts past every generation its predecessor used.
+    pub start_generation: u64,
+    /// The last checkpoint step the workers agreed on before a restart
+    /// (handed to registering workers as their resume hint).
+    pub last_committed: Option<u64>,
 }
 
 impl CoordinatorOptions {
@@ -57,6 +63,8 @@ impl CoordinatorOptions {
             job_config: job_config.into(),
             heartbeat_timeout: Duration::from_secs(10),
             tls: None,
+            start_generation: 0,
+            last_committed: None,
         }
     }
 
@@ -152,6 +160,8 @@ impl Coordinator {
                 job_config: opts.job_config.clone(),
                 heartbeat_timeout: opts.heartbeat_timeout,
             },
+            opts.start_generation,
+            opts.last_committed,
             events_tx,
         ));
         let svc = ClusterServer::new(service::Service {

@@ -112,13 +112,17 @@ impl Cluster for Service {
         let command = match st.member(r.member.as_ref()) {
             Err(status) => Cmd::Stop(Stop {
                 reason: status.message().to_string(),
+                not_member: true,
             }),
             Ok(pid) => match st.stop.clone() {
                 Some(reason) => {
                     if let Slot::Live(w) = &mut st.slots[pid as usize] {
                         w.told_stop = true;
                     }
-                    Cmd::Stop(Stop { reason })
+                    Cmd::Stop(Stop {
+                        reason,
+                        not_member: false,
+                    })
                 }
                 None if r.generation < st.generation => Cmd::Restart(Restart {
                     generation: st.generation,

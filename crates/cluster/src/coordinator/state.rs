@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use super::Event;
-use crate::error::{restart_status, stopped_status};
+use crate::error::{not_member_status, restart_status, stopped_status};
 use crate::payload::Payload;
 use crate::proto::Member;
 
@@ -109,9 +109,16 @@ pub(crate) struct CheckpointState {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, events: mpsc::Sender<Event>) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        generation: u64,
+        last_committed: Option<u64>,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
         let state = State {
             slots: (0..config.world_size).map(|_| Slot::Free).collect(),
+            generation,
+            last_committed,
             ..State::default()
         };
         Self {
@@ -303,7 +310,7 @@ impl State {
                 w.last_seen = Instant::now();
                 Ok(m.process_id)
             }
-            _ => Err(Status::failed_precondition(format!(
+            _ => Err(not_member_status(format!(
                 "process {} (incarnation {}) is not a member of the job \
                  (declared lost, left, or never registered)",
                 m.process_id, m.incarnation
