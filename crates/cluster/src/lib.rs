@@ -90,6 +90,7 @@ mod auth;
 mod client;
 mod coordinator;
 mod error;
+pub mod limits;
 mod payload;
 mod tls;
 

@@ -13,7 +13,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::CheckToken;
-use crate::payload::MAX_MESSAGE_BYTES;
+use crate::limits::{self, MAX_MESSAGE_BYTES};
 use crate::proto::cluster_server::ClusterServer;
 use crate::{Error, Result, TlsServer, config_digest};
 use state::{Config, Shared};
@@ -145,7 +145,12 @@ impl Coordinator {
             .tcp_nodelay(true)
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(32 << 20)
-            .max_frame_size(1 << 20);
+            .max_frame_size(1 << 20)
+            .max_concurrent_streams(Some(limits::MAX_STREAMS_PER_CONNECTION))
+            // A peer that stops answering pings (a dead host, a half-open
+            // connection) is dropped, and its calls with it.
+            .http2_keepalive_interval(Some(opts.heartbeat_timeout))
+            .http2_keepalive_timeout(Some(opts.heartbeat_timeout));
         if let Some(tls) = &opts.tls {
             server = server
                 .tls_config(tls.config(opts.heartbeat_timeout)?)

@@ -73,6 +73,8 @@ pub(crate) struct State {
     pub ever_taken: BTreeSet<u32>,
     pub barriers: HashMap<String, BarrierState>,
     pub kv: HashMap<String, Bytes>,
+    /// The values of `kv` together.
+    pub kv_bytes: usize,
     pub reduces: HashMap<ReduceKey, ReduceState>,
     /// All-reduces every worker has taken the sum of: a contribution to one
     /// of them again is a replay. Only one generation's are kept (the
