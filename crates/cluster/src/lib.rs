@@ -90,6 +90,8 @@ mod auth;
 mod client;
 mod coordinator;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod limits;
 mod payload;
 mod tls;

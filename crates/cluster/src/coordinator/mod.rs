@@ -131,6 +131,24 @@ pub enum Event {
 /// shutdown alone waits for every connection to close, without a limit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// The service of a coordinator for `world_size` workers that serves no
+/// network, for the fuzz targets.
+pub(crate) fn fuzz_service(world_size: u32, events: mpsc::Sender<Event>) -> Arc<service::Service> {
+    let shared = Arc::new(Shared::new(
+        Config {
+            world_size,
+            software_version: crate::fuzz::FUZZ_VERSION.into(),
+            config_digest: String::new(),
+            job_config: String::new(),
+            heartbeat_timeout: Duration::from_secs(1),
+        },
+        0,
+        None,
+        events,
+    ));
+    Arc::new(service::Service { shared })
+}
+
 /// Starts coordinators.
 pub struct Coordinator;
 
