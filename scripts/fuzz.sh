@@ -32,9 +32,9 @@ cargo build --release --manifest-path "$root/fuzz/Cargo.toml" --target "$host" -
 work="$root/fuzz/work/$target"
 artifacts="$root/fuzz/artifacts/$target"
 mkdir -p "$work" "$artifacts" "$root/fuzz/corpus/$target"
-# 2 GiB of memory, 10 s per input, inputs up to 64 KiB: a bigger
+# 2 GiB of memory, 60 s per input (wall clock: generous on a loaded machine), inputs up to 128 KiB: a bigger
 # allocation or a slower input is a finding.
 exec "$root/fuzz/target/$host/release/$target" \
-    -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
-    -max_len=65536 -print_final_stats=1 -artifact_prefix="$artifacts/" \
+    -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=60 \
+    -max_len=131072 -print_final_stats=1 -artifact_prefix="$artifacts/" \
     "$@" "$work" "$root/fuzz/corpus/$target"

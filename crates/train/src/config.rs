@@ -467,6 +467,7 @@ impl TrainConfig {
 
     /// The resolved config as TOML (saved beside the metrics).
     pub fn to_toml(&self) -> String {
+        // invariant: every field is a TOML value.
         toml::to_string_pretty(self).expect("config serializes")
     }
 
@@ -838,6 +839,7 @@ fn smoke_assets() -> Result<(PathBuf, PathBuf)> {
         }
         out.push(path);
     }
+    // invariant: the loop above pushed both assets.
     let tokenizer = out.pop().expect("two assets");
     Ok((out.pop().expect("two assets"), tokenizer))
 }
