@@ -12,8 +12,11 @@
 
 use std::path::{Path, PathBuf};
 
+/// A target: the fuzzer's bytes in, whether they were accepted out.
+pub type Target = fn(&[u8]) -> bool;
+
 /// Every target, by the name used in `fuzz/` and `fuzz/corpus/`.
-pub const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("hf_config", hf_config),
     ("safetensors", safetensors),

@@ -208,7 +208,7 @@ mod tests {
         f.extend(ph(PT_DYNAMIC, dyn_at as u64, 0, 48));
         for (tag, val) in [(DT_NEEDED, 0), (DT_STRTAB, strtab), (DT_STRSZ, 8)] {
             f.extend(tag.to_le_bytes());
-            f.extend((val as u64).to_le_bytes());
+            f.extend(val.to_le_bytes());
         }
         f
     }
