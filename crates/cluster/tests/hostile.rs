@@ -1,9 +1,8 @@
 //! Hostile peers against a running coordinator: floods without the token,
 //! chunks that lie about their size, stale members and generations,
 //! replays, requests beyond the limits, and many workers at once. The
-//! coordinator refuses each with a
-//! status that says why, allocates no more than what was actually sent,
-//! and keeps serving the honest workers.
+//! coordinator refuses each with a status that says why, allocates no more
+//! than what was actually sent, and keeps serving the honest workers.
 
 mod common;
 
@@ -228,7 +227,7 @@ fn stale_members_wrong_generations_and_replays_are_refused() {
 
 #[test]
 fn many_workers_register_heartbeat_and_meet_at_once() {
-    const N: u32 = 256;
+    const N: u32 = 128;
     let mut o = options(N);
     o.heartbeat_timeout = Duration::from_secs(30);
     let coord = cluster::Coordinator::start(o).unwrap();
