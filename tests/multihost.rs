@@ -1,7 +1,8 @@
 //! Multi-process jobs on loopback with the real binary: a coordinator and
 //! CPU workers train like one process; a killed worker is detected, replaced
 //! and the job ends exactly as an uninterrupted one; wrong tokens and
-//! configs are refused; a lost coordinator is a clear error. The
+//! configs are refused; a lost coordinator is a clear error, and a killed
+//! coordinator restarted on the same run directory resumes the job. The
 //! coordinator's TensorBoard events hold each step once across a restart.
 
 use std::path::{Path, PathBuf};
@@ -46,16 +47,21 @@ fn token(dir: &Path, name: &str, value: &str) -> PathBuf {
 
 /// Starts a coordinator on a free loopback port; returns it and its address.
 fn coordinator(cfg: &Path, workers: u32, token: &Path, job: &[String]) -> (Proc, String) {
-    let mut args: Vec<String> = [
-        "coordinator",
-        "--quiet",
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    coordinator_on("127.0.0.1:0", cfg, workers, token, job)
+}
+
+/// Starts a coordinator listening on `listen`; returns it and its address.
+fn coordinator_on(
+    listen: &str,
+    cfg: &Path,
+    workers: u32,
+    token: &Path,
+    job: &[String],
+) -> (Proc, String) {
+    let mut args: Vec<String> = ["coordinator", "--quiet", "--listen", listen, "--config"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     args.push(cfg.display().to_string());
     args.extend(["--workers".into(), workers.to_string()]);
     args.extend(["--token-file".into(), token.display().to_string()]);
@@ -244,7 +250,9 @@ fn a_lost_coordinator_is_a_clear_error_for_waiting_workers() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path());
     let tok = token(dir.path(), "token", "job-secret");
-    let (coord, addr) = coordinator(&cfg, 2, &tok, &job_sets(&dir.path().join("run"), &[]));
+    let run = dir.path().join("run");
+    let job = job_sets(&run, &["coordinator.reconnect_timeout_s=1"]);
+    let (coord, addr) = coordinator(&cfg, 2, &tok, &job);
     let w = worker(&addr, &tok, &[], &[]);
     w.wait_for("process 0 of 2", 30);
     drop(coord); // SIGKILL while the worker waits at the start barrier
@@ -252,10 +260,83 @@ fn a_lost_coordinator_is_a_clear_error_for_waiting_workers() {
     let (status, err) = w.finish(30);
     assert!(!status.success());
     assert!(
-        err.contains(&format!("lost the coordinator at {addr}")),
+        err.contains(&format!("lost the coordinator at {addr}"))
+            && err.contains("coordinator.reconnect_timeout_s"),
         "{err}"
     );
     assert!(t.elapsed() < Duration::from_secs(20));
+}
+
+/// A loopback address with a port free now (the coordinator must come
+/// back on the same one).
+fn free_loopback() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn a_killed_coordinator_restarted_on_its_run_dir_resumes_the_job() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    let extra = [
+        "train.steps=8",
+        "train.checkpoint_every=2",
+        "coordinator.reconnect_backoff_max_s=0.5",
+    ];
+    let straight = run_job(dir.path(), &cfg, 2, "straight", &extra);
+
+    let run = dir.path().join("resumed");
+    let job = job_sets(&run, &extra);
+    let tok = token(dir.path(), "token", "job-secret");
+    let listen = free_loopback();
+    let (coord, addr) = coordinator_on(&listen, &cfg, 2, &tok, &job);
+    let w0 = worker(&addr, &tok, &[], &[]);
+    // Worker 1 pauses 2 s while writing its part of checkpoint 6 (once
+    // checkpoint 4 is committed): the coordinator dies there, the other
+    // worker waiting for the checkpoint agreement.
+    let w1 = worker(
+        &addr,
+        &tok,
+        &[],
+        &[("MESHTRAIN_FAULT_CHECKPOINT_STALL", "6:2")],
+    );
+    w1.wait_for("checkpoint step 6: shards written", 60);
+    let said = coord.stderr();
+    assert!(
+        said.contains("checkpoint 4: every worker wrote its part"),
+        "{said}"
+    );
+    drop(coord); // SIGKILL
+    w0.wait_for("reconnecting for up to", 30);
+    let state = std::fs::read_to_string(run.join("coordinator.json")).unwrap();
+    assert!(state.contains("\"last_committed\": 4"), "{state}");
+
+    let (coord, _) = coordinator_on(&listen, &cfg, 2, &tok, &job);
+    let said = coord.wait_for("resuming the job under way", 10);
+    assert!(said.contains("last committed checkpoint step 4"), "{said}");
+    for (name, w) in [("worker 0", w0), ("worker 1", w1)] {
+        let (status, err) = w.finish(120);
+        assert!(status.success(), "{name}: {err}");
+        assert!(
+            err.contains("reconnected to") && err.contains("resuming from"),
+            "{name}: {err}"
+        );
+    }
+    let (status, cerr) = coord.finish(30);
+    assert!(status.success(), "{cerr}");
+
+    // Each step once, the same numbers and parameters as the uninterrupted job.
+    let (a, b) = (losses(&straight), losses(&run));
+    assert_eq!(
+        b.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (0..8).collect::<Vec<_>>()
+    );
+    assert_eq!(a, b);
+    let model = |r: &Path| std::fs::read(r.join("final/model.safetensors")).unwrap();
+    assert_eq!(model(&straight), model(&run));
+    let state = std::fs::read_to_string(run.join("coordinator.json")).unwrap();
+    assert!(state.contains("\"finished\": true"), "{state}");
 }
 
 #[test]

@@ -11,6 +11,9 @@ pub(crate) const GENERATION_KEY: &str = "x-meshtrain-generation";
 pub(crate) const RESUME_KEY: &str = "x-meshtrain-resume-hint";
 /// Metadata key marking an `ABORTED` status as "the job was stopped".
 pub(crate) const STOPPED_KEY: &str = "x-meshtrain-stopped";
+/// Metadata key marking a `FAILED_PRECONDITION` status as "the caller is
+/// not a member of the job".
+pub(crate) const NOT_MEMBER_KEY: &str = "x-meshtrain-not-member";
 /// How a stopped status's message starts; the reason follows.
 const STOPPED_PREFIX: &str = "the job was stopped: ";
 
@@ -63,6 +66,16 @@ pub enum Error {
         /// What the transport or the coordinator said.
         message: String,
     },
+    /// The coordinator does not know this worker: it was restarted (a new
+    /// coordinator process resuming the job), or it declared the worker
+    /// lost. Registering again may let the worker back in.
+    #[error("the coordinator at {addr} no longer knows this worker: {message}")]
+    NotMember {
+        /// The coordinator's address.
+        addr: String,
+        /// What the coordinator said.
+        message: String,
+    },
     /// A blocking call did not complete in time.
     #[error("timed out: {0}")]
     Timeout(String),
@@ -86,6 +99,21 @@ impl Error {
         }
     }
 
+    /// Whether the same call may succeed later against the same address:
+    /// no connection or no answer (a coordinator restarting), or a full job
+    /// (a slot frees once its silent holder is declared lost). Refusals of
+    /// the caller itself (token, version, config) are final.
+    pub fn may_succeed_later(&self) -> bool {
+        match self {
+            Error::Transport { .. } | Error::CoordinatorLost { .. } | Error::Timeout(_) => true,
+            Error::Rpc { code, .. } => matches!(
+                code,
+                tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+            ),
+            _ => false,
+        }
+    }
+
     /// Classifies a status returned by a call to the coordinator at `addr`.
     pub(crate) fn from_status(status: tonic::Status, addr: &str) -> Self {
         use tonic::Code;
@@ -104,6 +132,12 @@ impl Error {
                     message,
                 },
             },
+            Code::FailedPrecondition if status.metadata().contains_key(NOT_MEMBER_KEY) => {
+                Error::NotMember {
+                    addr: addr.to_string(),
+                    message,
+                }
+            }
             Code::DeadlineExceeded => Error::Timeout(message),
             // Transport failures surface as Unavailable (connection refused
             // or reset), Unknown/Internal with an h2 error, or Cancelled.
@@ -163,6 +197,16 @@ pub(crate) fn restart_status(
     if let Some(step) = resume_hint {
         md.insert(RESUME_KEY, step.into());
     }
+    status
+}
+
+/// A `FAILED_PRECONDITION` status telling the caller it is not a member.
+pub(crate) fn not_member_status(message: String) -> tonic::Status {
+    let mut status = tonic::Status::failed_precondition(message);
+    status.metadata_mut().insert(
+        NOT_MEMBER_KEY,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     status
 }
 

@@ -90,6 +90,9 @@ mod auth;
 mod client;
 mod coordinator;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
+pub mod limits;
 mod payload;
 mod tls;
 

@@ -1,8 +1,8 @@
 //! Hostile peers against a running coordinator: floods without the token,
 //! chunks that lie about their size, stale members and generations,
-//! replays, and many workers at once. The coordinator refuses each with a
-//! status that says why, allocates no more than what was actually sent,
-//! and keeps serving the honest workers.
+//! replays, requests beyond the limits, and many workers at once. The
+//! coordinator refuses each with a status that says why, allocates no more
+//! than what was actually sent, and keeps serving the honest workers.
 
 mod common;
 
@@ -255,4 +255,91 @@ fn many_workers_register_heartbeat_and_meet_at_once() {
         .err()
         .expect("a worker beyond the job's size was admitted");
     assert!(e.to_string().contains("job is full"), "{e}");
+}
+
+#[test]
+fn requests_beyond_the_limits_are_refused_while_honest_workers_go_on() {
+    use cluster::limits;
+    use cluster::proto::{KvPutRequest, ReportMetricsRequest};
+    let coord = coordinator(3);
+    let workers: Vec<Arc<WorkerClient>> = connect_n(&coord, 2).into_iter().map(Arc::new).collect();
+    let raw = RawPeer::register(&coord.addr().to_string());
+    let mut rpc = raw.rpc.clone();
+    let put = |key: String, len: usize| {
+        let mut rpc = raw.rpc.clone();
+        raw.rt.block_on(rpc.kv_put(authorized(KvPutRequest {
+            key,
+            value: vec![7u8; len].into(),
+            allow_overwrite: true,
+        })))
+    };
+    refused(
+        "a key over the limit",
+        put("k".repeat(limits::MAX_KEY_BYTES + 1), 1),
+        Code::ResourceExhausted,
+        &format!(
+            "the key is 1025 bytes, more than the coordinator's limit of {}",
+            limits::MAX_KEY_BYTES
+        ),
+    );
+    refused(
+        "a value over the limit",
+        put("big".into(), limits::MAX_VALUE_BYTES + 1),
+        Code::ResourceExhausted,
+        "the value of key \"big\" is 8388609 bytes",
+    );
+    // A message over the transport's limit is refused before it is stored.
+    let r = put("huge".into(), limits::MAX_MESSAGE_BYTES + 1);
+    match r {
+        Err(s) => assert!(
+            s.code() == Code::OutOfRange && s.message().contains("too large"),
+            "{s:?}"
+        ),
+        Ok(_) => panic!("a message over the transport limit was accepted"),
+    }
+    refused(
+        "metrics over the limit",
+        raw.rt
+            .block_on(rpc.report_metrics(authorized(ReportMetricsRequest {
+                member: Some(raw.member),
+                step: 0,
+                json: "x".repeat(limits::MAX_REPORT_BYTES + 1),
+            }))),
+        Code::ResourceExhausted,
+        "the metrics JSON is 1048577 bytes",
+    );
+    let e = workers[0]
+        .barrier(
+            &"b".repeat(limits::MAX_KEY_BYTES + 1),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("the barrier name is 1025 bytes"),
+        "{e}"
+    );
+    // Nothing refused was stored; values within the limits are.
+    assert_eq!(workers[0].kv_try_get("big").unwrap(), None);
+    assert_eq!(workers[0].kv_try_get("huge").unwrap(), None);
+    put("fine".into(), 1000).unwrap();
+    assert_eq!(
+        workers[1].kv_try_get("fine").unwrap(),
+        Some(vec![7u8; 1000])
+    );
+    // The honest workers (and the raw peer, a member too) still meet.
+    let done: Vec<_> = workers
+        .iter()
+        .map(|w| {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                let mut v = vec![1.0f32; 3];
+                w.all_reduce_sum(0, &mut v).map(|()| v)
+            })
+        })
+        .collect();
+    raw.all_reduce(vec![raw.header(0, 0, 3), data(floats(&[1.0, 1.0, 1.0]))])
+        .unwrap();
+    for d in done {
+        assert_eq!(d.join().unwrap().unwrap(), vec![3.0; 3]);
+    }
 }

@@ -367,6 +367,7 @@ pub fn run_tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
         indicatif::ProgressStyle::with_template(
             "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
         )
+        // invariant: a constant template.
         .expect("valid template"),
     );
     let progress = |p: crate::ingest::Progress| {

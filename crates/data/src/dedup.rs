@@ -69,6 +69,7 @@ pub fn exact_key(text: &str) -> u128 {
         }
     }
     let d = h.finalize();
+    // invariant: a sha256 digest is 32 bytes.
     u128::from_le_bytes(d[..16].try_into().expect("16 bytes"))
 }
 

@@ -76,6 +76,7 @@ pub(crate) fn word_hashes(text: &str) -> Vec<u64> {
             }
             i += 1;
         } else {
+            // invariant: i is a char boundary below text.len().
             let c = text[i..].chars().next().expect("char boundary");
             if c.is_alphanumeric() {
                 for l in c.to_lowercase() {

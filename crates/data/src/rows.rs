@@ -104,6 +104,7 @@ impl RowLoader {
 
     /// The next batch's rows, in the order of `rows`.
     pub fn next_batch(&mut self) -> Result<Batch> {
+        // invariant: only Drop takes the receiver.
         let rx = self.rx.as_ref().expect("receiver lives until drop");
         let (batch, states) = rx
             .recv()

@@ -82,6 +82,7 @@ pub fn setup_tokenizer(cache_dir: &Path) -> Result<PathBuf> {
     if dest.is_file() && sha256_file(&dest)? == GEMMA_TOKENIZER_JSON_SHA256 {
         return Ok(dest);
     }
+    // invariant: gemma_tokenizer_path() is a file inside the cache directory.
     let dir = dest.parent().expect("path has a parent");
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let nanos = std::time::SystemTime::now()

@@ -122,6 +122,7 @@ impl Manifest {
     pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(MANIFEST_FILE);
         let tmp = dir.join("manifest.json.tmp");
+        // invariant: a manifest of numbers and strings always serializes.
         let text = serde_json::to_string_pretty(self).expect("manifest serializes");
         std::fs::write(&tmp, text + "\n").map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
@@ -218,6 +219,7 @@ impl ShardWriter {
             bytes.extend_from_slice(&(t | bit).to_le_bytes());
         }
         self.put(&bytes)?;
+        // invariant: offsets starts as [0] and only grows.
         let last = *self.offsets.last().expect("offsets start with 0");
         self.offsets.push(last + doc.len() as u64);
         Ok(())
@@ -225,6 +227,7 @@ impl ShardWriter {
 
     /// Tokens written so far.
     pub fn tokens(&self) -> u64 {
+        // invariant: offsets starts as [0] and only grows.
         *self.offsets.last().expect("offsets start with 0")
     }
 
@@ -289,6 +292,7 @@ impl std::fmt::Debug for Shard {
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
+    // invariant: a slice of exactly 8 bytes; callers stay inside the length checked by open().
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
@@ -313,6 +317,7 @@ impl Shard {
         if &map[..8] != SHARD_MAGIC {
             return Err(Error::shard(path, "not a meshtrain shard (bad magic)"));
         }
+        // invariant: open() checked the file holds the header.
         let version = u32::from_le_bytes(map[8..12].try_into().expect("4 bytes"));
         let width = u32::from_le_bytes(map[12..16].try_into().expect("4 bytes"));
         if !(1..=SHARD_VERSION).contains(&version) || width != 4 {
@@ -406,6 +411,7 @@ impl Shard {
         let (a, b) = (self.offset(i) as usize, self.offset(i + 1) as usize);
         self.map[HEADER + 4 * a..HEADER + 4 * b]
             .chunks_exact(4)
+            // invariant: chunks_exact(4).
             .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
     }
 

@@ -66,6 +66,17 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Runs `f`, turning a panic in it (in the `tokenizers` library, on a
+/// malformed tokenizer) into its message.
+fn unpanicked<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".into())
+    })
+}
+
 impl Tokenizer {
     /// Loads a tokenizer by name: `gemma` is the official Gemma tokenizer in `cache_dir`
     /// (fetched by [`crate::setup_tokenizer`] if it is not there yet); anything else is the
@@ -92,10 +103,15 @@ impl Tokenizer {
                     .into(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+        let bad = |message: String| Error::Tokenizer {
             name: name.clone(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        // The `tokenizers` library panics on some malformed files (found by
+        // fuzzing): its panics are this file's errors.
+        let inner = unpanicked(|| tokenizers::Tokenizer::from_file(path))
+            .map_err(|m| bad(format!("not a valid tokenizer.json: {m}")))?
+            .map_err(|e| bad(e.to_string()))?;
         Self::from_inner(inner, name)
     }
 
@@ -168,16 +184,17 @@ impl Tokenizer {
 
     /// Token ids of `text`, without `<bos>` or `<eos>`.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode_fast(text, false)
+        let enc = unpanicked(|| self.inner.encode_fast(text, false))
+            .map_err(|m| self.panicked(m))?
             .map_err(|e| self.err(e))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Token ids of `text` with each token's byte range in `text`.
     pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
-        let enc = self.inner.encode(text, false).map_err(|e| self.err(e))?;
+        let enc = unpanicked(|| self.inner.encode(text, false))
+            .map_err(|m| self.panicked(m))?
+            .map_err(|e| self.err(e))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
@@ -193,7 +210,16 @@ impl Tokenizer {
                 message: format!("id {bad} is out of range (vocabulary of {n})"),
             });
         }
-        self.inner.decode(ids, false).map_err(|e| self.err(e))
+        unpanicked(|| self.inner.decode(ids, false))
+            .map_err(|m| self.panicked(m))?
+            .map_err(|e| self.err(e))
+    }
+
+    fn panicked(&self, message: String) -> Error {
+        Error::Tokenizer {
+            name: self.name.clone(),
+            message: format!("the tokenizer failed: {message}"),
+        }
     }
 
     /// The wrapped `tokenizers` tokenizer.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use cluster::{Coordinator, CoordinatorOptions, Event, TlsServer};
 use train::TrainConfig;
 
+use crate::resume::JobState;
 use crate::{Error, Result, SOFTWARE_VERSION, seconds};
 
 /// How to run a job.
@@ -53,6 +54,36 @@ pub fn run(opts: Options) -> Result<Summary> {
             key_pem_path: key.clone(),
         });
     }
+    // A job under way in this run directory (its coordinator died) is
+    // resumed: past its generations, with its losses counted.
+    let run_dir = &cfg.train.run_dir;
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::Io {
+        action: "creating",
+        path: run_dir.clone(),
+        source: e,
+    })?;
+    let digest = co.config_digest();
+    let mut state = match JobState::resume(run_dir, &digest, opts.workers)? {
+        Some(mut st) => {
+            st.generation += 1;
+            st.starts += 1;
+            eprintln!(
+                "meshtrain coordinator: resuming the job under way in {} (coordinator start {}, \
+                 generation {}, last committed checkpoint {}); its workers reconnect and resume \
+                 from the last committed checkpoint",
+                run_dir.display(),
+                st.starts,
+                st.generation,
+                st.last_committed
+                    .map_or_else(|| "none".to_string(), |s| format!("step {s}")),
+            );
+            st
+        }
+        None => JobState::new(digest, opts.workers),
+    };
+    state.save(run_dir)?;
+    co.start_generation = state.generation;
+    co.last_committed = state.last_committed;
     let handle = Coordinator::start(co)?;
     eprintln!(
         "meshtrain coordinator: listening on {} for {} workers",
@@ -62,19 +93,13 @@ pub fn run(opts: Options) -> Result<Summary> {
     if let Some(f) = opts.on_listen {
         f(handle.addr());
     }
-    let run_dir = &cfg.train.run_dir;
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::Io {
-        action: "creating",
-        path: run_dir.clone(),
-        source: e,
-    })?;
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut metrics: Option<std::fs::File> = None;
     let mut events: Option<train::tensorboard::EventWriter> = None;
     let mut losses: Vec<(u64, f64)> = Vec::new();
     let bar = train::progress_bar(cfg.train.steps, opts.show_progress);
     let say = |msg: String| bar.suspend(|| eprintln!("meshtrain coordinator: {msg}"));
-    let mut restarts = 0;
+    let mut restarts = state.restarts;
     let mut stopped: Option<String> = None;
     loop {
         // A stopped job is over once every worker still running has been
@@ -102,6 +127,9 @@ pub fn run(opts: Options) -> Result<Summary> {
                 generation,
             } => {
                 restarts += 1;
+                state.restarts = restarts;
+                state.generation = state.generation.max(generation);
+                state.save(run_dir)?;
                 if stopped.is_some() {
                     say(format!("worker {process_id} ({host}) lost"));
                 } else if restarts > cfg.coordinator.max_restarts {
@@ -151,6 +179,8 @@ pub fn run(opts: Options) -> Result<Summary> {
                 bar.set_message(format!("loss {loss:.4}"));
             }
             Event::CheckpointCommitted { step } => {
+                state.last_committed = state.last_committed.max(Some(step));
+                state.save(run_dir)?;
                 say(format!("checkpoint {step}: every worker wrote its part"))
             }
             Event::CheckpointAborted { step, reason } => {
@@ -163,6 +193,8 @@ pub fn run(opts: Options) -> Result<Summary> {
     }
     bar.finish();
     handle.shutdown();
+    state.finished = true;
+    state.save(run_dir)?;
     match stopped {
         Some(reason) => Err(Error::Stopped(reason)),
         None => Ok(Summary { losses, restarts }),

@@ -16,6 +16,28 @@ pub enum Error {
     /// The coordinator stopped the job.
     #[error("the job was stopped: {0}")]
     Stopped(String),
+    /// The coordinator's saved job state cannot be resumed.
+    #[error("{path}: {message}")]
+    JobState {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A worker lost its coordinator and could not reach it again.
+    #[error(
+        "lost the coordinator at {addr}: {why}; not reachable again within {waited_s} s          (coordinator.reconnect_timeout_s): {last}"
+    )]
+    CoordinatorGone {
+        /// The coordinator's address.
+        addr: String,
+        /// How it was lost.
+        why: String,
+        /// How long the worker tried to reconnect.
+        waited_s: f64,
+        /// The last attempt's error.
+        last: String,
+    },
     /// Writing the job's files.
     #[error("{action} {path}: {source}")]
     Io {

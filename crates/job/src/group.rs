@@ -1,5 +1,6 @@
 //! The workers of a job as the training loop's process group.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cluster::{Command, WorkerClient};
@@ -10,6 +11,31 @@ pub(crate) struct ClusterGroup<'a> {
     pub client: &'a WorkerClient,
     /// How long a checkpoint agreement may wait for the slowest worker.
     pub timeout: Duration,
+    /// Set when a call found the coordinator gone.
+    pub lost: LostFlag,
+}
+
+/// Whether (and how) a call of this session found the coordinator gone:
+/// the worker then reconnects instead of stopping. Shared by the group and
+/// the pod's key-value store.
+#[derive(Clone, Default)]
+pub(crate) struct LostFlag(Arc<Mutex<Option<String>>>);
+
+impl LostFlag {
+    /// Records `e` if it says the coordinator is gone (or, restarted, no
+    /// longer knows this worker); returns `e`.
+    pub fn note(&self, e: cluster::Error) -> cluster::Error {
+        if let cluster::Error::CoordinatorLost { .. } | cluster::Error::NotMember { .. } = &e {
+            let mut lost = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            lost.get_or_insert_with(|| e.to_string());
+        }
+        e
+    }
+
+    /// How the coordinator was found gone, if it was.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// The client's heartbeat interval (cluster's default).
@@ -46,7 +72,9 @@ impl ProcessGroup for ClusterGroup<'_> {
     }
 
     fn all_reduce_sum(&self, step: u64, data: &mut [f32]) -> train::Result<()> {
-        self.client.all_reduce_sum(step, data).map_err(to_train)
+        self.client
+            .all_reduce_sum(step, data)
+            .map_err(|e| to_train(self.lost.note(e)))
     }
 
     fn agree_checkpoint(
@@ -58,7 +86,7 @@ impl ProcessGroup for ClusterGroup<'_> {
         let verdict = self
             .client
             .commit_checkpoint(step, written.is_ok(), &error, self.timeout)
-            .map_err(to_train)?;
+            .map_err(|e| to_train(self.lost.note(e)))?;
         if !verdict.commit {
             eprintln!(
                 "meshtrain worker: checkpoint {step} not committed: {}",
@@ -80,10 +108,16 @@ impl ProcessGroup for ClusterGroup<'_> {
     fn report(&self, step: u64, metrics: &serde_json::Value) -> train::Result<()> {
         self.client
             .report_metrics(step, &metrics.to_string())
-            .map_err(to_train)
+            .map_err(|e| to_train(self.lost.note(e)))
     }
 
     fn check(&self) -> train::Result<()> {
+        if let Some(why) = self.lost.get().or_else(|| self.client.coordinator_lost()) {
+            return Err(train::Error::Interrupted {
+                reason: format!("lost the coordinator: {why}"),
+                restart: true,
+            });
+        }
         match self.client.command() {
             Command::Continue => Ok(()),
             Command::Stop { reason } => Err(train::Error::Interrupted {

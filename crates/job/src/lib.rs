@@ -21,6 +21,7 @@ pub mod coordinator;
 mod error;
 mod group;
 pub mod pod;
+pub mod resume;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -32,6 +32,8 @@ const DT_SONAME: u64 = 14;
 const DT_RPATH: u64 = 15;
 const DT_RUNPATH: u64 = 29;
 
+// invariant (the three readers): callers read inside buffers whose length
+// they checked (`read_at` returned exactly that many bytes).
 fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes(b[at..at + 2].try_into().expect("2 bytes"))
 }
@@ -107,8 +109,9 @@ pub fn read_dynamic(path: &Path) -> Result<Dynamic> {
     };
     let str_off = loads
         .iter()
-        .find(|(vaddr, size, _)| strtab >= *vaddr && strtab < vaddr + size)
-        .map(|(vaddr, _, offset)| strtab - vaddr + offset)
+        // Checked arithmetic: a lying header must not overflow.
+        .find(|(vaddr, size, _)| strtab >= *vaddr && strtab - vaddr < *size)
+        .and_then(|(vaddr, _, offset)| (strtab - vaddr).checked_add(*offset))
         .ok_or_else(|| bad("DT_STRTAB outside every PT_LOAD segment"))?;
     if strsz > 64 << 20 {
         return Err(bad("string table larger than 64 MiB"));
@@ -179,6 +182,49 @@ mod tests {
         let short = dir.join("short.so");
         std::fs::write(&short, b"\x7fELF").unwrap();
         assert!(read_dynamic(&short).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An ELF header, one PT_LOAD and one PT_DYNAMIC program header, and a
+    /// dynamic section naming a string table at `strtab`.
+    fn lying_elf(load_vaddr: u64, load_size: u64, load_offset: u64, strtab: u64) -> Vec<u8> {
+        let mut f = vec![0u8; 64];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2;
+        f[5] = 1;
+        f[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        f[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
+        let ph = |kind: u32, offset: u64, vaddr: u64, size: u64| {
+            let mut h = vec![0u8; 56];
+            h[..4].copy_from_slice(&kind.to_le_bytes());
+            h[8..16].copy_from_slice(&offset.to_le_bytes());
+            h[16..24].copy_from_slice(&vaddr.to_le_bytes());
+            h[32..40].copy_from_slice(&size.to_le_bytes());
+            h
+        };
+        let dyn_at = 64 + 2 * 56;
+        f.extend(ph(PT_LOAD, load_offset, load_vaddr, load_size));
+        f.extend(ph(PT_DYNAMIC, dyn_at as u64, 0, 48));
+        for (tag, val) in [(DT_NEEDED, 0), (DT_STRTAB, strtab), (DT_STRSZ, 8)] {
+            f.extend(tag.to_le_bytes());
+            f.extend(val.to_le_bytes());
+        }
+        f
+    }
+
+    #[test]
+    fn lying_segment_addresses_are_errors_not_overflows() {
+        let dir = std::env::temp_dir().join(format!("meshtrain-elf-lie-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lying.so");
+        // A segment reaching past the address space: read, no overflow.
+        std::fs::write(&path, lying_elf(u64::MAX - 4, u64::MAX, 0, u64::MAX - 1)).unwrap();
+        let _ = read_dynamic(&path);
+        // A file offset that overflows: an error naming the file.
+        std::fs::write(&path, lying_elf(0, u64::MAX, u64::MAX, 16)).unwrap();
+        let e = read_dynamic(&path).unwrap_err().to_string();
+        assert!(e.contains("lying.so") && e.contains("DT_STRTAB"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -50,6 +50,14 @@ pub struct CoordinatorSection {
     pub max_restarts: u32,
     /// How long workers wait at a barrier (start, restart) for the others.
     pub barrier_timeout_s: f64,
+    /// How long a worker that lost its coordinator keeps trying to reach
+    /// it again (a coordinator restarted on the same address with the same
+    /// config and run directory resumes the job). `0`: never; the worker
+    /// stops at once.
+    pub reconnect_timeout_s: f64,
+    /// The longest wait between two reconnection attempts (the waits start
+    /// at 0.1 s and double up to this).
+    pub reconnect_backoff_max_s: f64,
     /// PEM certificate chain: serve TLS (with `tls_key`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -63,6 +71,8 @@ impl Default for CoordinatorSection {
             heartbeat_interval_s: 1.0,
             max_restarts: 3,
             barrier_timeout_s: 600.0,
+            reconnect_timeout_s: 120.0,
+            reconnect_backoff_max_s: 2.0,
             tls_cert: None,
             tls_key: None,
         }
@@ -469,6 +479,7 @@ impl TrainConfig {
 
     /// The resolved config as TOML (saved beside the metrics).
     pub fn to_toml(&self) -> String {
+        // invariant: every field is a TOML value.
         toml::to_string_pretty(self).expect("config serializes")
     }
 
@@ -540,10 +551,23 @@ impl TrainConfig {
             ("coordinator.heartbeat_timeout_s", c.heartbeat_timeout_s),
             ("coordinator.heartbeat_interval_s", c.heartbeat_interval_s),
             ("coordinator.barrier_timeout_s", c.barrier_timeout_s),
+            (
+                "coordinator.reconnect_backoff_max_s",
+                c.reconnect_backoff_max_s,
+            ),
         ] {
             if !(v > 0.0 && v.is_finite()) {
                 return bad(key, format!("{v}: expected a positive number of seconds"));
             }
+        }
+        if !(c.reconnect_timeout_s >= 0.0 && c.reconnect_timeout_s.is_finite()) {
+            return bad(
+                "coordinator.reconnect_timeout_s",
+                format!(
+                    "{}: expected a number of seconds, 0 or more",
+                    c.reconnect_timeout_s
+                ),
+            );
         }
         if c.heartbeat_interval_s >= c.heartbeat_timeout_s {
             return bad(
@@ -833,6 +857,7 @@ fn smoke_assets() -> Result<(PathBuf, PathBuf)> {
         }
         out.push(path);
     }
+    // invariant: the loop above pushed both assets.
     let tokenizer = out.pop().expect("two assets");
     Ok((out.pop().expect("two assets"), tokenizer))
 }

@@ -260,6 +260,7 @@ impl<'g> Stepper<'g> {
                 }
                 flat[offset] = scalars(&outs[0][params.len()..])?[0];
                 group.all_reduce_sum(s, &mut flat)?;
+                // invariant: flat holds the loss after the gradients.
                 let loss = flat.pop().expect("loss");
                 let mut summed: Vec<PerPartition<Buffer>> = Vec::with_capacity(params.len());
                 let mut offset = 0;

@@ -240,6 +240,7 @@ pub fn open_topology(topology: &str, slices: usize) -> Result<(&'static Chip, To
     let plugin = Plugin::load(path)?;
     let dims: Vec<i64> = shape
         .split('x')
+        // invariant: parse_topology() accepted only the listed shapes, all numeric.
         .map(|d| d.parse().expect("listed shapes are numeric"))
         .collect();
     let torus = dims.iter().take(2).all(|&d| d >= 16);

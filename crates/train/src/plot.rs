@@ -22,6 +22,7 @@ pub fn loss_svg(points: &[(u64, f32)], title: &str) -> String {
     }
     let (x0, x1) = (
         points[0].0 as f64,
+        // invariant: points is not empty (returned above).
         points.last().unwrap().0.max(points[0].0 + 1) as f64,
     );
     let finite: Vec<f64> = points

@@ -32,6 +32,7 @@ pub fn shard_ranges(
                 let k = names
                     .iter()
                     .position(|n| n.0 == a)
+                    // invariant: slot axes are the mesh axes the plan resolved from the rules.
                     .expect("rules name mesh axes");
                 index = index * names[k].1 + c[k];
                 count *= names[k].1;

@@ -86,6 +86,18 @@ pub(super) async fn heartbeat(
             Ok(Ok(r)) => {
                 last_ok = Instant::now();
                 match r.into_inner().command {
+                    Some(Cmd::Stop(s)) if s.not_member => {
+                        // A restarted coordinator, or one that declared this
+                        // worker lost: this membership is over, the job may
+                        // not be (the worker may register again).
+                        let message = format!("it no longer knows this worker: {}", s.reason);
+                        tracing::warn!(addr = %shared.addr, "{message}");
+                        shared.set_command(Command::Stop {
+                            reason: format!("the coordinator at {} {message}", shared.addr),
+                        });
+                        shared.lost.send_replace(Some(message));
+                        return;
+                    }
                     Some(Cmd::Stop(s)) => shared.set_stopped(&s.reason),
                     Some(Cmd::Restart(r)) => shared.set_command(Command::Restart {
                         generation: r.generation,

@@ -147,6 +147,12 @@ impl WorkerClient {
         self.shared.generation.load(Ordering::SeqCst)
     }
 
+    /// Why the coordinator was declared lost (no heartbeat answered for
+    /// the coordinator timeout), if it was.
+    pub fn coordinator_lost(&self) -> Option<String> {
+        self.shared.lost.borrow().clone()
+    }
+
     /// The latest command seen (poll between steps).
     pub fn command(&self) -> Command {
         self.shared.command().clone()

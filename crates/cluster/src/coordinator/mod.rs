@@ -13,7 +13,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::CheckToken;
-use crate::payload::MAX_MESSAGE_BYTES;
+use crate::limits::{self, MAX_MESSAGE_BYTES};
 use crate::proto::cluster_server::ClusterServer;
 use crate::{Error, Result, TlsServer, config_digest};
 use state::{Config, Shared};
@@ -38,6 +38,12 @@ pub struct CoordinatorOptions {
     pub heartbeat_timeout: Duration,
     /// Serve over TLS.
     pub tls: Option<TlsServer>,
+    /// The generation to start in: a coordinator restarted for a job
+    /// already under way starts past every generation its predecessor used.
+    pub start_generation: u64,
+    /// The last checkpoint step the workers agreed on before a restart
+    /// (handed to registering workers as their resume hint).
+    pub last_committed: Option<u64>,
 }
 
 impl CoordinatorOptions {
@@ -57,6 +63,8 @@ impl CoordinatorOptions {
             job_config: job_config.into(),
             heartbeat_timeout: Duration::from_secs(10),
             tls: None,
+            start_generation: 0,
+            last_committed: None,
         }
     }
 
@@ -123,6 +131,24 @@ pub enum Event {
 /// shutdown alone waits for every connection to close, without a limit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// The service of a coordinator for `world_size` workers that serves no
+/// network, for the fuzz targets.
+pub(crate) fn fuzz_service(world_size: u32, events: mpsc::Sender<Event>) -> Arc<service::Service> {
+    let shared = Arc::new(Shared::new(
+        Config {
+            world_size,
+            software_version: crate::fuzz::FUZZ_VERSION.into(),
+            config_digest: String::new(),
+            job_config: String::new(),
+            heartbeat_timeout: Duration::from_secs(1),
+        },
+        0,
+        None,
+        events,
+    ));
+    Arc::new(service::Service { shared })
+}
+
 /// Starts coordinators.
 pub struct Coordinator;
 
@@ -137,7 +163,12 @@ impl Coordinator {
             .tcp_nodelay(true)
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(32 << 20)
-            .max_frame_size(1 << 20);
+            .max_frame_size(1 << 20)
+            .max_concurrent_streams(Some(limits::MAX_STREAMS_PER_CONNECTION))
+            // A peer that stops answering pings (a dead host, a half-open
+            // connection) is dropped, and its calls with it.
+            .http2_keepalive_interval(Some(opts.heartbeat_timeout))
+            .http2_keepalive_timeout(Some(opts.heartbeat_timeout));
         if let Some(tls) = &opts.tls {
             server = server
                 .tls_config(tls.config(opts.heartbeat_timeout)?)
@@ -152,6 +183,8 @@ impl Coordinator {
                 job_config: opts.job_config.clone(),
                 heartbeat_timeout: opts.heartbeat_timeout,
             },
+            opts.start_generation,
+            opts.last_committed,
             events_tx,
         ));
         let svc = ClusterServer::new(service::Service {

@@ -58,7 +58,7 @@ async fn run(
         .await?
         .and_then(|c| c.header)
         .ok_or_else(|| Status::invalid_argument("all-reduce stream must start with a header"))?;
-    let timeout = Duration::from_millis(header.timeout_ms.min(86_400_000));
+    let timeout = Duration::from_millis(header.timeout_ms).min(crate::limits::MAX_WAIT);
     let deadline = Deadline::now() + timeout;
     let (pid, key) = {
         let mut st = shared.lock();
@@ -157,6 +157,13 @@ async fn contribute(
                 "process {pid} contributed to step {} again: that all-reduce is done",
                 key.1
             )));
+        }
+        if !st.reduces.contains_key(&key) {
+            crate::limits::check_count(
+                "all-reduces under way",
+                st.reduces.len(),
+                crate::limits::MAX_PENDING_REDUCES,
+            )?;
         }
         let r = st.reduces.entry(key).or_insert_with(|| ReduceState {
             len,

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::Event;
 use super::state::{BarrierState, Shared, Slot, Worker};
 use crate::error::stopped_status;
+use crate::limits::{self, check_count, check_len};
 use crate::proto::cluster_server::Cluster;
 use crate::proto::heartbeat_response::Command as Cmd;
 use crate::proto::*;
@@ -23,8 +24,8 @@ pub(crate) struct Service {
 }
 
 fn deadline(timeout_ms: u64) -> Deadline {
-    // Cap at a day so that `u64::MAX` does not overflow the clock.
-    Deadline::now() + Duration::from_millis(timeout_ms.min(86_400_000))
+    // Capped so that `u64::MAX` does not overflow the clock.
+    Deadline::now() + Duration::from_millis(timeout_ms).min(limits::MAX_WAIT)
 }
 
 #[tonic::async_trait]
@@ -55,6 +56,7 @@ impl Cluster for Service {
                 r.config_digest, cfg.config_digest
             )));
         }
+        check_len("the host name", r.host.len(), limits::MAX_HOST_BYTES)?;
         let mut st = self.shared.lock();
         if let Some(reason) = &st.stop {
             return Err(stopped_status(reason));
@@ -112,13 +114,17 @@ impl Cluster for Service {
         let command = match st.member(r.member.as_ref()) {
             Err(status) => Cmd::Stop(Stop {
                 reason: status.message().to_string(),
+                not_member: true,
             }),
             Ok(pid) => match st.stop.clone() {
                 Some(reason) => {
                     if let Slot::Live(w) = &mut st.slots[pid as usize] {
                         w.told_stop = true;
                     }
-                    Cmd::Stop(Stop { reason })
+                    Cmd::Stop(Stop {
+                        reason,
+                        not_member: false,
+                    })
                 }
                 None if r.generation < st.generation => Cmd::Restart(Restart {
                     generation: st.generation,
@@ -143,6 +149,10 @@ impl Cluster for Service {
             st.check_stopped()?;
             let pid = st.member(r.member.as_ref())?;
             st.check_generation(r.generation)?;
+            check_len("the barrier name", r.name.len(), limits::MAX_KEY_BYTES)?;
+            if !st.barriers.contains_key(&r.name) {
+                check_count("barrier names", st.barriers.len(), limits::MAX_BARRIERS)?;
+            }
             let b = st
                 .barriers
                 .entry(r.name.clone())
@@ -203,7 +213,28 @@ impl Cluster for Service {
 
     async fn kv_put(&self, req: Request<KvPutRequest>) -> Result<Response<KvPutResponse>, Status> {
         let r = req.into_inner();
+        check_len("the key", r.key.len(), limits::MAX_KEY_BYTES)?;
+        check_len(
+            &format!("the value of key {:?}", r.key),
+            r.value.len(),
+            limits::MAX_VALUE_BYTES,
+        )?;
         let mut st = self.shared.lock();
+        let old_len = st.kv.get(&r.key).map(|v| v.len());
+        if old_len.is_none() {
+            check_count("key-value keys", st.kv.len(), limits::MAX_KV_KEYS)?;
+        }
+        let held = st.kv_bytes - old_len.unwrap_or(0);
+        if held + r.value.len() > limits::MAX_KV_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "the value of key {:?} ({} bytes) would bring the key-value store to {} bytes, \
+                 more than the coordinator's limit of {}",
+                r.key,
+                r.value.len(),
+                held + r.value.len(),
+                limits::MAX_KV_BYTES
+            )));
+        }
         match st.kv.get(&r.key) {
             Some(old) if !r.allow_overwrite && *old != r.value => {
                 return Err(Status::already_exists(format!(
@@ -212,6 +243,7 @@ impl Cluster for Service {
                 )));
             }
             _ => {
+                st.kv_bytes = held + r.value.len();
                 st.kv.insert(r.key, r.value);
             }
         }
@@ -257,7 +289,11 @@ impl Cluster for Service {
         req: Request<KvDeleteRequest>,
     ) -> Result<Response<KvDeleteResponse>, Status> {
         let key = req.into_inner().key;
-        let existed = self.shared.lock().kv.remove(&key).is_some();
+        let mut st = self.shared.lock();
+        let removed = st.kv.remove(&key);
+        st.kv_bytes -= removed.as_ref().map_or(0, |v| v.len());
+        let existed = removed.is_some();
+        drop(st);
         Ok(Response::new(KvDeleteResponse { existed }))
     }
 
@@ -276,8 +312,16 @@ impl Cluster for Service {
         req: Request<ReportMetricsRequest>,
     ) -> Result<Response<ReportMetricsResponse>, Status> {
         let r = req.into_inner();
+        check_len("the metrics JSON", r.json.len(), limits::MAX_REPORT_BYTES)?;
         let mut st = self.shared.lock();
         let pid = st.member(r.member.as_ref())?;
+        if !st.metrics.contains_key(&r.step) {
+            check_count(
+                "steps waiting for metrics",
+                st.metrics.len(),
+                limits::MAX_PENDING_METRIC_STEPS,
+            )?;
+        }
         st.metrics.entry(r.step).or_default().insert(pid, r.json);
         self.shared.flush_metrics(&mut st);
         Ok(Response::new(ReportMetricsResponse {}))
@@ -300,6 +344,18 @@ impl Cluster for Service {
                     commit: false,
                     reason,
                 }));
+            }
+            check_len(
+                "the checkpoint error",
+                r.error.len(),
+                limits::MAX_REPORT_BYTES,
+            )?;
+            if !st.checkpoints.contains_key(&key) {
+                check_count(
+                    "checkpoint agreements under way",
+                    st.checkpoints.len(),
+                    limits::MAX_PENDING_CHECKPOINTS,
+                )?;
             }
             let c = st.checkpoints.entry(key).or_default();
             c.reports.insert(pid, (r.ok, r.error));

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use super::Event;
-use crate::error::{restart_status, stopped_status};
+use crate::error::{not_member_status, restart_status, stopped_status};
 use crate::payload::Payload;
 use crate::proto::Member;
 
@@ -73,6 +73,8 @@ pub(crate) struct State {
     pub ever_taken: BTreeSet<u32>,
     pub barriers: HashMap<String, BarrierState>,
     pub kv: HashMap<String, Bytes>,
+    /// The values of `kv` together.
+    pub kv_bytes: usize,
     pub reduces: HashMap<ReduceKey, ReduceState>,
     /// All-reduces every worker has taken the sum of: a contribution to one
     /// of them again is a replay. Only one generation's are kept (the
@@ -109,9 +111,16 @@ pub(crate) struct CheckpointState {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, events: mpsc::Sender<Event>) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        generation: u64,
+        last_committed: Option<u64>,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
         let state = State {
             slots: (0..config.world_size).map(|_| Slot::Free).collect(),
+            generation,
+            last_committed,
             ..State::default()
         };
         Self {
@@ -303,7 +312,7 @@ impl State {
                 w.last_seen = Instant::now();
                 Ok(m.process_id)
             }
-            _ => Err(Status::failed_precondition(format!(
+            _ => Err(not_member_status(format!(
                 "process {} (incarnation {}) is not a member of the job \
                  (declared lost, left, or never registered)",
                 m.process_id, m.incarnation

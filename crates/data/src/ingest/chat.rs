@@ -72,11 +72,13 @@ pub(super) fn tokenize_chat(
                         let path = out.join(shard_file_name(shards.len()));
                         writer = Some(ShardWriter::create_masked(&path)?);
                     }
+                    // invariant: set just above when it was None.
                     let w = writer.as_mut().expect("just created");
                     w.push_masked(&c.input_ids, &c.loss_mask)?;
                     summary.documents += 1;
                     summary.tokens += c.input_ids.len() as u64;
                     if w.tokens() >= opts.shard_tokens {
+                        // invariant: borrowed as Some just above.
                         shards.push(writer.take().expect("present").finish()?);
                     }
                 }

@@ -114,6 +114,7 @@ impl FilterReport {
     /// Writes the report as pretty JSON (to a temporary name, then renamed).
     pub fn write(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("json.tmp");
+        // invariant: a report of numbers and strings always serializes.
         let text = serde_json::to_string_pretty(self).expect("report serializes");
         std::fs::write(&tmp, text + "\n").map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -266,6 +267,7 @@ impl Filter {
                 let k = PiiKind::ALL
                     .iter()
                     .position(|&k| k == f.kind)
+                    // invariant: PiiKind::ALL lists every kind.
                     .expect("a kind");
                 kinds[k] += 1;
             }

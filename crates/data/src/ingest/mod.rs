@@ -492,11 +492,13 @@ impl Sink<'_> {
                         let path = self.out.join(shard_file_name(self.shards.len()));
                         self.writer = Some(ShardWriter::create(&path)?);
                     }
+                    // invariant: set just above when it was None.
                     let w = self.writer.as_mut().expect("just created");
                     w.push(&ids)?;
                     self.summary.documents += 1;
                     self.summary.tokens += ids.len() as u64;
                     if w.tokens() >= opts.shard_tokens {
+                        // invariant: borrowed as Some just above.
                         let w = self.writer.take().expect("present");
                         self.shards.push(w.finish()?);
                     }

@@ -178,6 +178,7 @@ impl Loader {
     /// The next batch of this host; waits only if the prefetch queue is empty. A source that
     /// starts a new epoch in it is reported on stderr.
     pub fn next_batch(&mut self) -> Result<Batch> {
+        // invariant: only Drop takes the receiver.
         let rx = self.rx.as_ref().expect("receiver lives until drop");
         let (batch, state) = rx
             .recv()
@@ -253,6 +254,7 @@ impl Sources {
         let mut overflowing = 0;
         let mut first: Option<Vocab> = None;
         for (i, src) in list.iter().enumerate() {
+            // invariant: source_list() resolves every format.
             let format = src.format.expect("resolved");
             let o = open_source(cfg, format, &src.path, &mut tok, cache_dir)?;
             if o.conversations {
@@ -283,6 +285,7 @@ impl Sources {
             wraps,
             overflowing,
             overflow: cfg.overflow,
+            // invariant: validate() (run by Loader::new) refuses a config without sources.
             vocab: first.expect("at least one source"),
             mixture,
         })
@@ -317,6 +320,7 @@ impl Sources {
             for v in [
                 n,
                 fnv64(name.as_bytes()),
+                // invariant: source_list() resolves every format.
                 src.format.expect("resolved") as u64,
             ] {
                 fp = splitmix(fp ^ v);

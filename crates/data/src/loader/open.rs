@@ -120,6 +120,7 @@ pub(super) fn open_source(
                         ),
                     ));
                 }
+                // invariant: starts begins as [0].
                 starts.push(starts.last().expect("non-empty") + shard.documents());
                 shards.push(shard);
             }
@@ -143,9 +144,11 @@ pub(super) fn open_source(
         }
         DataFormat::Text | DataFormat::Jsonl => {
             if tok.is_none() {
+                // invariant: validate() requires a tokenizer for text and JSONL sources.
                 let spec = cfg.tokenizer.as_deref().expect("validated");
                 *tok = Some(Tokenizer::load(spec, cache_dir)?);
             }
+            // invariant: loaded just above when it was None.
             let tok = tok.as_ref().expect("just loaded");
             let input = if format == DataFormat::Text {
                 InputFormat::Text
@@ -184,9 +187,11 @@ pub(super) fn open_source(
         }
         DataFormat::Chat => {
             if tok.is_none() {
+                // invariant: validate() requires a tokenizer for text and JSONL sources.
                 let spec = cfg.tokenizer.as_deref().expect("validated");
                 *tok = Some(Tokenizer::load(spec, cache_dir)?);
             }
+            // invariant: loaded just above when it was None.
             let tok = tok.as_ref().expect("just loaded");
             let inputs: Vec<String> = path.split(',').map(|s| s.trim().to_string()).collect();
             let files = expand_inputs(&inputs)?;

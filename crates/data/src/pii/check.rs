@@ -205,6 +205,7 @@ pub(super) fn card(text: &str, r: Range<usize>) -> bool {
         }
         let groups: Vec<usize> = s.split(seps[0] as char).map(str::len).collect();
         let fours = groups[..groups.len() - 1].iter().all(|&g| g == 4)
+            // invariant: split() yields at least one piece.
             && (1..=4).contains(groups.last().expect("one group at least"));
         if !(fours || groups == [4, 6, 5] || groups == [4, 6, 4]) {
             return false;

@@ -162,6 +162,7 @@ fn rules() -> &'static [Rule] {
     RULES.get_or_init(|| {
         let rule = |kind, pattern: &str, group, check| Rule {
             kind,
+            // invariant: the patterns are constants of this module, compiled in its tests.
             re: Regex::new(pattern).expect("PII patterns compile"),
             group,
             check,

@@ -154,6 +154,7 @@ pub(crate) fn write_safetensors(
         );
         offset = end;
     }
+    // invariant: numbers and strings always serialize.
     let mut head = serde_json::to_vec(&header).expect("JSON");
     // Pad the header so the data starts 8-byte aligned, as safetensors does.
     head.resize(head.len().div_ceil(8) * 8, b' ');

@@ -190,7 +190,12 @@ impl Checkpoint {
 
     /// File `rel` mapped, checked against its size and sha256 the first time.
     fn verified(&self, rel: &str) -> Result<Arc<Mmap>> {
-        if let Some(m) = self.files.lock().expect("not poisoned").get(rel) {
+        if let Some(m) = self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(rel)
+        {
             return Ok(m.clone());
         }
         let f = self
@@ -222,7 +227,7 @@ impl Checkpoint {
         let map = Arc::new(map);
         self.files
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(|p| p.into_inner())
             .insert(rel.to_owned(), map.clone());
         Ok(map)
     }

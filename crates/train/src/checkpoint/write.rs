@@ -160,6 +160,7 @@ pub fn write_part(partial: &Path, process: usize, snap: &Snapshot) -> Result<()>
     write_durable(
         partial,
         &part_name(process),
+        // invariant: numbers and strings always serialize.
         &serde_json::to_vec_pretty(&part).expect("JSON"),
     )?;
     Ok(())
@@ -261,6 +262,7 @@ pub fn commit(root: &Path, snap: &Snapshot, processes: usize, keep: usize) -> Re
         files,
         tensors: tensors.into_values().collect(),
     };
+    // invariant: numbers and strings always serialize.
     let bytes = serde_json::to_vec_pretty(&manifest).expect("JSON");
     write_durable(&partial, MANIFEST, &bytes)?;
     sync_dir(&partial)?;

@@ -73,6 +73,7 @@ pub fn progress_bar(steps: u64, show: bool) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(steps);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
+            // invariant: a constant template.
             .expect("valid template"),
     );
     bar

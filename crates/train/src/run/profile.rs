@@ -71,6 +71,7 @@ impl StepProfile {
             say(format!(
                 "profiling steps {s}..={}: host spans only, the {} plugin ({}) has no PJRT profiler \
                  extension (its extension chain holds types {:?}; the profiler is type {})",
+                // invariant: start() runs only inside a configured window.
                 self.window.expect("checked").1,
                 client.platform_name(),
                 plugin.path().display(),
@@ -130,6 +131,7 @@ impl StepProfile {
         let mut names: Vec<&str> = self.spans.iter().map(|s| s.name).collect();
         names.sort_unstable();
         names.dedup();
+        // invariant: names lists every span name.
         let id = |n: &str| names.iter().position(|m| *m == n).expect("listed") as u64 + 1;
         let mut line = Vec::new();
         varint_field(&mut line, 1, 1); // id

@@ -111,6 +111,7 @@ impl<'g> Job<'g> {
         }
         if lead {
             write_file(&run_dir.join("sharding.txt"), report.render().as_bytes())?;
+            // invariant: a JSON value always serializes.
             let json = serde_json::to_string_pretty(&report.to_json()).expect("JSON");
             write_file(&run_dir.join("sharding.json"), json.as_bytes())?;
         }
@@ -188,6 +189,7 @@ fn open_feed(
         && rows.len() != cfg.data.batch_size
     {
         return Err(Error::Checkpoint {
+            // invariant: saved is Some only when resume is.
             path: resume.expect("saved").dir.clone(),
             message: format!(
                 "holds the data position of {} batch rows, this run's data.batch_size is {}",

@@ -190,6 +190,7 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
             match &mut group_saver {
                 None => writer.start(parts)?,
                 Some(saver) => {
+                    // invariant: a process group runs one host per process.
                     let part = parts.into_iter().next().expect("one host per process");
                     saver.start(s, part)?
                 }

@@ -61,11 +61,13 @@ pub(crate) fn read_records(bytes: &[u8]) -> Result<Records<'_>, String> {
             return Ok((out, Some(at)));
         };
         let (len, len_crc) = head.split_at(8);
+        // invariant: split_at(8) of a 12-byte head leaves 4.
         if masked_crc(len) != u32::from_le_bytes(len_crc.try_into().expect("4 bytes")) {
             return Err(format!(
                 "record at byte {at}: the CRC of its length does not match"
             ));
         }
+        // invariant: split_at(8) gives 8.
         let n = u64::from_le_bytes(len.try_into().expect("8 bytes")) as usize;
         let Some(data) = bytes.get(at + 12..at + 12 + n) else {
             return Ok((out, Some(at)));
@@ -73,6 +75,7 @@ pub(crate) fn read_records(bytes: &[u8]) -> Result<Records<'_>, String> {
         let Some(crc) = bytes.get(at + 12 + n..at + 16 + n) else {
             return Ok((out, Some(at)));
         };
+        // invariant: get(at + 12 + n..at + 16 + n) is 4 bytes.
         if masked_crc(data) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
             return Err(format!(
                 "record at byte {at}: the CRC of its data does not match"
