@@ -41,6 +41,7 @@ impl Element for f64 {
     const DTYPE: DType = DType::DtypeF64;
     const SIZE: usize = 8;
     fn read(b: &[u8]) -> Self {
+        // invariant: `read` is called on `chunks_exact(SIZE)` slices.
         f64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
     }
     fn write(self, out: &mut Vec<u8>) {

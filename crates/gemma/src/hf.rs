@@ -173,6 +173,7 @@ pub fn save(
     } else {
         "bfloat16"
     };
+    // invariant: a serde_json::Value always serializes.
     let config_text = serde_json::to_string_pretty(&config.to_hf_json(torch_dtype)).expect("JSON");
     write_atomic(&out.join("model.safetensors"), &data)?;
     write_atomic(&out.join("config.json"), config_text.as_bytes())

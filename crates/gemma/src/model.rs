@@ -142,6 +142,7 @@ impl<'a> Gemma<'a> {
         let p = &self.params[1 + i * self.per_layer()..];
         let post = self.cfg.post_norms;
         let mut it = p.iter().copied();
+        // invariant: `Gemma::new` checked the parameter count against the config.
         let mut next = || it.next().expect("parameter count checked in new");
         let (input_norm, q, k, v, o) = (next(), next(), next(), next(), next());
         let post_attn_out_norm = post.then(&mut next);

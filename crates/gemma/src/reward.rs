@@ -56,6 +56,7 @@ impl Gemma<'_> {
 
     /// The score head on the states `h [B, T, d]` where `pick [B, T]` (one-hot per row) is 1.
     fn score_at(&self, b: &mut Builder, h: Value, pick: Value) -> Result<Value> {
+        // invariant: `Gemma::new` checked that a score-head config has its head.
         let w = *self.params.last().expect("score head checked");
         Ok(b.scope("score", |b| -> hlo::Result<Value> {
             let [bs, tl, d] = [b.dims(h)[0], b.dims(h)[1], b.dims(h)[2]];

@@ -87,6 +87,7 @@ impl Builder {
                     self,
                     &op,
                     self.value(i),
+                    // invariant: the loop continues above when `ct[i]` is None.
                     ct[i].expect("checked above"),
                     &remap,
                 ),
@@ -189,6 +190,7 @@ impl Builder {
             .filter(|&i| ct[i].is_some())
             .collect();
         let mut through: Vec<Value> = inputs.clone();
+        // invariant: `cts` keeps only indices whose cotangent is Some.
         through.extend(cts.iter().map(|&i| ct[i].expect("filtered")));
         let outs = self.optimization_barrier(&through)?;
         for (v, o) in inputs.iter().zip(&outs) {

@@ -155,6 +155,7 @@ impl Builder {
     ) -> Result<Value> {
         sharding.check(self.mesh.as_ref(), &ty, name)?;
         let v = self.parameter(name, ty);
+        // invariant: `parameter` just pushed one.
         self.params.last_mut().expect("just pushed").sharding = Some(sharding);
         Ok(v)
     }
@@ -177,6 +178,7 @@ impl Builder {
 
     /// Enters a name scope (see [`Builder::scope`]).
     pub fn push_scope(&mut self, name: &str) {
+        // invariant: the root scope is never popped (`pop_scope` keeps it).
         let parent = &self.scopes[*self.scope_stack.last().expect("root scope") as usize];
         let full = if parent.is_empty() {
             name.to_string()
@@ -214,6 +216,7 @@ impl Builder {
 
     /// The innermost scope's id.
     pub(crate) fn current_scope_id(&self) -> u32 {
+        // invariant: the root scope is never popped.
         *self.scope_stack.last().expect("root scope")
     }
 
@@ -245,6 +248,7 @@ impl Builder {
     /// Adds a node without interning.
     pub(crate) fn push_raw(&mut self, op: Op, ty: TensorType) -> Value {
         let v = self.value(self.nodes.len());
+        // invariant: the root scope is never popped.
         let scope = *self.scope_stack.last().expect("root scope");
         self.nodes.push(Node {
             op,
@@ -305,6 +309,7 @@ impl Builder {
 
     /// Replaces the innermost scope by `id` and returns the one it replaced.
     pub(crate) fn set_scope_id(&mut self, id: u32) -> u32 {
+        // invariant: the root scope is never popped.
         std::mem::replace(self.scope_stack.last_mut().expect("root scope"), id)
     }
 

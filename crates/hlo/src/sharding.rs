@@ -121,6 +121,7 @@ impl Sharding {
             mesh.axes
                 .iter()
                 .position(|(n, _)| n == name)
+                // invariant (documented above): callers pass shardings checked against `mesh`.
                 .expect("axis checked")
         };
         dims.iter()

@@ -160,6 +160,7 @@ pub fn run(opts: Options) -> Result<Summary> {
                         events = Some(open_events(cfg, step)?);
                     }
                 }
+                // invariant: opened just above when it was None.
                 let file = metrics.as_mut().expect("opened above");
                 writeln!(file, "{line}")
                     .and_then(|()| file.flush())

@@ -103,6 +103,7 @@ macro_rules! native {
                 bytes
                     .chunks_exact($n)
                     .map(|c| {
+                        // invariant: `chunks_exact($n)` yields slices of exactly $n bytes.
                         let $b: [u8; $n] = c.try_into().expect("chunk size");
                         $from
                     })

@@ -244,6 +244,7 @@ impl PluginSide {
         a.value_size = value.len();
         a.callback_error = &mut ctor;
         a.user_arg = self.create.kv_put_user_arg;
+        // invariant: `install` set every callback in `PluginSide::new`.
         let f = self.create.kv_put_callback.expect("installed");
         // SAFETY: the arguments are valid for the call.
         if unsafe { f(&mut a) }.is_null() {
@@ -263,6 +264,7 @@ impl PluginSide {
         a.timeout_in_ms = timeout_ms;
         a.callback_error = &mut ctor;
         a.user_arg = self.create.kv_get_user_arg;
+        // invariant: `install` set every callback in `PluginSide::new`.
         let f = self.create.kv_get_callback.expect("installed");
         // SAFETY: the arguments are valid for the call.
         if !unsafe { f(&mut a) }.is_null() {
@@ -272,6 +274,7 @@ impl PluginSide {
         // freed by its deleter as the plugin would.
         unsafe {
             let v = std::slice::from_raw_parts(a.value.cast::<u8>(), a.value_size).to_vec();
+            // invariant: the callback sets a deleter whenever it returns a value.
             a.value_deleter_callback.expect("a deleter with a value")(a.value);
             Ok(v)
         }
@@ -286,6 +289,7 @@ impl PluginSide {
         a.key_size = key.len();
         a.callback_error = &mut ctor;
         a.user_arg = self.create.kv_try_get_user_arg;
+        // invariant: `install` set every callback in `PluginSide::new`.
         let f = self.create.kv_try_get_callback.expect("installed");
         // SAFETY: the arguments are valid for the call.
         if !unsafe { f(&mut a) }.is_null() {
@@ -294,6 +298,7 @@ impl PluginSide {
         // SAFETY: as in `get`.
         unsafe {
             let v = std::slice::from_raw_parts(a.value.cast::<u8>(), a.value_size).to_vec();
+            // invariant: the callback sets a deleter whenever it returns a value.
             a.value_deleter_callback.expect("a deleter with a value")(a.value);
             Ok(v)
         }

@@ -150,6 +150,7 @@ impl Profiler {
     }
 
     fn api(&self) -> &ProfilerApi {
+        // invariant: `Profiler::start` refused a plugin without the profiler extension.
         self.plugin.profiler_api().expect("checked at start")
     }
 

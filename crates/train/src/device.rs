@@ -138,6 +138,7 @@ impl Placement {
                 devices
                     .iter()
                     .position(|x| x.info.id == d.info.id)
+                    // invariant: the placement lists only the client's devices.
                     .expect("one of the devices")
                     / per
             };
@@ -268,6 +269,7 @@ pub(crate) fn put_rows<T: pjrt::NativeType>(
             for i in r[1].clone() {
                 let local = rows
                     .binary_search(&(a * micro + i))
+                    // invariant: a host's row list covers every row its partitions hold (JobLayout).
                     .expect("a host loads every row its partitions hold");
                 piece.extend_from_slice(&data[local * t..(local + 1) * t][r[2].clone()]);
             }
@@ -326,6 +328,7 @@ pub(crate) fn compile(
             order
                 .iter()
                 .position(|o| *o == *id as i64)
+                // invariant: the executable was compiled for this device assignment.
                 .expect("executable devices are the assigned ones")
         })
         .collect();

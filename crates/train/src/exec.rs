@@ -349,12 +349,14 @@ fn execute(
         .map(|&p| {
             let local = state[p]
                 .as_ref()
+                // invariant: the executable's partitions are this process's (Placement).
                 .expect("the executable runs local partitions");
             local[..take]
                 .iter()
                 .chain(inputs.iter().flat_map(|group| {
                     group
                         .iter()
+                        // invariant: inputs are put on every local partition.
                         .map(move |x| x[p].as_ref().expect("inputs of local partitions"))
                 }))
                 .collect()

@@ -51,6 +51,7 @@ impl JobLayout {
                 let d = devices
                     .iter()
                     .find(|d| d.info.id as i64 == *id)
+                    // invariant: the order was built from these devices' ids.
                     .expect("the order lists the given devices");
                 host_of(d)
             })

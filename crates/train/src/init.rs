@@ -44,6 +44,7 @@ pub fn init_params(cfg: &GemmaConfig, init: &str, seed: u64) -> Result<Vec<Vec<f
         let mut params: Vec<Vec<f32>> = ck.params.into_iter().map(|t| t.data).collect();
         if head_from_seed {
             let random = random_params(cfg, seed);
+            // invariant: a score-head config's random parameters end with the head.
             params.push(random.last().expect("score head").clone());
         }
         return Ok(params);

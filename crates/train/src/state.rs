@@ -40,6 +40,7 @@ pub(crate) fn initial(
             };
             for (p, buf) in put(client, plan, at, slot, data)?.into_iter().enumerate() {
                 if let Some(buf) = buf {
+                    // invariant: state is built for local partitions only.
                     state[p].as_mut().expect("local").push(buf);
                 }
             }
@@ -98,6 +99,7 @@ pub(crate) fn restore(
             &own
         };
         for (p, device) in at.parts_of(host) {
+            // invariant: state is built for local partitions only.
             let s = state[p].as_mut().expect("local");
             for group in GROUPS {
                 for slot in params {
@@ -140,6 +142,7 @@ fn push_counter(
     for (p, device) in at.local_parts() {
         state[p]
             .as_mut()
+            // invariant: state is built for local partitions only.
             .expect("local")
             .push(client.buffer_from_host(&[counter], &[], device)?);
     }
@@ -160,6 +163,7 @@ pub(crate) fn snapshot(
 ) -> Result<Snapshot> {
     let p_count = params.len();
     let parts: Vec<(usize, usize)> = at.parts_of(host).collect();
+    // invariant: state is built for local partitions only.
     let first = state[parts[0].0].as_ref().expect("local");
     let counter = first[GROUPS.len() * p_count].to_host::<i32>()?[0];
     let mut tensors = Vec::with_capacity(GROUPS.len() * p_count);
@@ -175,6 +179,7 @@ pub(crate) fn snapshot(
                     device: p,
                     start: r.iter().map(|x| x.start).collect(),
                     shape: r.iter().map(|x| x.len()).collect(),
+                    // invariant: state is built for local partitions only.
                     data: state[p].as_ref().expect("local")[group * p_count + i]
                         .to_host::<f32>()?,
                 });
@@ -210,6 +215,7 @@ pub(crate) fn gather_params(
         .iter()
         .map(|s| {
             s.as_ref()
+                // invariant: gathered only when every partition is local (checked by the caller).
                 .expect("gathered only when every partition is local")
         })
         .collect();

@@ -369,6 +369,7 @@ impl WorkerClient {
             return Err(Error::Stopped { reason });
         }
         let mut lost = self.shared.lost.subscribe();
+        // invariant: the runtime is taken only in Drop.
         let rt = self.rt.as_ref().expect("runtime lives until drop");
         let result = rt.block_on(async {
             tokio::select! {

@@ -195,6 +195,7 @@ async fn contribute(
         (r.arrived == n).then(|| {
             r.contribs
                 .iter_mut()
+                // invariant: every contribution is Some once `arrived == n` (each arrival fills one slot once).
                 .map(|c| c.take().expect("all arrived"))
                 .collect()
         })

@@ -104,6 +104,7 @@ impl Builder {
             if let Op::Scan(body, ins) = &self.nodes[i].op {
                 let args: Vec<&Tensor> = ins
                     .iter()
+                    // invariant: nodes are evaluated in order and operands precede their users.
                     .map(|x| vals[x.index()].as_ref().expect("evaluated"))
                     .collect();
                 multi.insert(i, eval_scan(&body.0, &args)?);
@@ -120,6 +121,7 @@ impl Builder {
         }
         Ok(outputs
             .iter()
+            // invariant: every node was evaluated by the loop above.
             .map(|o| vals[o.index()].clone().expect("evaluated"))
             .collect())
     }
@@ -129,6 +131,7 @@ impl Builder {
         let dims = node.ty.dims.clone();
         let dt = node.ty.dtype;
         let numel = node.ty.numel() as usize;
+        // invariant: operands precede their users in node order.
         let v = |x: &Value| vals[x.index()].as_ref().expect("operand evaluated");
         let mut idx = vec![0i64; dims.len()];
         let mut out = vec![0f64; numel];

@@ -223,6 +223,7 @@ pub fn resolve(plugin: &Path, cuda_major: u32) -> Result<Resolution> {
     })?;
     let tree_dirs = library_dirs(&root);
     let plugin_dyn = elf::read_dynamic(plugin)?;
+    // invariant: a plugin path is a file inside a directory.
     let origin = plugin.parent().expect("a file has a parent");
     let plugin_dirs = plugin_dyn.search_dirs(origin);
     let mut needs: BTreeMap<String, (Found, BTreeSet<String>)> = BTreeMap::new();
@@ -248,6 +249,7 @@ pub fn resolve(plugin: &Path, cuda_major: u32) -> Result<Resolution> {
         if let Found::Runpath(p) | Found::Preloaded(p) = &found {
             for (lib, prefix) in COMPANIONS {
                 if *lib == name {
+                    // invariant: a found library path is a file inside a directory.
                     let dir = p.parent().expect("a file has a parent").to_path_buf();
                     for c in companions(&dir, prefix)? {
                         queue.push((c, format!("{name} (dlopen)"), vec![dir.clone()]));
@@ -255,6 +257,7 @@ pub fn resolve(plugin: &Path, cuda_major: u32) -> Result<Resolution> {
                 }
             }
             let d = elf::read_dynamic(p)?;
+            // invariant: a found library path is a file inside a directory.
             let own = d.search_dirs(p.parent().expect("a file has a parent"));
             for n in &d.needed {
                 queue.push((n.clone(), name.clone(), own.clone()));

@@ -138,6 +138,7 @@ impl Backend {
         PACKAGES
             .iter()
             .find(|p| p.backend == self)
+            // invariant: PACKAGES lists every Backend variant (Cpu, Cuda12, Cuda13, Tpu).
             .expect("every backend is pinned")
     }
 }
@@ -188,6 +189,7 @@ fn package_path(p: &PluginPackage) -> PathBuf {
     }
     let file = Path::new(p.member)
         .file_name()
+        // invariant: members are constant file paths.
         .expect("member has a file name");
     install_dir(p).join(file)
 }
@@ -335,6 +337,7 @@ fn download(pkg: &PluginPackage, tmp: &Path) -> Result<PathBuf> {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} downloading {msg} ({elapsed})")
+            // invariant: a constant template.
             .expect("valid template"),
     );
     bar.set_message(format!("the {spec} wheel"));
@@ -413,6 +416,7 @@ fn unpack(pkg: &PluginPackage, wheel: &Path, dest: &Path) -> Result<()> {
         indicatif::ProgressStyle::with_template(
             "unpacking plugin {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec}",
         )
+        // invariant: a constant template.
         .expect("valid template"),
     );
     let partial = dest.with_extension("partial");

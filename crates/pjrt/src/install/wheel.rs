@@ -253,6 +253,7 @@ pub(crate) fn unpack_all(w: &Wheel, file: &Path, dir: &Path) -> std::result::Res
         indicatif::ProgressStyle::with_template(
             "unpacking {msg} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec}",
         )
+        // invariant: a constant template.
         .expect("valid template"),
     );
     bar.set_message(format!("{} {}", w.package, w.version));
@@ -272,6 +273,7 @@ pub(crate) fn unpack_all(w: &Wheel, file: &Path, dir: &Path) -> std::result::Res
             .remove(&name)
             .ok_or_else(|| format!("{}: {name} is not listed in RECORD", w.file))?;
         let dest = dir.join(&rel);
+        // invariant: `enclosed_name` is relative and non-empty, joined to the install directory.
         let parent = dest.parent().expect("a file has a parent");
         fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
         let partial = PathBuf::from(format!("{}.partial-{}", dest.display(), std::process::id()));

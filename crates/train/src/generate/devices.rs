@@ -119,6 +119,7 @@ impl Devices {
                 self.order
                     .iter()
                     .position(|o| *o == *id as i64)
+                    // invariant: the executable was compiled for this device assignment.
                     .expect("executable devices are the assigned ones")
             })
             .collect();
@@ -130,6 +131,7 @@ impl Devices {
         let shards = put(&self.client, &self.plan, &self.at, slot, data)?;
         Ok(shards
             .into_iter()
+            // invariant: a generator's process holds every partition.
             .map(|b| b.expect("every partition is local"))
             .collect())
     }
@@ -140,6 +142,7 @@ impl Devices {
             .device_of
             .iter()
             .map(|d| {
+                // invariant: a generator's process holds every partition.
                 let d = d.expect("every partition is local");
                 Ok(self.client.buffer_from_host(&[value], &[], d)?)
             })

@@ -421,6 +421,7 @@ impl Generator {
         let mut caches: Vec<Vec<Buffer>> = Vec::new();
         for mut o in outs {
             let rest = o.split_off(1);
+            // invariant: the prefill program's first output is the token.
             token.push(o.pop().expect("token"));
             caches.push(rest);
         }
@@ -459,7 +460,9 @@ impl Generator {
             caches = Vec::new();
             for mut o in outs {
                 let rest = o.split_off(2);
+                // invariant: the decode program's first two outputs are the token and the slot.
                 slot.push(o.pop().expect("slot"));
+                // invariant: the decode program's first two outputs are the token and the slot.
                 token.push(o.pop().expect("token"));
                 caches.push(rest);
             }
@@ -539,6 +542,7 @@ fn run(
     }
     Ok(by_p
         .into_iter()
+        // invariant: every partition is local and ran.
         .map(|o| o.expect("every partition ran"))
         .collect())
 }

@@ -354,7 +354,9 @@ fn loss_and_grads(
         });
     }
     Ok((
+        // invariant: `build_step` refuses accumulation 0.
         loss.expect("at least one micro-batch"),
+        // invariant: `build_step` refuses accumulation 0.
         grads.expect("at least one micro-batch"),
     ))
 }

@@ -52,6 +52,7 @@ pub(super) fn loss_and_grads(
                     Ok(b.sub(c, r)?)
                 }
                 Objective::Dpo => {
+                    // invariant: a DPO step declares the `ref.*` parameters before building the loss.
                     let frozen = frozen.as_ref().expect("DPO declares the reference");
                     let logits = model.forward(b, &tokens, plan)?;
                     let (c, r) = pair_log_probs(b, logits, targets, mask, tokens.segment_ids)?;
@@ -88,6 +89,7 @@ pub(super) fn loss_and_grads(
             ),
         });
     }
+    // invariant: `build_step` refuses accumulation 0.
     Ok(acc.expect("at least one micro-batch"))
 }
 
