@@ -25,6 +25,6 @@ pub use config::GemmaConfig;
 pub use error::{Error, Result};
 pub use model::{
     Attend, ComputeOptions, Constrain, Gemma, MaskedAttention, Matmuls, Tokens, Unconstrained,
-    token_loss,
+    token_log_probs, token_loss,
 };
 pub use params::{Axis, ParamSpec, declare_parameters, param_specs};

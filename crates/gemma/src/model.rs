@@ -397,14 +397,21 @@ pub fn token_loss(
     mask: Value,
 ) -> Result<(Value, Value)> {
     Ok(b.scope("loss", |b| -> hlo::Result<(Value, Value)> {
-        let lf = b.convert(logits, DType::F32)?;
-        let v = b.dims(lf)[2];
-        let lse = b.logsumexp(lf, 2)?; // [B, T]
-        let hot = b.one_hot(targets, v, DType::F32)?;
-        let picked = b.mul(lf, hot)?;
-        let picked = b.sum(picked, &[2])?;
-        let nll = b.sub(lse, picked)?;
+        let lp = token_log_probs(b, logits, targets)?;
+        let nll = b.neg(lp)?;
         let nll = b.mul(nll, mask)?;
         Ok((b.sum(nll, &[0, 1])?, b.sum(mask, &[0, 1])?))
     })?)
+}
+
+/// Each target's log-probability, `log softmax(logits)[target]`, in f32:
+/// `logits [B, T, V]` and `targets [B, T]` i32 give `[B, T]`.
+pub fn token_log_probs(b: &mut Builder, logits: Value, targets: Value) -> hlo::Result<Value> {
+    let lf = b.convert(logits, DType::F32)?;
+    let v = b.dims(lf)[2];
+    let lse = b.logsumexp(lf, 2)?; // [B, T]
+    let hot = b.one_hot(targets, v, DType::F32)?;
+    let picked = b.mul(lf, hot)?;
+    let picked = b.sum(picked, &[2])?;
+    b.sub(picked, lse)
 }

@@ -140,13 +140,7 @@ impl Generator {
             };
             let logits = model.forward(&mut bld, &tokens, &self.dev.plan)?;
             let sums = bld.scope("logprobs", |bld| -> hlo::Result<Value> {
-                let lf = bld.convert(logits, DType::F32)?;
-                let v = bld.dims(lf)[2];
-                let lse = bld.logsumexp(lf, 2)?; // [B, T]
-                let hot = bld.one_hot(ins[3], v, DType::F32)?;
-                let picked = bld.mul(lf, hot)?;
-                let picked = bld.sum(picked, &[2])?;
-                let lp = bld.sub(picked, lse)?;
+                let lp = gemma::token_log_probs(bld, logits, ins[3])?;
                 let lp = bld.mul(lp, ins[4])?;
                 bld.sum(lp, &[1]) // [B]
             })?;

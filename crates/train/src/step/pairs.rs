@@ -125,13 +125,7 @@ fn pair_log_probs(
     segment_ids: Value,
 ) -> hlo::Result<(Value, Value)> {
     b.scope("log_probs", |b| {
-        let lf = b.convert(logits, DType::F32)?;
-        let v = b.dims(lf)[2];
-        let lse = b.logsumexp(lf, 2)?; // [B, T]
-        let hot = b.one_hot(targets, v, DType::F32)?;
-        let picked = b.mul(lf, hot)?;
-        let picked = b.sum(picked, &[2])?;
-        let lp = b.sub(picked, lse)?;
+        let lp = gemma::token_log_probs(b, logits, targets)?;
         let lp = b.mul(lp, mask)?;
         let seg = b.convert(segment_ids, DType::F32)?;
         let mut per = Vec::new();
