@@ -197,13 +197,7 @@ fn five_bradley_terry_steps_equal_the_host_adamw_reference() {
     }
     let after = gemma::hf::load(&cfg.train.run_dir.join("final")).unwrap();
     assert!(after.config.score_head, "final/ is a reward model");
-    let worst = after
-        .params
-        .iter()
-        .flat_map(|t| &t.data)
-        .zip(p.iter().flatten())
-        .map(|(a, b)| (*a as f64 - b).abs())
-        .fold(0f64, f64::max);
+    let worst = common::max_param_diff(after.params.iter().flat_map(|t| &t.data), &p);
     assert!(worst < 5e-5, "largest parameter difference {worst:e}");
 }
 

@@ -198,12 +198,7 @@ fn five_masked_adamw_steps_equal_the_host_reference() {
         );
         assert!(norm > 0.05, "the test must exercise clipping (norm {norm})");
     }
-    let worst = after
-        .iter()
-        .flatten()
-        .zip(p.iter().flatten())
-        .map(|(a, b)| (*a as f64 - b).abs())
-        .fold(0f64, f64::max);
+    let worst = common::max_param_diff(after.iter().flatten(), &p);
     assert!(worst < 5e-5, "largest parameter difference {worst:e}");
 }
 

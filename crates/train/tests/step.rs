@@ -141,12 +141,7 @@ fn two_steps_equal_host_adamw_on_reference_gradients() {
         );
         assert!(norm > 0.05, "the test must exercise clipping (norm {norm})");
     }
-    let worst = after
-        .iter()
-        .flatten()
-        .zip(p.iter().flatten())
-        .map(|(a, b)| (*a as f64 - b).abs())
-        .fold(0f64, f64::max);
+    let worst = common::max_param_diff(after.iter().flatten(), &p);
     // Each Adam step moves a weight by up to about lr = 1e-2; decay by lr * 0.5 * |p|.
     assert!(worst < 2e-5, "largest parameter difference {worst:e}");
 }

@@ -115,3 +115,13 @@ pub fn host_adamw_step(
     }
     norm
 }
+
+/// The largest absolute difference between trained parameters (f32, in
+/// order) and the host reference's (f64).
+pub fn max_param_diff<'a>(trained: impl IntoIterator<Item = &'a f32>, host: &[Vec<f64>]) -> f64 {
+    trained
+        .into_iter()
+        .zip(host.iter().flatten())
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0f64, f64::max)
+}
