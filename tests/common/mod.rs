@@ -133,6 +133,40 @@ impl Proc {
     }
 }
 
+/// Waits for every process to exit, at most `secs` in all; each one's
+/// name, exit status and stderr. After `secs` it kills them and panics with
+/// every one's stderr (one hung process is explained by the others).
+pub fn finish_all(
+    mut procs: Vec<(&'static str, Proc)>,
+    secs: u64,
+) -> Vec<(&'static str, std::process::ExitStatus, String)> {
+    let t = Instant::now();
+    while procs.iter_mut().any(|(_, p)| p.running()) {
+        if t.elapsed() > Duration::from_secs(secs) {
+            let said: Vec<String> = procs
+                .iter_mut()
+                .map(|(name, p)| {
+                    let state = if p.running() {
+                        "still running"
+                    } else {
+                        "ended"
+                    };
+                    format!("--- {name} ({state}):\n{}", p.stderr())
+                })
+                .collect();
+            panic!("not all ended within {secs} s:\n{}", said.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    procs
+        .into_iter()
+        .map(|(name, p)| {
+            let (status, err) = p.finish(1);
+            (name, status, err)
+        })
+        .collect()
+}
+
 /// Dropping it kills it (SIGKILL).
 impl Drop for Proc {
     fn drop(&mut self) {

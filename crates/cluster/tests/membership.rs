@@ -272,3 +272,45 @@ fn lost_worker_fails_pending_all_reduce_and_checkpoint() {
     assert_eq!(coord.last_committed_step(), None);
     assert_eq!(coord.generation(), 2);
 }
+
+/// A coordinator restarted at the same address: a worker that still holds
+/// its membership from the first one (its channel reconnects to the new
+/// one by itself) is not taken for the worker registered since under the
+/// same process id. Both used to be incarnation 1 of process 0, and the
+/// job then waited forever for a process id that two workers thought they
+/// held.
+#[test]
+fn a_membership_from_an_earlier_coordinator_at_the_address_is_not_a_member() {
+    use cluster::proto::HeartbeatRequest;
+    use cluster::proto::heartbeat_response::Command as Cmd;
+    use common::raw::{RawPeer, authorized};
+
+    let first = coordinator(2);
+    let addr = first.addr();
+    let stale = RawPeer::register(&addr.to_string());
+    first.abort();
+    let mut o = options(2);
+    o.listen = addr;
+    o.start_generation = 1;
+    let second = cluster::Coordinator::start(o).expect("a coordinator restarts on the address");
+    let fresh = RawPeer::register(&addr.to_string());
+    assert_eq!(fresh.member.process_id, stale.member.process_id);
+    assert_ne!(fresh.member.incarnation, stale.member.incarnation);
+    let heartbeat = |member| {
+        let req = authorized(HeartbeatRequest {
+            member: Some(member),
+            generation: 1,
+        });
+        let r = fresh.rt.block_on(fresh.rpc.clone().heartbeat(req)).unwrap();
+        r.into_inner().command
+    };
+    match heartbeat(stale.member) {
+        Some(Cmd::Stop(s)) => {
+            assert!(s.not_member, "{s:?}");
+            assert!(s.reason.contains("is not a member of the job"), "{s:?}");
+        }
+        other => panic!("the stale membership was answered {other:?}"),
+    }
+    assert!(matches!(heartbeat(fresh.member), Some(Cmd::Continue(_))));
+    drop(second);
+}

@@ -61,6 +61,8 @@ pub(crate) struct Worker {
 pub(crate) struct State {
     pub slots: Vec<Slot>,
     pub generation: u64,
+    /// The last incarnation handed out. Starts at a random epoch in the high
+    /// half ([`incarnation_epoch`]).
     pub next_incarnation: u64,
     /// Why the generation last moved (for messages).
     pub last_loss: String,
@@ -121,6 +123,7 @@ impl Shared {
             slots: (0..config.world_size).map(|_| Slot::Free).collect(),
             generation,
             last_committed,
+            next_incarnation: incarnation_epoch(),
             ..State::default()
         };
         Self {
@@ -280,6 +283,27 @@ impl Shared {
             });
         }
     }
+}
+
+/// Where this coordinator's incarnations start: a random 32-bit epoch in
+/// the high half. A worker's channel silently reconnects to whatever
+/// coordinator listens at the address, so a worker that still holds a
+/// membership from an earlier coordinator (restarted on the same run
+/// directory) reaches this one with it; starting every coordinator's count
+/// at the same number would let that stale membership pass for the worker
+/// registered since under the same process id (two processes as one, the
+/// job waiting for the missing one forever).
+fn incarnation_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // `RandomState` is seeded from the OS's randomness once per process.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    (h.finish() & 0xffff_ffff) << 32
 }
 
 fn shutting_down() -> Status {
