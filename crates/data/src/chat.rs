@@ -201,6 +201,22 @@ pub fn encode_chat(tok: &Tokenizer, messages: &[Message]) -> Result<ChatTokens> 
     })
 }
 
+/// Tokenizes a conversation for the loader: [`encode_chat`], except that one ending with a
+/// user message is a prompt for the model's next turn, so it ends with the generation prompt
+/// (`<start_of_turn>model\n`, [`render_prompt`]). The added tokens are never trained, and
+/// come after every trained token, so an SFT loss is the same either way.
+pub fn encode_conversation(tok: &Tokenizer, messages: &[Message]) -> Result<ChatTokens> {
+    let mut c = encode_chat(tok, messages)?;
+    if messages.last().map(|m| m.role) == Some(Role::User) {
+        let mut tail = String::from(START_OF_TURN);
+        tail.push_str("model\n");
+        let ids = tok.encode(&tail)?;
+        c.loss_mask.extend(std::iter::repeat_n(0, ids.len()));
+        c.input_ids.extend(ids);
+    }
+    Ok(c)
+}
+
 /// Reads the conversations of a JSONL file, one `{"messages": [...]}` per non-empty line, as
 /// `(line, messages)`; a bad line is an error naming the file and line.
 pub fn read_chat_file(path: &Path) -> Result<Vec<(u64, Vec<Message>)>> {

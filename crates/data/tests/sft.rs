@@ -296,3 +296,34 @@ fn tokens_rows_take_an_optional_loss_mask() {
         assert!(err.contains("rows.json") && err.contains(expect), "{err}");
     }
 }
+
+/// A conversation ending with a user message is a prompt: it ends with the generation prompt
+/// (`<start_of_turn>model\n`, untrained); one ending with a model turn is encoded as before.
+#[test]
+fn a_conversation_ending_with_a_user_message_ends_with_the_generation_prompt() {
+    let tok = data::Tokenizer::load(
+        common::smoke_tokenizer_path().to_str().unwrap(),
+        &data::cache_dir(),
+    )
+    .unwrap();
+    let user = parse_line(r#"{"messages": [{"role": "user", "content": "Hi there"}]}"#).unwrap();
+    let prompt = data::chat::encode_conversation(&tok, &user).unwrap();
+    let plain = encode_chat(&tok, &user).unwrap();
+    let tail = tok.encode("<start_of_turn>model\n").unwrap();
+    assert_eq!(
+        prompt.input_ids,
+        [plain.input_ids.clone(), tail.clone()].concat()
+    );
+    assert!(prompt.loss_mask.iter().all(|&m| m == 0));
+    let text = tok.decode(&prompt.input_ids[1..]).unwrap();
+    assert_eq!(data::chat::render_prompt(&user), text);
+
+    let answered = parse_line(
+        r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "model", "content": "Hello"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        data::chat::encode_conversation(&tok, &answered).unwrap(),
+        encode_chat(&tok, &answered).unwrap()
+    );
+}

@@ -35,6 +35,9 @@ pub struct TrainConfig {
     /// `[dpo]`: for `train.objective = "dpo"` (β defaults to 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpo: Option<crate::objective::DpoSection>,
+    /// `[rl]`: for `train.objective = "rl"` (`rl.reward_model` is required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rl: Option<crate::rl::RlSection>,
 }
 
 /// `[coordinator]`: supervision of a multi-process job.
@@ -204,7 +207,7 @@ impl OptimizerConfig {
 pub struct TrainSection {
     /// Optimizer steps.
     pub steps: u64,
-    /// What to optimise: `"lm"` (default), `"reward"` or `"dpo"`.
+    /// What to optimise: `"lm"` (default), `"reward"`, `"dpo"` or `"rl"`.
     #[serde(default)]
     pub objective: crate::objective::Objective,
     /// Where metrics, the resolved config, the plot and the final model go.
@@ -463,7 +466,7 @@ impl TrainConfig {
     /// Rows of each micro-batch one of `processes` data-parallel
     /// processes computes; an error if they do not split evenly.
     pub fn rows_per_process(&self, processes: usize) -> Result<usize> {
-        let rows = self.data.batch_size / self.optimizer.accumulation_steps;
+        let rows = crate::rl::step_rows(self) / self.optimizer.accumulation_steps;
         if processes == 0 || !rows.is_multiple_of(processes) {
             return Err(Error::config(
                 "data",

@@ -32,10 +32,11 @@ pub(crate) enum Stepper<'g> {
         batch: Vec<Slot>,
         /// Names of the scalars after the learning rate.
         metrics: &'static [&'static str],
-        /// DPO's frozen reference parameters, once set
-        /// ([`Stepper::set_reference`]).
-        reference: Option<Vec<PerPartition<Buffer>>>,
-        needs_reference: bool,
+        /// The frozen parameter sets, once set ([`Stepper::set_frozen`]):
+        /// the reference policy (DPO, RL), then the reward model (RL).
+        frozen: Option<Vec<PerPartition<Buffer>>>,
+        /// The slots of every frozen parameter, in input order.
+        frozen_slots: Vec<Slot>,
     },
     /// Gradient program, cross-process sum, update program.
     Split {
@@ -96,17 +97,22 @@ impl<'g> Stepper<'g> {
         };
         match group {
             None => {
-                let loss = crate::step::loss_of(cfg);
+                let loss = crate::step::loss_of(cfg, &model)?;
                 let mut step = build_step_with(&model, &cfg.optimizer, compute, shape, plan, loss)?;
                 step.program.set_dot_precision(cfg.runtime.dot_precision()?);
                 let fused = exe(step.program.to_mlir())?;
+                let mut frozen_slots = Vec::new();
+                if step.reference {
+                    frozen_slots.extend(step.params.iter().cloned());
+                }
+                frozen_slots.extend(step.reward);
                 Ok((
                     Stepper::Fused {
                         exe: fused,
                         batch: step.batch,
                         metrics: step.metrics,
-                        reference: None,
-                        needs_reference: step.reference,
+                        frozen: None,
+                        frozen_slots,
                     },
                     step.params,
                 ))
@@ -130,30 +136,44 @@ impl<'g> Stepper<'g> {
         }
     }
 
-    /// Whether the step reads reference parameters (DPO).
-    pub(crate) fn needs_reference(&self) -> bool {
-        matches!(
-            self,
-            Stepper::Fused {
-                needs_reference: true,
-                ..
-            }
-        )
+    /// How many frozen parameters the step reads (the reference policy
+    /// of DPO and RL, RL's reward model), in input order; none when 0.
+    pub(crate) fn frozen_count(&self) -> usize {
+        match self {
+            Stepper::Fused { frozen_slots, .. } => frozen_slots.len(),
+            Stepper::Split { .. } => 0,
+        }
     }
 
-    /// Puts the frozen reference parameters (`values` in parameter order)
-    /// on this process's devices, laid out like the parameters.
-    pub(crate) fn set_reference(
+    /// Puts the frozen parameters (`values`, in [`Stepper::frozen_count`]
+    /// order: the reference in parameter order, then the reward model's) on
+    /// this process's devices.
+    pub(crate) fn set_frozen(
         &mut self,
         client: &Client,
         plan: &Plan,
         at: &Placement,
-        params: &[Slot],
         values: &[Vec<f32>],
     ) -> Result<()> {
-        if let Stepper::Fused { reference, .. } = self {
-            *reference = Some(
-                params
+        if let Stepper::Fused {
+            frozen,
+            frozen_slots,
+            ..
+        } = self
+        {
+            if values.len() != frozen_slots.len() {
+                return Err(crate::Error::config(
+                    "step",
+                    "frozen parameters",
+                    format!(
+                        "{} given, the step reads {}",
+                        values.len(),
+                        frozen_slots.len()
+                    ),
+                ));
+            }
+            *frozen = Some(
+                frozen_slots
                     .iter()
                     .zip(values)
                     .map(|(slot, v)| put(client, plan, at, slot, v))
@@ -198,8 +218,8 @@ impl<'g> Stepper<'g> {
                 exe,
                 batch: slots,
                 metrics,
-                reference,
-                needs_reference,
+                frozen,
+                frozen_slots,
             } => {
                 let mut inputs: Vec<PerPartition<Buffer>> = slots
                     .iter()
@@ -209,12 +229,12 @@ impl<'g> Stepper<'g> {
                     put_host_batch(client, plan, at, *host, slots, rows, b, &mut inputs)?;
                 }
                 let none = Vec::new();
-                let reference = match (reference, needs_reference) {
-                    (Some(r), true) => r,
-                    (None, true) => unreachable!("set_reference runs before the first step"),
-                    _ => &none,
+                let frozen = match frozen {
+                    Some(f) => f,
+                    None if frozen_slots.is_empty() => &none,
+                    None => unreachable!("set_frozen runs before the first step"),
                 };
-                let mut outs = execute(exe, state, k, &[reference, &inputs])?;
+                let mut outs = execute(exe, state, k, &[frozen, &inputs])?;
                 let scalars = scalars(&outs[0][k..k + 3 + metrics.len()])?;
                 for (i, o) in outs.iter_mut().enumerate() {
                     state[exe.partition_of[i]] = Some(o.drain(..k).collect());

@@ -23,6 +23,7 @@ mod plot;
 pub mod report;
 mod resolve;
 pub mod reward;
+pub mod rl;
 mod run;
 pub mod schedule;
 pub mod shard;

@@ -1,6 +1,7 @@
 //! What a run optimises (`train.objective`): the language-model loss
 //! (pretraining, SFT), a Bradley-Terry reward model on preference pairs, or
-//! DPO against the frozen policy at `model.init` (`[dpo]`).
+//! DPO against the frozen policy at `model.init` (`[dpo]`), or REINFORCE
+//! with a KL penalty against a frozen reward model (`[rl]`, [`crate::rl`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,12 @@ pub enum Objective {
     /// − (log π(r) − log π_ref(r))]), log-probabilities summed over the
     /// response tokens (the chat loss masks).
     Dpo,
+    /// REINFORCE with a KL penalty towards the policy at `model.init`: each
+    /// step samples `rl.samples_per_prompt` responses per prompt, scores
+    /// them with the frozen reward model `rl.reward_model`, and minimises
+    /// −mean_i (R_i − b_i) · Σ_t log π(y_it), with R = r − kl_coef · KL and
+    /// b the leave-one-out mean R of the prompt's other samples.
+    Rl,
 }
 
 impl Objective {
@@ -30,6 +37,7 @@ impl Objective {
             Objective::Lm => "lm",
             Objective::Reward => "reward",
             Objective::Dpo => "dpo",
+            Objective::Rl => "rl",
         }
     }
 
@@ -43,6 +51,7 @@ impl Objective {
         match self {
             Objective::Lm => &[],
             Objective::Reward | Objective::Dpo => &["accuracy", "margin"],
+            Objective::Rl => &["reward_mean", "kl", "response_len"],
         }
     }
 }
@@ -116,6 +125,7 @@ pub(crate) fn check(cfg: &TrainConfig, model: &gemma::GemmaConfig, source: &str)
         };
         return bad("data.format", msg);
     }
+    crate::rl::check(cfg, source)?;
     match (&cfg.dpo, obj) {
         (Some(_), o) if o != Objective::Dpo => bad(
             "dpo",

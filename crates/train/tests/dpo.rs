@@ -6,8 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use gemma::{ComputeOptions, Gemma, GemmaConfig, Tokens, Unconstrained, param_specs};
-use hlo::{Builder, TensorType};
 use train::TrainConfig;
 
 mod common;
@@ -52,37 +50,6 @@ fn config(dir: &Path, sets: &[&str]) -> TrainConfig {
     ];
     all.extend(sets.iter().map(|s| s.to_string()));
     TrainConfig::from_toml(&text, "test", &all).unwrap()
-}
-
-/// Logits `[B, T, V]` of `params` on `batch`, from a plain forward program.
-fn logits(cfg: &GemmaConfig, params: &[Vec<f32>], batch: &data::Batch) -> Vec<f32> {
-    let (bs, t) = (batch.batch as i64, batch.seq_len as i64);
-    let mut b = Builder::new("forward");
-    let p = gemma::declare_parameters(&mut b, cfg);
-    let [ids, positions, segment_ids] =
-        ["ids", "pos", "seg"].map(|n| b.parameter(n, TensorType::i32([bs, t])));
-    let model = Gemma::new(cfg, &p, ComputeOptions::default()).unwrap();
-    let tokens = Tokens {
-        ids,
-        positions,
-        segment_ids,
-    };
-    let out = model.forward(&mut b, &tokens, &Unconstrained).unwrap();
-    let program = b.build(&[out]).unwrap();
-    let client = pjrt::cpu_client(1).unwrap();
-    let exe = client
-        .compile(&program.to_mlir(), &pjrt::CompileOptions::single())
-        .unwrap();
-    let mut bufs = Vec::new();
-    for (s, v) in param_specs(cfg).iter().zip(params) {
-        let dims: Vec<i64> = s.shape.iter().map(|&d| d as i64).collect();
-        bufs.push(client.buffer_from_host(v, &dims, 0).unwrap());
-    }
-    for v in [&batch.tokens, &batch.positions, &batch.segment_ids] {
-        bufs.push(client.buffer_from_host(v, &[bs, t], 0).unwrap());
-    }
-    let out = exe.execute(&[bufs.iter().collect()]).unwrap();
-    out[0][0].to_host::<f32>().unwrap()
 }
 
 /// Per row, the summed log-probabilities of the masked targets of segment
@@ -145,8 +112,8 @@ fn dpo_loss_equals_the_host_computation() {
             targets > 0 && targets + 10 * batch.batch < batch.real_tokens(),
             "{targets}"
         );
-        let pi = pair_log_probs(&batch, &logits(&model_cfg, policy, &batch), v);
-        let rf = pair_log_probs(&batch, &logits(&model_cfg, &reference, &batch), v);
+        let pi = pair_log_probs(&batch, &common::logits(&model_cfg, policy, &batch), v);
+        let rf = pair_log_probs(&batch, &common::logits(&model_cfg, &reference, &batch), v);
         let z: Vec<f64> = pi
             .iter()
             .zip(&rf)

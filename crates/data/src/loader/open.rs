@@ -209,7 +209,7 @@ pub(super) fn open_source(
             }
             let encoded: Vec<crate::chat::ChatTokens> = convs
                 .par_iter()
-                .map(|(_, _, m)| crate::chat::encode_chat(tok, m))
+                .map(|(_, _, m)| crate::chat::encode_conversation(tok, m))
                 .collect::<Result<_>>()?;
             if cfg.overflow == Overflow::Error
                 && let Some((i, c)) = encoded

@@ -269,6 +269,59 @@ impl Generator {
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(TokenEvent),
     ) -> Result<Vec<Generation>> {
+        let own = std::mem::take(&mut self.weights);
+        let out = self.generate_with(&own, prompts, opts, on_token);
+        self.weights = own;
+        out
+    }
+
+    /// A generator of `cfg` with no weights of its own: it generates with
+    /// the f32 parameters it is handed ([`Generator::generate_with`]), such
+    /// as a training run's, on the devices where they are (`dev` lays out
+    /// the same mesh, so the same shards), computed in `dtype`.
+    pub fn without_weights(dev: Devices, cfg: &GemmaConfig, dtype: DType) -> Generator {
+        let params = dev.param_slots(cfg, DType::F32);
+        Generator {
+            dev,
+            cfg: cfg.clone(),
+            compute: dtype,
+            params,
+            weights: Vec::new(),
+            programs: HashMap::new(),
+            scorers: HashMap::new(),
+            stats: GenerateStats::default(),
+        }
+    }
+
+    /// The parameter slots the weights must be laid out as.
+    pub fn param_slots(&self) -> &[Slot] {
+        &self.params
+    }
+
+    /// [`Generator::generate`] with `weights`: per partition, one buffer
+    /// per parameter laid out as [`Generator::param_slots`].
+    pub fn generate_with<W: AsRef<[Buffer]>>(
+        &mut self,
+        weights: &[W],
+        prompts: &[Vec<u32>],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(TokenEvent),
+    ) -> Result<Vec<Generation>> {
+        if weights.len() != self.dev.partitions()
+            || weights
+                .iter()
+                .any(|w| w.as_ref().len() != self.params.len())
+        {
+            return Err(Error::config(
+                "generate",
+                "weights",
+                format!(
+                    "expected {} parameters on each of {} partitions",
+                    self.params.len(),
+                    self.dev.partitions()
+                ),
+            ));
+        }
         opts.validate()?;
         for (i, p) in prompts.iter().enumerate() {
             self.check_prompt(i, p, opts.max_new_tokens)?;
@@ -297,7 +350,7 @@ impl Generator {
             .collect();
         rows.sort_by_key(|r| r.ids.len());
         for batch in rows.chunks(opts.max_batch) {
-            let news = self.run_batch(batch, opts, on_token)?;
+            let news = self.run_batch(weights, batch, opts, on_token)?;
             for (r, new) in batch.iter().zip(news) {
                 out[r.prompt].samples[r.sample] = new;
             }
@@ -361,8 +414,9 @@ impl Generator {
     }
 
     /// Generates for up to `max_batch` rows; returns each row's new tokens.
-    fn run_batch(
+    fn run_batch<W: AsRef<[Buffer]>>(
         &mut self,
+        weights: &[W],
         rows: &[Row],
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(TokenEvent),
@@ -415,7 +469,7 @@ impl Generator {
         // Prefill: the first token and the caches.
         let key = (true, bucket, choice);
         self.ensure(key)?;
-        let outs = run(&self.programs[&key], &self.weights, &[&inputs], &[])?;
+        let outs = run(&self.programs[&key], weights, &[&inputs], &[])?;
         let n_cache = 2 * self.cfg.layers;
         let mut token: Vec<Buffer> = Vec::new();
         let mut caches: Vec<Vec<Buffer>> = Vec::new();
@@ -449,12 +503,7 @@ impl Generator {
             let key = (false, bucket, choice);
             self.ensure(key)?;
             let lead = [token, slot];
-            let outs = run(
-                &self.programs[&key],
-                &self.weights,
-                &[&lead, row_inputs],
-                &caches,
-            )?;
+            let outs = run(&self.programs[&key], weights, &[&lead, row_inputs], &caches)?;
             token = Vec::new();
             slot = Vec::new();
             caches = Vec::new();
@@ -514,9 +563,9 @@ impl Step<'_, '_> {
 /// Runs `exe`: per partition `p`, the weights, then `groups` (inputs, each
 /// one buffer per partition), then `tail[p]` (the donated caches). Returns
 /// the outputs per partition, in partition order.
-fn run(
+fn run<W: AsRef<[Buffer]>>(
     exe: &Exe,
-    weights: &[Vec<Buffer>],
+    weights: &[W],
     groups: &[&[Vec<Buffer>]],
     tail: &[Vec<Buffer>],
 ) -> Result<Vec<Vec<Buffer>>> {
@@ -524,7 +573,7 @@ fn run(
         .partition_of
         .iter()
         .map(|&p| {
-            let mut a: Vec<&Buffer> = weights[p].iter().collect();
+            let mut a: Vec<&Buffer> = weights[p].as_ref().iter().collect();
             for g in groups {
                 a.extend(g.iter().map(|x| &x[p]));
             }

@@ -1,5 +1,6 @@
-//! Finishing a run: the loss plot (and the preference objectives' margin
-//! plot, `reward.svg`) and the final model, written by process 0.
+//! Finishing a run: the loss plot (and `reward.svg`: the preference
+//! objectives' margin, RL's mean reward) and the final model, written by
+//! process 0.
 
 use super::files::{earlier_losses, metric_lines, write_file};
 use super::setup::Job;
@@ -18,22 +19,27 @@ pub(super) fn finish(job: &Job, done: &Done) -> Result<()> {
         &run_dir.join("loss.svg"),
         crate::plot::loss_svg(&curve, "training loss").as_bytes(),
     )?;
-    if job.cfg.train.objective.on_pairs() {
-        // The preference objectives' margin per logged step (resumed runs included).
-        let margins: Vec<(u64, f32)> = metric_lines(&run_dir.join("metrics.jsonl"))
+    use crate::objective::Objective;
+    // The margin of the preference objectives, RL's mean reward, per
+    // logged step (resumed runs included).
+    let (key, title) = match job.cfg.train.objective {
+        Objective::Dpo => (
+            "margin",
+            "DPO margin: mean β·[Δ log π(chosen) − Δ log π(rejected)]",
+        ),
+        Objective::Reward => ("margin", "reward margin: mean r(chosen) − r(rejected)"),
+        Objective::Rl => ("reward_mean", "RL: mean reward of the sampled responses"),
+        Objective::Lm => ("", ""),
+    };
+    if !key.is_empty() {
+        let points: Vec<(u64, f32)> = metric_lines(&run_dir.join("metrics.jsonl"))
             .unwrap_or_default()
             .iter()
-            .filter_map(|v| Some((v["step"].as_u64()?, v["margin"].as_f64()? as f32)))
+            .filter_map(|v| Some((v["step"].as_u64()?, v[key].as_f64()? as f32)))
             .collect();
-        let title = match job.cfg.train.objective {
-            crate::objective::Objective::Dpo => {
-                "DPO margin: mean β·[Δ log π(chosen) − Δ log π(rejected)]"
-            }
-            _ => "reward margin: mean r(chosen) − r(rejected)",
-        };
         write_file(
             &run_dir.join("reward.svg"),
-            crate::plot::loss_svg(&margins, title).as_bytes(),
+            crate::plot::loss_svg(&points, title).as_bytes(),
         )?;
     }
     if !job.cfg.train.export_final {

@@ -43,6 +43,8 @@ pub(super) struct Job<'g> {
     pub peak_flops: f64,
     /// Checkpoint bytes each host of this process read on restore.
     pub restore_bytes: Vec<u64>,
+    /// RL's sampler of the step's responses (`train.objective = "rl"`).
+    pub rollout: Option<crate::rl::Rollout>,
 }
 
 /// The rows of the global batch one host loads, and their loader.
@@ -83,10 +85,14 @@ impl<'g> Job<'g> {
         let t0 = Instant::now();
         let (mut stepper, params) =
             Stepper::new(cfg, &client, &plan, &at.layout.order, mode.group())?;
-        if stepper.needs_reference() {
-            // DPO's reference: the policy at model.init, frozen (also on resume).
-            let init = crate::init_params(&model, &cfg.model.init, cfg.model.seed)?;
-            stepper.set_reference(&client, &plan, &at, &params, &init)?;
+        if stepper.frozen_count() > 0 {
+            // The reference of DPO and RL: the policy at model.init, frozen
+            // (also on resume); then RL's reward model.
+            let mut frozen = crate::init_params(&model, &cfg.model.init, cfg.model.seed)?;
+            if cfg.train.objective == crate::objective::Objective::Rl {
+                frozen.extend(crate::rl::reward_params(cfg)?);
+            }
+            stepper.set_frozen(&client, &plan, &at, &frozen)?;
         }
         let compile_seconds = t0.elapsed().as_secs_f64();
         let stats = stepper.main().executable().memory_stats()?;
@@ -150,7 +156,14 @@ impl<'g> Job<'g> {
             cfg.train.peak_flops_per_device,
             || mfu::measure_peak_flops(&client, bf16, &xla),
         )?;
+        let rollout = match cfg.train.objective {
+            crate::objective::Objective::Rl => Some(crate::rl::Rollout::new(
+                cfg, &model, &client, &plan, &at, &params,
+            )?),
+            _ => None,
+        };
         Ok(Job {
+            rollout,
             cfg: cfg.clone(),
             model,
             plan,
@@ -198,8 +211,12 @@ fn open_feed(
             ),
         });
     }
+    let rl = cfg.train.objective == crate::objective::Objective::Rl;
     let hosts: Vec<(usize, Vec<usize>)> = match mode {
         Mode::Group(_) => vec![(0, (0..cfg.data.batch_size).collect())],
+        // RL loads the step's prompts on its one host; their samples make
+        // the step's rows.
+        _ if rl => vec![(at.hosts[0], (0..cfg.data.batch_size).collect())],
         _ => at
             .hosts
             .iter()

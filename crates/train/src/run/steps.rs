@@ -68,7 +68,9 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
             cfg.train.steps
         );
     }
-    let tokens_per_step = (cfg.data.batch_size * cfg.data.seq_len) as f64;
+    let tokens_per_step = (crate::rl::step_rows(&cfg) * cfg.data.seq_len) as f64;
+    // The step's rows when RL samples them (every one on this host).
+    let rl_rows: Vec<usize> = (0..crate::rl::step_rows(&cfg)).collect();
     let flops_per_step = mfu::flops_per_token(&job.model, cfg.data.seq_len) * tokens_per_step;
     let ckpt_root = job.run_dir.join("checkpoints");
     let metrics_path = job.run_dir.join("metrics.jsonl");
@@ -113,6 +115,14 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
             batches.push((f.host, f.rows.as_slice(), b));
         }
         profile.span(s, "load batch", t);
+        if let Some(rollout) = &mut job.rollout {
+            let t_sample = Instant::now();
+            // invariant: RL runs on one host, so one feed.
+            let (host, _, prompts) = batches.pop().expect("one host feed");
+            let rows = rollout.rows(&prompts, &job.state, s)?;
+            batches.push((host, rl_rows.as_slice(), rows));
+            profile.span(s, "sample responses", t_sample);
+        }
         let t_step = Instant::now();
         let out = job.stepper.run(
             &job.client,

@@ -22,9 +22,11 @@ use crate::objective::Objective;
 use crate::{Error, Result};
 
 mod pairs;
+mod rl;
 mod split;
 mod update;
 
+pub use rl::RlLoss;
 pub use split::{ApplyProgram, GradProgram, build_split};
 
 /// One program input: shape, dtype and per-dimension mesh axes.
@@ -130,17 +132,22 @@ pub struct StepProgram {
     /// Names of the scalars after `learning_rate` ([`Objective::metrics`]).
     pub metrics: &'static [&'static str],
     /// Whether the reference parameters (`ref.<name>`, laid out like the
-    /// parameters, read only) follow `step` in the inputs (DPO).
+    /// parameters, read only) follow `step` in the inputs (DPO, RL).
     pub reference: bool,
+    /// The reward model's parameter slots (`reward.<name>`, read only),
+    /// after the reference in the inputs (RL); empty otherwise.
+    pub reward: Vec<Slot>,
 }
 
 /// The loss a step optimises.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Loss {
     /// `train.objective`.
     pub objective: Objective,
     /// `dpo.beta`.
     pub beta: f64,
+    /// `[rl]` and the reward model's shape (`train.objective = "rl"`).
+    pub rl: Option<RlLoss>,
 }
 
 /// Builds the step program of the language-model loss.
@@ -155,8 +162,9 @@ pub fn build_step(
 }
 
 /// Builds the step program of `loss`. For DPO the inputs are `params[P]`,
-/// `m[P]`, `v[P]`, `step`, `ref[P]`, then the batch; every objective's
-/// outputs end with its [`Objective::metrics`].
+/// `m[P]`, `v[P]`, `step`, `ref[P]`, then the batch; RL adds the reward
+/// model's `reward[Q]` after `ref[P]`. Every objective's outputs end with
+/// its [`Objective::metrics`].
 pub fn build_step_with(
     cfg: &GemmaConfig,
     opt: &OptimizerConfig,
@@ -190,12 +198,37 @@ pub fn build_step_with(
     let step = declare(&mut b, plan, &step_slot(), "")?;
     let objective = loss_kind.objective;
     let reference = match objective {
-        Objective::Dpo => Some(declare_all(&mut b, plan, &params, "ref.")?),
+        Objective::Dpo | Objective::Rl => Some(declare_all(&mut b, plan, &params, "ref.")?),
         _ => None,
     };
+    let rl = match (objective, &loss_kind.rl) {
+        (Objective::Rl, Some(rl)) => Some(rl),
+        (Objective::Rl, None) => {
+            return Err(Error::config(
+                "step",
+                "rl",
+                "train.objective = \"rl\" needs [rl] and its reward model",
+            ));
+        }
+        _ => None,
+    };
+    let reward_slots = match rl {
+        Some(rl) => {
+            let reward_plan = Plan::new(&rl.reward, plan.mesh, plan.rules.clone());
+            param_slots(&rl.reward, &reward_plan)
+        }
+        None => vec![],
+    };
+    let reward = declare_all(&mut b, plan, &reward_slots, "reward.")?;
     let inputs = declare_all(&mut b, plan, &batch, "")?;
 
-    let (loss, grads, metrics) = if objective.on_pairs() {
+    let (loss, grads, metrics) = if let Some(rl) = rl {
+        // invariant: RL declares the reference above.
+        let reference = reference.as_deref().expect("RL declares the reference");
+        rl::loss_and_grads(
+            &mut b, cfg, compute, plan, &p, reference, &reward, &inputs, shape, rl,
+        )?
+    } else if objective.on_pairs() {
         pairs::loss_and_grads(
             &mut b,
             cfg,
@@ -236,6 +269,7 @@ pub fn build_step_with(
         batch,
         metrics: objective.metrics(),
         reference: reference.is_some(),
+        reward: reward_slots,
     })
 }
 
@@ -408,17 +442,27 @@ pub fn build_for(cfg: &crate::TrainConfig) -> Result<(GemmaConfig, Plan, StepPro
         cfg.compute_options()?,
         shape,
         &plan,
-        loss_of(cfg),
+        loss_of(cfg, &model)?,
     )?;
     Ok((model, plan, step))
 }
 
-/// The loss `cfg` trains.
-pub fn loss_of(cfg: &crate::TrainConfig) -> Loss {
-    Loss {
+/// The loss `cfg` trains (`model`: the policy's shape; RL reads its reward
+/// model's shape from `rl.reward_model`).
+pub fn loss_of(cfg: &crate::TrainConfig, model: &GemmaConfig) -> Result<Loss> {
+    let rl = match (&cfg.rl, cfg.train.objective) {
+        (Some(rl), Objective::Rl) => Some(RlLoss {
+            kl_coef: rl.kl_coef,
+            samples: rl.samples_per_prompt,
+            reward: crate::rl::reward_config(cfg, model)?,
+        }),
+        _ => None,
+    };
+    Ok(Loss {
         objective: cfg.train.objective,
         beta: cfg.dpo.clone().unwrap_or_default().beta,
-    }
+        rl,
+    })
 }
 
 /// The plan and the parameter and batch slots of `cfg`'s fused step,
@@ -440,7 +484,7 @@ fn shape_for(cfg: &crate::TrainConfig) -> Result<(GemmaConfig, Plan, StepShape)>
     let a = cfg.optimizer.accumulation_steps;
     let shape = StepShape {
         accumulation: a,
-        micro_batch: cfg.data.batch_size / a,
+        micro_batch: crate::rl::step_rows(cfg) / a,
         seq_len: cfg.data.seq_len,
         total_steps: cfg.optimizer.schedule_steps.unwrap_or(cfg.train.steps),
     };

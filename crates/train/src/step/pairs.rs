@@ -65,7 +65,9 @@ pub(super) fn loss_and_grads(
                     let d = b.sub(dc, dr)?;
                     Ok(b.mul_scalar(d, beta)?)
                 }
-                Objective::Lm => unreachable!("the LM loss is built in step::loss_and_grads"),
+                Objective::Lm | Objective::Rl => {
+                    unreachable!("the LM and RL losses are built elsewhere")
+                }
             }
         })?;
         let (loss, metrics) = b.scope("pair_loss", |b| -> hlo::Result<(Value, Vec<Value>)> {
@@ -106,12 +108,12 @@ fn neg_log_sigmoid(b: &mut Builder, x: Value) -> hlo::Result<Value> {
 }
 
 /// `sum(x) / n` for `x [B]`.
-fn mean_over(b: &mut Builder, x: Value, n: f64) -> hlo::Result<Value> {
+pub(super) fn mean_over(b: &mut Builder, x: Value, n: f64) -> hlo::Result<Value> {
     let s = b.sum(x, &[0])?;
     b.mul_scalar(s, 1.0 / n)
 }
 
-fn add_all(b: &mut Builder, x: &[Value], y: &[Value]) -> hlo::Result<Vec<Value>> {
+pub(super) fn add_all(b: &mut Builder, x: &[Value], y: &[Value]) -> hlo::Result<Vec<Value>> {
     x.iter().zip(y).map(|(a, c)| b.add(*a, *c)).collect()
 }
 

@@ -125,3 +125,36 @@ pub fn max_param_diff<'a>(trained: impl IntoIterator<Item = &'a f32>, host: &[Ve
         .map(|(a, b)| (*a as f64 - b).abs())
         .fold(0f64, f64::max)
 }
+
+/// Logits `[B, T, V]` of `params` on `batch`, from a plain forward program.
+pub fn logits(cfg: &gemma::GemmaConfig, params: &[Vec<f32>], batch: &data::Batch) -> Vec<f32> {
+    let (bs, t) = (batch.batch as i64, batch.seq_len as i64);
+    let mut b = hlo::Builder::new("forward");
+    let p = gemma::declare_parameters(&mut b, cfg);
+    let [ids, positions, segment_ids] =
+        ["ids", "pos", "seg"].map(|n| b.parameter(n, hlo::TensorType::i32([bs, t])));
+    let model = gemma::Gemma::new(cfg, &p, gemma::ComputeOptions::default()).unwrap();
+    let tokens = gemma::Tokens {
+        ids,
+        positions,
+        segment_ids,
+    };
+    let out = model
+        .forward(&mut b, &tokens, &gemma::Unconstrained)
+        .unwrap();
+    let program = b.build(&[out]).unwrap();
+    let client = pjrt::cpu_client(1).unwrap();
+    let exe = client
+        .compile(&program.to_mlir(), &pjrt::CompileOptions::single())
+        .unwrap();
+    let mut bufs = Vec::new();
+    for (s, v) in gemma::param_specs(cfg).iter().zip(params) {
+        let dims: Vec<i64> = s.shape.iter().map(|&d| d as i64).collect();
+        bufs.push(client.buffer_from_host(v, &dims, 0).unwrap());
+    }
+    for v in [&batch.tokens, &batch.positions, &batch.segment_ids] {
+        bufs.push(client.buffer_from_host(v, &[bs, t], 0).unwrap());
+    }
+    let out = exe.execute(&[bufs.iter().collect()]).unwrap();
+    out[0][0].to_host::<f32>().unwrap()
+}
