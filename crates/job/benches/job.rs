@@ -1,5 +1,6 @@
-//! Multi-worker overhead: the smoke config's step time as one process and
-//! as a job of 2 and 4 workers on loopback (coordinator and workers in this
+//! Multi-worker overhead: the smoke config's step time as one process
+//! (with and without the asynchronous host, `train.async_steps`) and as a
+//! job of 2 and 4 workers on loopback (coordinator and workers in this
 //! process, each worker with its own PJRT client and thread, gradients
 //! through the coordinator's gRPC all-reduce). Median and mean step time
 //! over the steps after the first, from each run's metrics.jsonl.
@@ -16,7 +17,11 @@ use train::TrainConfig;
 const STEPS: u64 = 20;
 
 fn config(run: &Path) -> TrainConfig {
-    let sets = [
+    config_with(run, &[])
+}
+
+fn config_with(run: &Path, extra: &[&str]) -> TrainConfig {
+    let mut sets = vec![
         format!("train.steps={STEPS}"),
         "train.log_every=1".into(),
         "train.checkpoint_every=0".into(),
@@ -24,6 +29,7 @@ fn config(run: &Path) -> TrainConfig {
         "train.peak_flops_per_device=1e11".into(),
         format!("train.run_dir={:?}", run.display().to_string()),
     ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
     TrainConfig::load(None, &sets).unwrap()
 }
 
@@ -78,10 +84,20 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     println!("| smoke config, {STEPS} steps, batch 16 x 128 | median step s | mean step s |");
     println!("|---|---|---|");
-    let one = dir.path().join("one");
-    train::train(&config(&one), false).unwrap();
-    let (m, a) = step_times(&one);
-    println!("| 1 process (fused step) | {m:.4} | {a:.4} |");
+    // The host's work (loading, transferring, logging) overlapping the
+    // device's (train.async_steps), and one step at a time.
+    for (name, sets) in [
+        ("1 process (fused step)", &[][..]),
+        (
+            "1 process, one step at a time (train.async_steps = false)",
+            &["train.async_steps=false"][..],
+        ),
+    ] {
+        let one = dir.path().join(name.replace(' ', "_"));
+        train::train(&config_with(&one, sets), false).unwrap();
+        let (m, a) = step_times(&one);
+        println!("| {name} | {m:.4} | {a:.4} |");
+    }
     // 16 rows split over 2 and 4 workers.
     for workers in [2, 4] {
         let run = dir.path().join(format!("job{workers}"));

@@ -226,6 +226,17 @@ impl LoadedExecutable {
     /// output (`tf.aliasing_output`) are donated: afterwards they are deleted
     /// and reading them is an error.
     pub fn execute(&self, args: &[Vec<&Buffer>]) -> Result<Vec<Vec<Buffer>>> {
+        let (outs, running) = self.execute_async(args)?;
+        running.wait()?;
+        Ok(outs)
+    }
+
+    /// Launches the program on all its devices and returns at once: the
+    /// outputs are handles whose contents the devices are still computing
+    /// (reading one waits for it, and a later program that takes one as an
+    /// argument runs after it); [`Running::wait`] waits for the whole run
+    /// and says whether it failed. Donation as in [`LoadedExecutable::execute`].
+    pub fn execute_async(&self, args: &[Vec<&Buffer>]) -> Result<(Vec<Vec<Buffer>>, Running)> {
         if args.len() != self.devices.len() {
             return Err(Error::invalid(
                 "execute",
@@ -251,7 +262,8 @@ impl LoadedExecutable {
                 ),
             )
         })?;
-        let mut out = self.run(&[args.to_vec()], dev)?;
+        let (mut out, running) = self.run(&[args.to_vec()], dev)?;
+        running.wait()?;
         Ok(out.pop().unwrap_or_default())
     }
 
@@ -288,7 +300,7 @@ impl LoadedExecutable {
         &self,
         args: &[Vec<&Buffer>],
         device: *mut sys::PJRT_Device,
-    ) -> Result<Vec<Vec<Buffer>>> {
+    ) -> Result<(Vec<Vec<Buffer>>, Running)> {
         let n = args.len();
         let num_args = args.first().map_or(0, Vec::len);
         for (d, list) in args.iter().enumerate() {
@@ -342,8 +354,32 @@ impl LoadedExecutable {
                     .collect()
             })
             .collect();
+        let running = Running {
+            client: self.client.clone(),
+            events: events.into_iter().filter(|e| !e.is_null()).collect(),
+        };
+        called?;
+        Ok((buffers, running))
+    }
+}
+
+/// A launched execution ([`LoadedExecutable::execute_async`]): its
+/// per-device completion events. Dropping it waits for the run (ignoring
+/// its outcome) so that no event outlives it.
+pub struct Running {
+    client: Arc<ClientInner>,
+    events: Vec<*mut sys::PJRT_Event>,
+}
+
+impl Running {
+    /// Waits until every device has finished; the first failure, if any.
+    pub fn wait(mut self) -> Result<()> {
+        self.await_all()
+    }
+
+    fn await_all(&mut self) -> Result<()> {
         let mut awaited = Ok(());
-        for &e in &events {
+        for e in std::mem::take(&mut self.events) {
             let r = self
                 .client
                 .plugin
@@ -352,9 +388,22 @@ impl LoadedExecutable {
                 awaited = r;
             }
         }
-        called?;
-        awaited?;
-        Ok(buffers)
+        awaited
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Its outcome reaches whoever reads the outputs.
+        let _ = self.await_all();
+    }
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("devices", &self.events.len())
+            .finish()
     }
 }
 

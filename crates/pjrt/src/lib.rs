@@ -88,7 +88,7 @@ pub use buffer::{Buffer, ElementType, NativeType};
 pub use client::{Client, DeviceInfo};
 pub use compile::{CompileOptions, XlaOption};
 pub use error::{Error, Result};
-pub use executable::{Executable, LoadedExecutable, MemoryStats};
+pub use executable::{Executable, LoadedExecutable, MemoryStats, Running};
 pub use host::tune_host_allocator;
 pub use kv::{CallbackFailure, KeyValueStore, PluginSide};
 pub use options::OptionValue;

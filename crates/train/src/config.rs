@@ -237,6 +237,12 @@ pub struct TrainSection {
     /// process, or the coordinator of a multi-process job).
     #[serde(default = "yes")]
     pub tensorboard: bool,
+    /// Launch each step before reading the previous one's metrics, so the
+    /// host loads and transfers the next batch while the devices compute
+    /// (`false`: one step at a time, for debugging). Steps before a
+    /// checkpoint, profiled steps and process groups run one at a time.
+    #[serde(default = "yes")]
+    pub async_steps: bool,
     /// `[first, last]`: profile these steps (0-based, inclusive, as in
     /// `metrics.jsonl`): host spans as a Chrome trace in
     /// `run_dir/profile/`, and an XLA device profile for TensorBoard's

@@ -18,6 +18,44 @@ pub(crate) struct StepOut {
     pub extra: Vec<(&'static str, f32)>,
 }
 
+/// A launched step: the state is already the step's outputs (handles the
+/// devices are still filling); its scalars are read by [`Launched::finish`],
+/// so the host can prepare the next step meanwhile.
+pub(crate) enum Launched {
+    /// The fused step, still running.
+    Running {
+        running: pjrt::Running,
+        /// loss, grad_norm, learning_rate, then the objective's metrics.
+        scalars: Vec<Buffer>,
+        metrics: &'static [&'static str],
+    },
+    /// A step whose numbers are known (the split step of a process group).
+    Done(StepOut),
+}
+
+impl Launched {
+    /// Waits for the step and reads what it reports.
+    pub(crate) fn finish(self) -> Result<StepOut> {
+        match self {
+            Launched::Done(out) => Ok(out),
+            Launched::Running {
+                running,
+                scalars: bufs,
+                metrics,
+            } => {
+                running.wait()?;
+                let v = scalars(&bufs)?;
+                Ok(StepOut {
+                    loss: v[0],
+                    grad_norm: v[1],
+                    lr: v[2],
+                    extra: metrics.iter().copied().zip(v[3..].to_vec()).collect(),
+                })
+            }
+        }
+    }
+}
+
 /// A compiled program and the partition of each of its argument lists.
 pub(crate) struct Exe {
     pub exe: LoadedExecutable,
@@ -198,11 +236,14 @@ impl<'g> Stepper<'g> {
         }
     }
 
-    /// Runs step `s` on `batch`, updating `state`: the fused step takes
+    /// Launches step `s` on `batch`, updating `state`: the fused step takes
     /// each host's rows (`(host, rows)`); the split step of a process
-    /// group takes the whole global batch as one host's.
+    /// group takes the whole global batch as one host's (and runs to its
+    /// end: its gradients are summed across processes on the host). The
+    /// fused step returns at once, `state` holding its outputs; its numbers
+    /// come with [`Launched::finish`].
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn run(
+    pub(crate) fn launch(
         &self,
         client: &Client,
         plan: &Plan,
@@ -211,7 +252,7 @@ impl<'g> Stepper<'g> {
         state: &mut PerPartition<DeviceState>,
         batch: &[(usize, &[usize], data::Batch)],
         s: u64,
-    ) -> Result<StepOut> {
+    ) -> Result<Launched> {
         let k = 3 * params.len() + 1;
         match self {
             Stepper::Fused {
@@ -234,16 +275,15 @@ impl<'g> Stepper<'g> {
                     None if frozen_slots.is_empty() => &none,
                     None => unreachable!("set_frozen runs before the first step"),
                 };
-                let mut outs = execute(exe, state, k, &[frozen, &inputs])?;
-                let scalars = scalars(&outs[0][k..k + 3 + metrics.len()])?;
+                let (mut outs, running) = launch(exe, state, k, &[frozen, &inputs])?;
+                let scalars: Vec<Buffer> = outs[0].drain(k..k + 3 + metrics.len()).collect();
                 for (i, o) in outs.iter_mut().enumerate() {
                     state[exe.partition_of[i]] = Some(o.drain(..k).collect());
                 }
-                Ok(StepOut {
-                    loss: scalars[0],
-                    grad_norm: scalars[1],
-                    lr: scalars[2],
-                    extra: metrics.iter().copied().zip(scalars[3..].to_vec()).collect(),
+                Ok(Launched::Running {
+                    running,
+                    scalars,
+                    metrics,
                 })
             }
             Stepper::Split {
@@ -293,12 +333,12 @@ impl<'g> Stepper<'g> {
                 for (i, o) in outs.iter_mut().enumerate() {
                     state[apply.partition_of[i]] = Some(o.drain(..k).collect());
                 }
-                Ok(StepOut {
+                Ok(Launched::Done(StepOut {
                     loss,
                     grad_norm: scalars[0],
                     lr: scalars[1],
                     extra: Vec::new(),
-                })
+                }))
             }
         }
     }
@@ -356,13 +396,25 @@ fn put_host_batch(
 
 /// Runs `exe` with, per partition, the first `take` state buffers followed
 /// by each input group (this process's partitions: those of all the hosts
-/// it runs, combined here and only here).
+/// it runs, combined here and only here), and waits for it.
 fn execute(
     exe: &Exe,
     state: &PerPartition<DeviceState>,
     take: usize,
     inputs: &[&Vec<PerPartition<Buffer>>],
 ) -> Result<Vec<Vec<Buffer>>> {
+    let (outs, running) = launch(exe, state, take, inputs)?;
+    running.wait()?;
+    Ok(outs)
+}
+
+/// [`execute`] without waiting.
+fn launch(
+    exe: &Exe,
+    state: &PerPartition<DeviceState>,
+    take: usize,
+    inputs: &[&Vec<PerPartition<Buffer>>],
+) -> Result<(Vec<Vec<Buffer>>, pjrt::Running)> {
     let args: Vec<Vec<&Buffer>> = exe
         .partition_of
         .iter()
@@ -382,7 +434,7 @@ fn execute(
                 .collect()
         })
         .collect();
-    Ok(exe.exe.execute(&args)?)
+    Ok(exe.exe.execute_async(&args)?)
 }
 
 /// The outputs in partition order.

@@ -216,3 +216,58 @@ fn training_lowers_the_loss_and_writes_metrics() {
     assert!(cfg.train.run_dir.join("loss.svg").is_file());
     assert!(cfg.train.run_dir.join("config.toml").is_file());
 }
+
+/// The asynchronous host (each step launched before the previous one's
+/// metrics are read; steps before a checkpoint one at a time) trains
+/// exactly what one step at a time trains: losses, metrics lines (with
+/// their data counts), checkpoints and the final parameters.
+#[test]
+fn launching_the_next_step_early_changes_nothing() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sets = ["train.steps=7", "train.checkpoint_every=3"];
+    let (la, pa, ca) = run(a.path(), 1, &sets);
+    let (lb, pb, cb) = run(b.path(), 1, &[sets[0], sets[1], "train.async_steps=false"]);
+    assert_eq!(la, lb);
+    assert_eq!(pa, pb);
+    let lines = |c: &TrainConfig| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(c.train.run_dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let o = v.as_object_mut().unwrap();
+                for timing in ["tokens_per_second", "step_time_s", "mfu"] {
+                    o.remove(timing);
+                }
+                v
+            })
+            .collect()
+    };
+    assert_eq!(lines(&ca).len(), 7);
+    assert_eq!(lines(&ca), lines(&cb));
+    for step in ["step_00000003", "step_00000006", "step_00000007"] {
+        // The data position and the digest of every file of tensors (the
+        // configs differ in train.async_steps).
+        let saved = |c: &TrainConfig| {
+            let path = c
+                .train
+                .run_dir
+                .join("checkpoints")
+                .join(step)
+                .join("manifest.json");
+            let m: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            let shards: Vec<String> = m["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f["path"].as_str().unwrap().starts_with("shards/"))
+                .map(|f| f["sha256"].to_string())
+                .collect();
+            (m["loader_rows"].to_string(), shards)
+        };
+        let (a, b) = (saved(&ca), saved(&cb));
+        assert!(!a.1.is_empty(), "{step}");
+        assert!(a == b, "{step}: {a:?} != {b:?}");
+    }
+}

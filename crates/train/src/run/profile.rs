@@ -48,7 +48,8 @@ impl StepProfile {
         }
     }
 
-    fn active(&self, s: u64) -> bool {
+    /// Whether step `s` is in the profiled window.
+    pub(super) fn active(&self, s: u64) -> bool {
         self.window.is_some_and(|(a, b)| (a..=b).contains(&s))
     }
 

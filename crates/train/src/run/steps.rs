@@ -8,6 +8,7 @@ use super::Mode;
 use super::files::{open_metrics, progress_bar};
 use super::profile::StepProfile;
 use super::setup::Job;
+use crate::exec::Launched;
 use crate::group::GroupSaver;
 use crate::tensorboard::EventWriter;
 use crate::{Error, Result, checkpoint, mfu, state};
@@ -68,13 +69,8 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
             cfg.train.steps
         );
     }
-    let tokens_per_step = (crate::rl::step_rows(&cfg) * cfg.data.seq_len) as f64;
-    // The step's rows when RL samples them (every one on this host).
-    let rl_rows: Vec<usize> = (0..crate::rl::step_rows(&cfg)).collect();
-    let flops_per_step = mfu::flops_per_token(&job.model, cfg.data.seq_len) * tokens_per_step;
-    let ckpt_root = job.run_dir.join("checkpoints");
     let metrics_path = job.run_dir.join("metrics.jsonl");
-    let mut sink = match job.mode.any_group() {
+    let sink = match job.mode.any_group() {
         None => Sink::File(
             open_metrics(&metrics_path, start)?,
             metrics_path,
@@ -82,49 +78,74 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
         ),
         Some(g) => Sink::Group(g),
     };
-    let mut writer = checkpoint::Writer::new(ckpt_root.clone(), cfg.train.keep_checkpoints);
-    let mut group_saver = job.mode.any_group().map(|g| {
-        GroupSaver::new(
-            g,
-            ckpt_root.clone(),
-            cfg.train.keep_checkpoints,
-            job.mode.is_spmd(),
-        )
-    });
-    let mut profile = StepProfile::new(
-        &cfg.train.profile_steps,
-        job.run_dir.clone(),
-        job.mode.rank(),
-    );
-    let bar = progress_bar(cfg.train.steps, show_progress);
-    bar.set_position(start.min(cfg.train.steps));
-    let mut losses = Vec::new();
-    let mut times = Vec::new();
+    let ckpt_root = job.run_dir.join("checkpoints");
+    let mut tail = Tail {
+        tokens_per_step: (crate::rl::step_rows(&cfg) * cfg.data.seq_len) as f64,
+        flops_per_step: mfu::flops_per_token(&job.model, cfg.data.seq_len)
+            * (crate::rl::step_rows(&cfg) * cfg.data.seq_len) as f64,
+        sink,
+        writer: checkpoint::Writer::new(ckpt_root.clone(), cfg.train.keep_checkpoints),
+        group_saver: job.mode.any_group().map(|g| {
+            GroupSaver::new(
+                g,
+                ckpt_root.clone(),
+                cfg.train.keep_checkpoints,
+                job.mode.is_spmd(),
+            )
+        }),
+        profile: StepProfile::new(
+            &cfg.train.profile_steps,
+            job.run_dir.clone(),
+            job.mode.rank(),
+        ),
+        bar: progress_bar(cfg.train.steps, show_progress),
+        losses: Vec::new(),
+        times: Vec::new(),
+        last_done: Instant::now(),
+    };
+    tail.bar.set_position(start.min(cfg.train.steps));
+    // The step's rows when RL samples them (every one on this host).
+    let rl_rows: Vec<usize> = (0..crate::rl::step_rows(&cfg)).collect();
+    // The step launched last: its numbers are read, logged and checkpointed
+    // once the next step is on its way, so the host loads and transfers a
+    // batch while the devices compute.
+    let mut pending: Option<Pending> = None;
     for s in start..cfg.train.steps {
         if let Some(g) = job.mode.any_group() {
             g.check()?;
         }
-        profile.begin_step(s, &job.client, |m| {
-            bar.suspend(|| eprintln!("meshtrain: {m}"))
+        // A checkpoint after the previous step reads the state (and the
+        // data position) this step moves on from; a process group and a
+        // profiled step run one step at a time.
+        if let Some(p) = pending.take_if(|p| !tail.overlaps(job, p.step)) {
+            tail.finish(job, p)?;
+        }
+        tail.profile.begin_step(s, &job.client, |m| {
+            tail.bar.suspend(|| eprintln!("meshtrain: {m}"))
         })?;
         let t = Instant::now();
         let mut batches = Vec::with_capacity(job.feed.len());
+        // The rows this process loads: every row but in a multi-host job.
+        let mut tokens_by_source = std::collections::BTreeMap::new();
         for f in &mut job.feed {
             let b = f.loader.next_batch()?;
             check_tokens(&b, job.model.vocab_size, s)?;
+            for (name, n) in f.loader.tokens_by_source() {
+                *tokens_by_source.entry(name).or_insert(0u64) += n;
+            }
             batches.push((f.host, f.rows.as_slice(), b));
         }
-        profile.span(s, "load batch", t);
+        tail.profile.span(s, "load batch", t);
         if let Some(rollout) = &mut job.rollout {
             let t_sample = Instant::now();
             // invariant: RL runs on one host, so one feed.
             let (host, _, prompts) = batches.pop().expect("one host feed");
             let rows = rollout.rows(&prompts, &job.state, s)?;
             batches.push((host, rl_rows.as_slice(), rows));
-            profile.span(s, "sample responses", t_sample);
+            tail.profile.span(s, "sample responses", t_sample);
         }
         let t_step = Instant::now();
-        let out = job.stepper.run(
+        let launched = job.stepper.launch(
             &job.client,
             &job.plan,
             &job.at,
@@ -133,47 +154,112 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
             &batches,
             s,
         )?;
-        profile.span(s, "transfer batch + run step", t_step);
-        let dt = t.elapsed().as_secs_f64();
+        tail.profile.span(s, "transfer batch + launch step", t_step);
+        if let Some(p) = pending.replace(Pending {
+            step: s,
+            launched,
+            tokens_by_source,
+        }) {
+            tail.finish(job, p)?;
+        }
+    }
+    if let Some(p) = pending.take() {
+        tail.finish(job, p)?;
+    }
+    if let Some(saver) = &mut tail.group_saver {
+        saver.settle()?;
+    }
+    if let Some(saved) = tail.writer.wait()? {
+        tail.bar
+            .suspend(|| eprintln!("meshtrain: checkpoint step {saved} committed"));
+    }
+    tail.bar.finish();
+    tail.sink.flush()?;
+    let mut times = tail.times;
+    times.sort_by(f64::total_cmp);
+    Ok(Done {
+        losses: tail.losses,
+        median_step_seconds: times.get(times.len() / 2).copied().unwrap_or(0.0),
+    })
+}
+
+/// A launched step not yet finished.
+struct Pending {
+    step: u64,
+    launched: Launched,
+    /// Tokens loaded per source up to this step's batch.
+    tokens_by_source: std::collections::BTreeMap<String, u64>,
+}
+
+/// What happens after a step: its metrics, checkpoints, the profile and
+/// the progress bar.
+struct Tail<'g> {
+    tokens_per_step: f64,
+    flops_per_step: f64,
+    sink: Sink<'g>,
+    writer: checkpoint::Writer,
+    group_saver: Option<GroupSaver<'g>>,
+    profile: StepProfile,
+    bar: indicatif::ProgressBar,
+    losses: Vec<(u64, f32)>,
+    times: Vec<f64>,
+    /// When the last step finished.
+    last_done: Instant,
+}
+
+impl Tail<'_> {
+    /// Whether the step after `s` may be launched before `s` is finished.
+    fn overlaps(&self, job: &Job, s: u64) -> bool {
+        job.cfg.train.async_steps
+            && job.mode.any_group().is_none()
+            && !checkpoint_after(&job.cfg, s)
+            && !self.profile.active(s)
+            && !self.profile.active(s + 1)
+    }
+
+    /// Waits for step `p` and logs it, checkpoints after it on the
+    /// cadence, and moves the profile and the bar on.
+    fn finish(&mut self, job: &mut Job, p: Pending) -> Result<()> {
+        let cfg = &job.cfg;
+        let s = p.step;
+        let out = p.launched.finish()?;
+        // The wall time between two steps' ends: what a step costs when
+        // the host's work overlaps the devices'.
+        let dt = self.last_done.elapsed().as_secs_f64();
+        self.last_done = Instant::now();
         if !out.loss.is_finite() {
             return Err(Error::Diverged {
                 step: s,
                 loss: out.loss,
             });
         }
-        losses.push((s, out.loss));
-        if s > start || cfg.train.steps == start + 1 {
-            times.push(dt);
+        self.losses.push((s, out.loss));
+        if s > job.start || cfg.train.steps == job.start + 1 {
+            self.times.push(dt);
         }
-        if s % cfg.train.log_every == 0 || s + 1 == cfg.train.steps {
-            // The rows this process loads: every row but in a multi-host job.
-            let mut tokens_by_source = std::collections::BTreeMap::new();
-            for (name, n) in job.feed.iter().flat_map(|f| f.loader.tokens_by_source()) {
-                *tokens_by_source.entry(name).or_insert(0u64) += n;
-            }
+        if s.is_multiple_of(cfg.train.log_every) || s + 1 == cfg.train.steps {
             let mut line = serde_json::json!({
                 "step": s,
                 "loss": out.loss,
                 "learning_rate": out.lr,
                 "grad_norm": out.grad_norm,
-                "tokens_per_second": tokens_per_step / dt,
+                "tokens_per_second": self.tokens_per_step / dt,
                 "step_time_s": dt,
-                "mfu": flops_per_step / dt / job.peak_flops,
-                "tokens_by_source": tokens_by_source,
+                "mfu": self.flops_per_step / dt / job.peak_flops,
+                "tokens_by_source": p.tokens_by_source,
             });
             for (name, value) in &out.extra {
                 line[*name] = serde_json::json!(value);
             }
             let t_log = Instant::now();
-            sink.write(s, &line)?;
-            profile.span(s, "write metrics", t_log);
+            self.sink.write(s, &line)?;
+            self.profile.span(s, "write metrics", t_log);
         }
-        if let Some(saver) = &mut group_saver {
+        if let Some(saver) = &mut self.group_saver {
             saver.after_step(s)?;
         }
-        let every = cfg.train.checkpoint_every;
-        if every > 0 && ((s + 1) % every == 0 || s + 1 == cfg.train.steps) {
-            sink.flush()?;
+        if checkpoint_after(cfg, s) {
+            self.sink.flush()?;
             let t_copy = Instant::now();
             let parts = job
                 .feed
@@ -185,7 +271,7 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
                         f.host
                     };
                     state::snapshot(
-                        &cfg,
+                        cfg,
                         &job.plan,
                         &job.at,
                         &job.params,
@@ -195,44 +281,41 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
                     )
                 })
                 .collect::<Result<Vec<_>>>()?;
-            profile.span(s, "checkpoint copy to host", t_copy);
+            self.profile.span(s, "checkpoint copy to host", t_copy);
             let t_save = Instant::now();
-            match &mut group_saver {
-                None => writer.start(parts)?,
+            match &mut self.group_saver {
+                None => self.writer.start(parts)?,
                 Some(saver) => {
                     // invariant: a process group runs one host per process.
                     let part = parts.into_iter().next().expect("one host per process");
                     saver.start(s, part)?
                 }
             }
-            profile.span(s, "checkpoint hand-off", t_save);
+            self.profile.span(s, "checkpoint hand-off", t_save);
         }
-        for path in profile.end_step(s)? {
-            bar.suspend(|| eprintln!("meshtrain: profile written to {}", path.display()));
+        for path in self.profile.end_step(s)? {
+            self.bar
+                .suspend(|| eprintln!("meshtrain: profile written to {}", path.display()));
         }
-        if let Some(saved) = writer.poll()? {
-            bar.suspend(|| eprintln!("meshtrain: checkpoint step {saved} committed"));
+        if let Some(saved) = self.writer.poll()? {
+            self.bar
+                .suspend(|| eprintln!("meshtrain: checkpoint step {saved} committed"));
         }
-        bar.set_message(format!(
+        self.bar.set_message(format!(
             "loss {:.4}  {:.0} tok/s",
             out.loss,
-            tokens_per_step / dt
+            self.tokens_per_step / dt
         ));
-        bar.inc(1);
+        self.bar.inc(1);
+        Ok(())
     }
-    if let Some(saver) = &mut group_saver {
-        saver.settle()?;
-    }
-    if let Some(saved) = writer.wait()? {
-        bar.suspend(|| eprintln!("meshtrain: checkpoint step {saved} committed"));
-    }
-    bar.finish();
-    sink.flush()?;
-    times.sort_by(f64::total_cmp);
-    Ok(Done {
-        losses,
-        median_step_seconds: times.get(times.len() / 2).copied().unwrap_or(0.0),
-    })
+}
+
+/// Whether a checkpoint is taken after step `s` (`train.checkpoint_every`,
+/// and after the last step).
+fn checkpoint_after(cfg: &crate::TrainConfig, s: u64) -> bool {
+    let every = cfg.train.checkpoint_every;
+    every > 0 && ((s + 1).is_multiple_of(every) || s + 1 == cfg.train.steps)
 }
 
 /// Every token id of a batch is inside the vocabulary.
