@@ -314,3 +314,29 @@ fn a_membership_from_an_earlier_coordinator_at_the_address_is_not_a_member() {
     assert!(matches!(heartbeat(fresh.member), Some(Cmd::Continue(_))));
     drop(second);
 }
+
+/// The coordinator tells workers the job's heartbeat interval at
+/// registration: a worker whose own interval (5 s) is longer than the
+/// job's heartbeat timeout (1 s) beats at the job's (100 ms) and stays a
+/// member.
+#[test]
+fn workers_heartbeat_at_the_interval_the_coordinator_gives() {
+    let mut o = options(1);
+    o.heartbeat_timeout = Duration::from_secs(1);
+    o.heartbeat_interval = Duration::from_millis(100);
+    let coord = cluster::Coordinator::start(o).unwrap();
+    let mut c = client_options(&coord);
+    c.heartbeat_interval = Duration::from_secs(5);
+    let w = cluster::WorkerClient::connect(c).unwrap();
+    assert_eq!(w.heartbeat_interval(), Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(w.command(), Command::Continue);
+    w.barrier("alive", Duration::from_secs(5)).unwrap();
+
+    // Without an interval from the coordinator the worker keeps its own.
+    let coord = coordinator(1);
+    let mut c = client_options(&coord);
+    c.heartbeat_interval = Duration::from_millis(300);
+    let w = cluster::WorkerClient::connect(c).unwrap();
+    assert_eq!(w.heartbeat_interval(), Duration::from_millis(300));
+}

@@ -48,6 +48,7 @@ pub fn run(opts: Options) -> Result<Summary> {
         cfg.to_toml(),
     );
     co.heartbeat_timeout = seconds(cfg.coordinator.heartbeat_timeout_s);
+    co.heartbeat_interval = seconds(cfg.coordinator.heartbeat_interval_s);
     if let (Some(cert), Some(key)) = (&cfg.coordinator.tls_cert, &cfg.coordinator.tls_key) {
         co.tls = Some(TlsServer {
             cert_pem_path: cert.clone(),

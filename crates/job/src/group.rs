@@ -38,9 +38,6 @@ impl LostFlag {
     }
 }
 
-/// The client's heartbeat interval (cluster's default).
-const HEARTBEAT: Duration = Duration::from_secs(1);
-
 /// The job lost a worker and restarts in `generation`.
 fn lost(generation: u64) -> train::Error {
     train::Error::Interrupted {
@@ -95,7 +92,7 @@ impl ProcessGroup for ClusterGroup<'_> {
             // A lost worker also aborts the agreement; the restart (or
             // stop) command follows on the next heartbeat.
             let t = std::time::Instant::now();
-            while t.elapsed() < 2 * HEARTBEAT {
+            while t.elapsed() < 2 * self.client.heartbeat_interval() {
                 if self.client.command() != Command::Continue {
                     return self.check().map(|()| false);
                 }

@@ -47,7 +47,8 @@ pub struct CoordinatorSection {
     /// A worker silent this long is declared lost (the job restarts from its
     /// last committed checkpoint when a worker takes its place).
     pub heartbeat_timeout_s: f64,
-    /// How often workers heartbeat.
+    /// How often workers heartbeat (the coordinator tells each worker at
+    /// registration).
     pub heartbeat_interval_s: f64,
     /// Lost workers tolerated before the job is stopped.
     pub max_restarts: u32,

@@ -44,6 +44,7 @@ pub struct WorkerClient {
     registration: Registration,
     rpc_timeout: Duration,
     collective_timeout: Duration,
+    heartbeat_interval: Duration,
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
@@ -91,6 +92,7 @@ impl WorkerClient {
             .block_on(rpc.clone().register(req))
             .map_err(|s| Error::from_status(s, &opts.coordinator))?
             .into_inner();
+        let r_interval = r.heartbeat_interval_ms;
         let member = r.member.ok_or_else(|| Error::Rpc {
             code: tonic::Code::Internal,
             message: "registration without a member id".into(),
@@ -110,10 +112,15 @@ impl WorkerClient {
             lost: watch::Sender::new(None),
             stopped: watch::Sender::new(None),
         });
+        // The job's interval, when the coordinator says it.
+        let interval = match r_interval {
+            0 => opts.heartbeat_interval,
+            ms => Duration::from_millis(ms),
+        };
         let heartbeat = rt.spawn(heartbeat(
             control,
             shared.clone(),
-            opts.heartbeat_interval,
+            interval,
             opts.coordinator_timeout,
         ));
         Ok(Self {
@@ -123,8 +130,15 @@ impl WorkerClient {
             registration,
             rpc_timeout: opts.rpc_timeout,
             collective_timeout: opts.collective_timeout,
+            heartbeat_interval: interval,
             heartbeat,
         })
+    }
+
+    /// How often this worker heartbeats: the job's interval when the
+    /// coordinator gave one at registration, else the client's own.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
     }
 
     /// What the coordinator handed out at registration.

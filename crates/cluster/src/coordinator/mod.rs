@@ -36,6 +36,9 @@ pub struct CoordinatorOptions {
     pub job_config: String,
     /// A worker silent for longer than this is declared lost.
     pub heartbeat_timeout: Duration,
+    /// How often workers heartbeat (told at registration; zero: each
+    /// worker keeps its own [`crate::ClientOptions::heartbeat_interval`]).
+    pub heartbeat_interval: Duration,
     /// Serve over TLS.
     pub tls: Option<TlsServer>,
     /// The generation to start in: a coordinator restarted for a job
@@ -62,6 +65,7 @@ impl CoordinatorOptions {
             software_version: software_version.into(),
             job_config: job_config.into(),
             heartbeat_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::ZERO,
             tls: None,
             start_generation: 0,
             last_committed: None,
@@ -141,6 +145,7 @@ pub(crate) fn fuzz_service(world_size: u32, events: mpsc::Sender<Event>) -> Arc<
             config_digest: String::new(),
             job_config: String::new(),
             heartbeat_timeout: Duration::from_secs(1),
+            heartbeat_interval: Duration::ZERO,
         },
         0,
         None,
@@ -182,6 +187,7 @@ impl Coordinator {
                 config_digest: opts.config_digest(),
                 job_config: opts.job_config.clone(),
                 heartbeat_timeout: opts.heartbeat_timeout,
+                heartbeat_interval: opts.heartbeat_interval,
             },
             opts.start_generation,
             opts.last_committed,

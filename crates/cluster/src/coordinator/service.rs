@@ -86,6 +86,7 @@ impl Cluster for Service {
             job_config: cfg.job_config.clone(),
             restart_generation: st.generation,
             resume_hint: st.last_committed,
+            heartbeat_interval_ms: cfg.heartbeat_interval.as_millis() as u64,
         };
         drop(st);
         tracing::info!(

@@ -27,6 +27,7 @@ pub(crate) struct Config {
     pub job_config: String,
     pub config_digest: String,
     pub heartbeat_timeout: Duration,
+    pub heartbeat_interval: Duration,
 }
 
 /// State shared by the gRPC service, the reaper and the handle.
