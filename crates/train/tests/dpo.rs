@@ -65,14 +65,7 @@ fn pair_log_probs(batch: &data::Batch, logits: &[f32], vocab: usize) -> Vec<[f64
                     continue;
                 }
                 let row = &logits[i * vocab..(i + 1) * vocab];
-                let max = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
-                let lse = max
-                    + row
-                        .iter()
-                        .map(|&x| (x as f64 - max).exp())
-                        .sum::<f64>()
-                        .ln();
-                out[seg as usize - 1] += row[batch.targets[i] as usize] as f64 - lse;
+                out[seg as usize - 1] += common::log_prob(row, batch.targets[i] as usize);
             }
             out
         })
@@ -159,12 +152,6 @@ fn dpo_on_8_devices_equals_one_device() {
     for ((s, x), (_, y)) in a.losses.iter().zip(&b.losses) {
         assert!((x - y).abs() < 1e-5, "step {s}: {x} on 1 device, {y} on 8");
     }
-    let load = |d: &Path| gemma::hf::load(&d.join("run/final")).unwrap().params;
-    let (pa, pb) = (load(one.path()), load(eight.path()));
-    let worst = pa
-        .iter()
-        .zip(&pb)
-        .flat_map(|(x, y)| x.data.iter().zip(&y.data).map(|(a, b)| (a - b).abs()))
-        .fold(0f32, f32::max);
+    let worst = common::final_params_max_diff(one.path(), eight.path());
     assert!(worst < 1e-5, "largest parameter difference {worst:e}");
 }

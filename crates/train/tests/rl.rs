@@ -67,14 +67,7 @@ fn response_log_probs(batch: &data::Batch, logits: &[f32], vocab: usize) -> Vec<
                 .filter(|&i| batch.loss_mask[i] > 0.0)
                 .map(|i| {
                     let row = &logits[i * vocab..(i + 1) * vocab];
-                    let max = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
-                    let lse = max
-                        + row
-                            .iter()
-                            .map(|&x| (x as f64 - max).exp())
-                            .sum::<f64>()
-                            .ln();
-                    row[batch.targets[i] as usize] as f64 - lse
+                    common::log_prob(row, batch.targets[i] as usize)
                 })
                 .sum()
         })
@@ -367,13 +360,7 @@ fn rl_on_8_devices_equals_one_device() {
             assert!((x - y).abs() < 1e-4, "{key}: {x} on 1 device, {y} on 8");
         }
     }
-    let load = |d: &Path| gemma::hf::load(&d.join("run/final")).unwrap().params;
-    let (pa, pb) = (load(one.path()), load(eight.path()));
-    let worst = pa
-        .iter()
-        .zip(&pb)
-        .flat_map(|(x, y)| x.data.iter().zip(&y.data).map(|(a, b)| (a - b).abs()))
-        .fold(0f32, f32::max);
+    let worst = common::final_params_max_diff(one.path(), eight.path());
     assert!(worst < 1e-5, "parameters differ by {worst}");
     assert!(one.path().join("run/reward.svg").is_file());
 }

@@ -124,14 +124,7 @@ fn host_masked_mean(batch: &Batch, logits: &[f32], vocab: usize) -> f64 {
             continue;
         }
         let row = &logits[i * vocab..(i + 1) * vocab];
-        let max = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
-        let lse = max
-            + row
-                .iter()
-                .map(|&x| (x as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
-        sum += lse - row[batch.targets[i] as usize] as f64;
+        sum -= common::log_prob(row, batch.targets[i] as usize);
         count += 1.0;
     }
     sum / count.max(1.0)

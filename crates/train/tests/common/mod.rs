@@ -158,3 +158,26 @@ pub fn logits(cfg: &gemma::GemmaConfig, params: &[Vec<f32>], batch: &data::Batch
     let out = exe.execute(&[bufs.iter().collect()]).unwrap();
     out[0][0].to_host::<f32>().unwrap()
 }
+
+/// `log softmax(row)[target]` in f64.
+pub fn log_prob(row: &[f32], target: usize) -> f64 {
+    let max = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    row[target] as f64 - lse
+}
+
+/// The largest difference between the final parameters of two runs
+/// (`<dir>/run/final`).
+pub fn final_params_max_diff(a: &Path, b: &Path) -> f32 {
+    let load = |d: &Path| gemma::hf::load(&d.join("run/final")).unwrap().params;
+    let (pa, pb) = (load(a), load(b));
+    pa.iter()
+        .zip(&pb)
+        .flat_map(|(x, y)| x.data.iter().zip(&y.data).map(|(a, b)| (a - b).abs()))
+        .fold(0f32, f32::max)
+}
