@@ -20,7 +20,9 @@ use mesh::{Mesh, Rules};
 use crate::config::OptimizerConfig;
 use crate::objective::Objective;
 use crate::{Error, Result};
+use accumulate::accumulate;
 
+mod accumulate;
 mod pairs;
 mod rl;
 mod split;
@@ -352,47 +354,37 @@ fn loss_and_grads(
     count: Value,
     shape: StepShape,
 ) -> Result<(Value, Vec<Value>)> {
-    let (mb, t) = (shape.micro_batch, shape.seq_len);
-    let model = Gemma::new(cfg, p, compute)?;
-    let mut loss: Option<Value> = None;
-    let mut grads: Option<Vec<Value>> = None;
-    for i in 0..shape.accumulation {
-        let micro = |b: &mut Builder, x: Value| -> hlo::Result<Value> {
-            let s = b.slice_axis(x, 0, i as i64, 1)?;
-            b.reshape(s, &[mb as i64, t as i64])
-        };
-        let [ids, targets, mask, segment_ids, positions] =
-            [0, 1, 2, 3, 4].map(|k| micro(b, inputs[k]));
-        let tokens = Tokens {
-            ids: ids?,
-            positions: positions?,
-            segment_ids: segment_ids?,
-        };
-        let logits = b.scope(&format!("micro_batch.{i}"), |b| {
-            model.forward(b, &tokens, plan)
-        })?;
-        let (sum, _) = token_loss(b, logits, targets?, mask?)?;
+    let n = p.len();
+    let mut consts = p.to_vec();
+    consts.push(count);
+    let zeros = zeros_for(b, 1, p);
+    let sums = accumulate(b, shape, inputs, &consts, &zeros, |b, x, c| {
+        let (params, count) = (&c[..n], c[n]);
+        let model = Gemma::new(cfg, params, compute)?;
+        let logits = model.forward(b, &micro_tokens(x), plan)?;
+        let (sum, _) = token_loss(b, logits, x[1], x[2])?;
         let l = b.div(sum, count)?;
-        let g = b.grad(l, p)?;
-        loss = Some(match loss {
-            None => l,
-            Some(acc) => b.add(acc, l)?,
-        });
-        grads = Some(match grads {
-            None => g,
-            Some(acc) => acc
-                .iter()
-                .zip(&g)
-                .map(|(x, y)| b.add(*x, *y))
-                .collect::<hlo::Result<Vec<_>>>()?,
-        });
+        let mut out = vec![l];
+        out.extend(b.grad(l, params)?);
+        Ok(out)
+    })?;
+    Ok((sums[0], sums[1..].to_vec()))
+}
+
+/// A micro-batch's model inputs (`tokens`, `segment_ids`, `positions`).
+fn micro_tokens(x: accumulate::Micro) -> Tokens {
+    Tokens {
+        ids: x[0],
+        positions: x[4],
+        segment_ids: x[3],
     }
-    Ok((
-        // invariant: `build_step` refuses accumulation 0.
-        loss.expect("at least one micro-batch"),
-        // invariant: `build_step` refuses accumulation 0.
-        grads.expect("at least one micro-batch"),
-    ))
+}
+
+/// Zeros for `scalars` scalar sums (f32), then one like each of `p`.
+fn zeros_for(b: &mut Builder, scalars: usize, p: &[Value]) -> Vec<Value> {
+    let mut z: Vec<Value> = (0..scalars).map(|_| b.scalar(0.0, DType::F32)).collect();
+    z.extend(p.iter().map(|&x| b.zeros_like(x)));
+    z
 }
 
 /// Outputs `0..groups * P` are laid out like the parameters.
@@ -494,6 +486,43 @@ fn shape_for(cfg: &crate::TrainConfig) -> Result<(GemmaConfig, Plan, StepShape)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Micro-batches run as one loop: the program holds one forward and
+    /// one backward pass whether a step has 2 or 16 of them.
+    #[test]
+    fn the_program_does_not_grow_with_the_micro_batches() {
+        let model = GemmaConfig {
+            layers: 2,
+            ..GemmaConfig::tiny()
+        };
+        let plan = Plan::new(&model, Mesh::single(), Rules::default());
+        let mlir = |accumulation: usize| {
+            let shape = StepShape {
+                accumulation,
+                micro_batch: 2,
+                seq_len: 8,
+                total_steps: 10,
+            };
+            let opt = OptimizerConfig::default();
+            let step =
+                build_step(&model, &opt, gemma::ComputeOptions::default(), shape, &plan).unwrap();
+            step.program.to_mlir()
+        };
+        let (two, sixteen) = (mlir(2), mlir(16));
+        let dots = |m: &str| m.matches("stablehlo.dot_general").count();
+        assert!(dots(&two) > 0);
+        assert_eq!(dots(&two), dots(&sixteen));
+        assert_eq!(
+            two.matches("stablehlo.while").count(),
+            sixteen.matches("stablehlo.while").count()
+        );
+        assert!(
+            sixteen.len() < two.len() + 200,
+            "{} vs {}",
+            sixteen.len(),
+            two.len()
+        );
+    }
 
     #[test]
     fn an_empty_step_shape_is_an_error_naming_its_key() {

@@ -3,9 +3,10 @@
 //! means over the step's pairs (`accumulation x micro_batch`, a constant),
 //! so micro-batches add up like the LM loss.
 
-use gemma::{Gemma, GemmaConfig, Tokens};
+use gemma::{Gemma, GemmaConfig};
 use hlo::{Builder, DType, Value};
 
+use super::accumulate::accumulate;
 use super::{Plan, StepShape};
 use crate::Result;
 use crate::objective::Objective;
@@ -26,50 +27,38 @@ pub(super) fn loss_and_grads(
     objective: Objective,
     beta: f64,
 ) -> Result<(Value, Vec<Value>, Vec<Value>)> {
-    let (mb, t) = (shape.micro_batch, shape.seq_len);
-    let pairs = (shape.accumulation * mb) as f64;
-    let model = Gemma::new(cfg, p, compute)?;
-    let frozen = reference.map(|r| Gemma::new(cfg, r, compute)).transpose()?;
-    let mut acc: Option<(Value, Vec<Value>, Vec<Value>)> = None;
-    for i in 0..shape.accumulation {
-        let micro = |b: &mut Builder, x: Value| -> hlo::Result<Value> {
-            let s = b.slice_axis(x, 0, i as i64, 1)?;
-            b.reshape(s, &[mb as i64, t as i64])
-        };
-        let [ids, targets, mask, segment_ids, positions] =
-            [0, 1, 2, 3, 4].map(|k| micro(b, inputs[k]));
-        let (targets, mask) = (targets?, mask?);
-        let tokens = Tokens {
-            ids: ids?,
-            positions: positions?,
-            segment_ids: segment_ids?,
-        };
+    let pairs = (shape.accumulation * shape.micro_batch) as f64;
+    let n = p.len();
+    let mut consts = p.to_vec();
+    consts.extend(reference.unwrap_or_default());
+    let zeros = super::zeros_for(b, 3, p);
+    let sums = accumulate(b, shape, inputs, &consts, &zeros, |b, x, c| {
+        let params = &c[..n];
+        let model = Gemma::new(cfg, params, compute)?;
+        let tokens = super::micro_tokens(x);
+        let (targets, mask) = (x[1], x[2]);
         // The per-pair margin whose −log σ is the loss.
-        let margin = b.scope(&format!("micro_batch.{i}"), |b| -> Result<Value> {
-            match objective {
-                Objective::Reward => {
-                    let (c, r) = model.score_pairs(b, &tokens, plan)?;
-                    Ok(b.sub(c, r)?)
-                }
-                Objective::Dpo => {
-                    // invariant: a DPO step declares the `ref.*` parameters before building the loss.
-                    let frozen = frozen.as_ref().expect("DPO declares the reference");
-                    let logits = model.forward(b, &tokens, plan)?;
-                    let (c, r) = pair_log_probs(b, logits, targets, mask, tokens.segment_ids)?;
-                    let ref_logits = b.scope("reference", |b| frozen.forward(b, &tokens, plan))?;
-                    let (rc, rr) =
-                        pair_log_probs(b, ref_logits, targets, mask, tokens.segment_ids)?;
-                    let (rc, rr) = (b.stop_gradient(rc)?, b.stop_gradient(rr)?);
-                    let dc = b.sub(c, rc)?;
-                    let dr = b.sub(r, rr)?;
-                    let d = b.sub(dc, dr)?;
-                    Ok(b.mul_scalar(d, beta)?)
-                }
-                Objective::Lm | Objective::Rl => {
-                    unreachable!("the LM and RL losses are built elsewhere")
-                }
+        let margin = match objective {
+            Objective::Reward => {
+                let (c, r) = model.score_pairs(b, &tokens, plan)?;
+                b.sub(c, r)?
             }
-        })?;
+            Objective::Dpo => {
+                let frozen = Gemma::new(cfg, &c[n..], compute)?;
+                let logits = model.forward(b, &tokens, plan)?;
+                let (c, r) = pair_log_probs(b, logits, targets, mask, tokens.segment_ids)?;
+                let ref_logits = b.scope("reference", |b| frozen.forward(b, &tokens, plan))?;
+                let (rc, rr) = pair_log_probs(b, ref_logits, targets, mask, tokens.segment_ids)?;
+                let (rc, rr) = (b.stop_gradient(rc)?, b.stop_gradient(rr)?);
+                let dc = b.sub(c, rc)?;
+                let dr = b.sub(r, rr)?;
+                let d = b.sub(dc, dr)?;
+                b.mul_scalar(d, beta)?
+            }
+            Objective::Lm | Objective::Rl => {
+                unreachable!("the LM and RL losses are built elsewhere")
+            }
+        };
         let (loss, metrics) = b.scope("pair_loss", |b| -> hlo::Result<(Value, Vec<Value>)> {
             let l = neg_log_sigmoid(b, margin)?;
             let loss = mean_over(b, l, pairs)?;
@@ -81,18 +70,12 @@ pub(super) fn loss_and_grads(
                 vec![mean_over(b, right, pairs)?, mean_over(b, margin, pairs)?],
             ))
         })?;
-        let grads = b.grad(loss, p)?;
-        acc = Some(match acc {
-            None => (loss, grads, metrics),
-            Some((l0, g0, m0)) => (
-                b.add(l0, loss)?,
-                add_all(b, &g0, &grads)?,
-                add_all(b, &m0, &metrics)?,
-            ),
-        });
-    }
-    // invariant: `build_step` refuses accumulation 0.
-    Ok(acc.expect("at least one micro-batch"))
+        let mut out = vec![loss];
+        out.extend(metrics);
+        out.extend(b.grad(loss, params)?);
+        Ok(out)
+    })?;
+    Ok((sums[0], sums[3..].to_vec(), sums[1..3].to_vec()))
 }
 
 /// `−log σ(x) = softplus(−x) = max(−x, 0) + log1p(exp(−|x|))`, stable for any x.
@@ -111,10 +94,6 @@ fn neg_log_sigmoid(b: &mut Builder, x: Value) -> hlo::Result<Value> {
 pub(super) fn mean_over(b: &mut Builder, x: Value, n: f64) -> hlo::Result<Value> {
     let s = b.sum(x, &[0])?;
     b.mul_scalar(s, 1.0 / n)
-}
-
-pub(super) fn add_all(b: &mut Builder, x: &[Value], y: &[Value]) -> hlo::Result<Vec<Value>> {
-    x.iter().zip(y).map(|(a, c)| b.add(*a, *c)).collect()
 }
 
 /// Summed log-probabilities of the targets where `mask` is 1, per row, in

@@ -13,10 +13,11 @@
 //! constant), so micro-batches add up. Metrics: `reward_mean` (mean r),
 //! `kl` (mean KL_i) and `response_len` (mean response tokens).
 
-use gemma::{Gemma, GemmaConfig, Tokens};
+use gemma::{Gemma, GemmaConfig};
 use hlo::{Builder, Value};
 
-use super::pairs::{add_all, mean_over};
+use super::accumulate::accumulate;
+use super::pairs::mean_over;
 use super::{Plan, StepShape};
 use crate::Result;
 
@@ -46,68 +47,51 @@ pub(super) fn loss_and_grads(
     shape: StepShape,
     rl: &RlLoss,
 ) -> Result<(Value, Vec<Value>, Vec<Value>)> {
-    let (mb, t) = (shape.micro_batch, shape.seq_len);
+    let mb = shape.micro_batch;
     let k = rl.samples;
     let rows = (shape.accumulation * mb) as f64;
-    let model = Gemma::new(cfg, p, compute)?;
-    let frozen = Gemma::new(cfg, reference, compute)?;
-    let scorer = Gemma::new(&rl.reward, reward, compute)?;
-    let mut acc: Option<(Value, Vec<Value>, Vec<Value>)> = None;
-    for i in 0..shape.accumulation {
-        let micro = |b: &mut Builder, x: Value| -> hlo::Result<Value> {
-            let s = b.slice_axis(x, 0, i as i64, 1)?;
-            b.reshape(s, &[mb as i64, t as i64])
-        };
-        let [ids, targets, mask, segment_ids, positions] =
-            [0, 1, 2, 3, 4].map(|k| micro(b, inputs[k]));
-        let (targets, mask) = (targets?, mask?);
-        let tokens = Tokens {
-            ids: ids?,
-            positions: positions?,
-            segment_ids: segment_ids?,
-        };
-        let (log_pi, advantage, metrics) =
-            b.scope(&format!("micro_batch.{i}"), |b| -> Result<_> {
-                let logits = model.forward(b, &tokens, plan)?;
-                let log_pi = response_log_prob(b, logits, targets, mask)?;
-                let ref_logits = b.scope("reference", |b| frozen.forward(b, &tokens, plan))?;
-                let log_ref = response_log_prob(b, ref_logits, targets, mask)?;
-                let r = b.scope("reward_model", |b| scorer.score(b, &tokens, plan))?;
-                let r = b.stop_gradient(r)?;
-                let kl = b.sub(log_pi, log_ref)?;
-                let kl = b.stop_gradient(kl)?;
-                let (advantage, metrics) = b.scope("advantage", |b| -> hlo::Result<_> {
-                    let penalty = b.mul_scalar(kl, rl.kl_coef)?;
-                    let shaped = b.sub(r, penalty)?;
-                    let baseline = leave_one_out(b, shaped, mb, k)?;
-                    let advantage = b.sub(shaped, baseline)?;
-                    let len = b.sum(mask, &[1])?;
-                    let metrics = vec![
-                        mean_over(b, r, rows)?,
-                        mean_over(b, kl, rows)?,
-                        mean_over(b, len, rows)?,
-                    ];
-                    Ok((b.stop_gradient(advantage)?, metrics))
-                })?;
-                Ok((log_pi, advantage, metrics))
-            })?;
+    let (n, r) = (p.len(), reference.len());
+    let consts: Vec<Value> = [p, reference, reward].concat();
+    let zeros = super::zeros_for(b, 4, p);
+    let sums = accumulate(b, shape, inputs, &consts, &zeros, |b, x, c| {
+        let params = &c[..n];
+        let model = Gemma::new(cfg, params, compute)?;
+        let frozen = Gemma::new(cfg, &c[n..n + r], compute)?;
+        let scorer = Gemma::new(&rl.reward, &c[n + r..], compute)?;
+        let tokens = super::micro_tokens(x);
+        let (targets, mask) = (x[1], x[2]);
+        let logits = model.forward(b, &tokens, plan)?;
+        let log_pi = response_log_prob(b, logits, targets, mask)?;
+        let ref_logits = b.scope("reference", |b| frozen.forward(b, &tokens, plan))?;
+        let log_ref = response_log_prob(b, ref_logits, targets, mask)?;
+        let score = b.scope("reward_model", |b| scorer.score(b, &tokens, plan))?;
+        let score = b.stop_gradient(score)?;
+        let kl = b.sub(log_pi, log_ref)?;
+        let kl = b.stop_gradient(kl)?;
+        let (advantage, metrics) = b.scope("advantage", |b| -> hlo::Result<_> {
+            let penalty = b.mul_scalar(kl, rl.kl_coef)?;
+            let shaped = b.sub(score, penalty)?;
+            let baseline = leave_one_out(b, shaped, mb, k)?;
+            let advantage = b.sub(shaped, baseline)?;
+            let len = b.sum(mask, &[1])?;
+            let metrics = vec![
+                mean_over(b, score, rows)?,
+                mean_over(b, kl, rows)?,
+                mean_over(b, len, rows)?,
+            ];
+            Ok((b.stop_gradient(advantage)?, metrics))
+        })?;
         let loss = b.scope("rl_loss", |b| -> hlo::Result<Value> {
             let weighted = b.mul(advantage, log_pi)?;
             let mean = mean_over(b, weighted, rows)?;
             b.neg(mean)
         })?;
-        let grads = b.grad(loss, p)?;
-        acc = Some(match acc {
-            None => (loss, grads, metrics),
-            Some((l0, g0, m0)) => (
-                b.add(l0, loss)?,
-                add_all(b, &g0, &grads)?,
-                add_all(b, &m0, &metrics)?,
-            ),
-        });
-    }
-    // invariant: `build_step` refuses accumulation 0.
-    Ok(acc.expect("at least one micro-batch"))
+        let mut out = vec![loss];
+        out.extend(metrics);
+        out.extend(b.grad(loss, params)?);
+        Ok(out)
+    })?;
+    Ok((sums[0], sums[4..].to_vec(), sums[1..4].to_vec()))
 }
 
 /// Σ_t of the targets' log-probabilities where `mask` is 1: `[B]` f32.
