@@ -27,4 +27,4 @@ pub use model::{
     Attend, ComputeOptions, Constrain, Gemma, MaskedAttention, Matmuls, Tokens, Unconstrained,
     token_log_probs, token_loss,
 };
-pub use params::{Axis, ParamSpec, declare_parameters, param_specs};
+pub use params::{Axis, ParamSpec, declare_parameters, param_specs, stacked_layer_specs};

@@ -2,15 +2,25 @@
 //! as DESIGN.md states the math. The model names logical axes for its
 //! activations; the caller's [`Constrain`] decides their shardings.
 
+use std::cell::OnceCell;
+
 use hlo::{Builder, DType, RematPolicy, TensorType, Value};
 
-use crate::{Error, GemmaConfig, Result};
+use crate::{Error, GemmaConfig, ParamSpec, Result};
 
 /// Decides how an activation is sharded, from the logical axes the model
 /// names (`batch`, `seq`, `act_embed`). The model never sees the mesh.
 pub trait Constrain {
     /// Returns `x` with a sharding constraint for `axes` (or `x` unchanged).
     fn constrain(&self, b: &mut Builder, x: Value, axes: &[&str]) -> hlo::Result<Value>;
+
+    /// Returns a parameter-shaped value `x` described by `spec` with the
+    /// sharding the rules give `spec` (or `x` unchanged, the default). The
+    /// scanned model pins its stacked layer weights
+    /// ([`crate::stacked_layer_specs`]) with it.
+    fn constrain_param(&self, _: &mut Builder, x: Value, _: &ParamSpec) -> hlo::Result<Value> {
+        Ok(x)
+    }
 }
 
 /// No constraints: one device, or let the partitioner propagate.
@@ -43,6 +53,16 @@ pub struct ComputeOptions {
     pub remat: RematPolicy,
     /// How the weight matmuls run.
     pub matmuls: Matmuls,
+    /// Run the decoder layers of [`Gemma::forward`] and [`Gemma::score`] as
+    /// one loop (`stablehlo.while`, [`Builder::scan`]) over the layer
+    /// weights stacked per layer ([`crate::stacked_layer_specs`]), with the
+    /// remat policy applied inside the loop body, instead of one copy of
+    /// the layer per layer (MaxText's `scan_layers`). The parameters stay
+    /// per layer ([`crate::param_specs`]); the program stacks them. The
+    /// loop's gradient keeps only each iteration's input and replays the
+    /// iteration. [`Gemma::layers`] (decoding with a KV cache) always
+    /// unrolls.
+    pub scan_layers: bool,
 }
 
 /// How the weight matmuls (projections, MLP, output head) run.
@@ -75,15 +95,20 @@ impl Default for ComputeOptions {
             dtype: DType::F32,
             remat: RematPolicy::None,
             matmuls: Matmuls::Compute,
+            scan_layers: false,
         }
     }
 }
 
-/// The model: a config and its parameter values, in [`crate::param_specs`] order.
+/// The model: a config and its parameter values, in [`crate::param_specs`]
+/// order. A model builds into one program (its stacked layer weights, under
+/// [`ComputeOptions::scan_layers`], are built once and reused).
 pub struct Gemma<'a> {
     pub(crate) cfg: &'a GemmaConfig,
     pub(crate) params: &'a [Value],
     pub(crate) opts: ComputeOptions,
+    /// The layer weights stacked per layer, once built.
+    stacked: OnceCell<Vec<Value>>,
 }
 
 /// One layer's parameters.
@@ -101,6 +126,34 @@ struct Layer {
     post_mlp_out_norm: Option<Value>,
 }
 
+impl Layer {
+    /// A layer from its tensors in [`crate::param_specs`] order (`p` may
+    /// continue past them).
+    fn new(p: &[Value], post: bool) -> Layer {
+        let mut it = p.iter().copied();
+        // invariant: `Gemma::new` checked the parameter count against the
+        // config; a scan body gets one slice per stacked spec.
+        let mut next = || it.next().expect("parameter count checked in new");
+        let (input_norm, q, k, v, o) = (next(), next(), next(), next(), next());
+        let post_attn_out_norm = post.then(&mut next);
+        let (post_attention_norm, gate, up, down) = (next(), next(), next(), next());
+        let post_mlp_out_norm = post.then(&mut next);
+        Layer {
+            input_norm,
+            q,
+            k,
+            v,
+            o,
+            post_attn_out_norm,
+            post_attention_norm,
+            gate,
+            up,
+            down,
+            post_mlp_out_norm,
+        }
+    }
+}
+
 impl<'a> Gemma<'a> {
     /// Binds a config to parameter values (checked against its count).
     pub fn new(cfg: &'a GemmaConfig, params: &'a [Value], opts: ComputeOptions) -> Result<Self> {
@@ -115,7 +168,12 @@ impl<'a> Gemma<'a> {
                 ),
             ));
         }
-        Ok(Gemma { cfg, params, opts })
+        Ok(Gemma {
+            cfg,
+            params,
+            opts,
+            stacked: OnceCell::new(),
+        })
     }
 
     /// The model's shape.
@@ -139,28 +197,76 @@ impl<'a> Gemma<'a> {
     }
 
     fn layer(&self, i: usize) -> Layer {
-        let p = &self.params[1 + i * self.per_layer()..];
-        let post = self.cfg.post_norms;
-        let mut it = p.iter().copied();
-        // invariant: `Gemma::new` checked the parameter count against the config.
-        let mut next = || it.next().expect("parameter count checked in new");
-        let (input_norm, q, k, v, o) = (next(), next(), next(), next(), next());
-        let post_attn_out_norm = post.then(&mut next);
-        let (post_attention_norm, gate, up, down) = (next(), next(), next(), next());
-        let post_mlp_out_norm = post.then(&mut next);
-        Layer {
-            input_norm,
-            q,
-            k,
-            v,
-            o,
-            post_attn_out_norm,
-            post_attention_norm,
-            gate,
-            up,
-            down,
-            post_mlp_out_norm,
+        Layer::new(
+            &self.params[1 + i * self.per_layer()..],
+            self.cfg.post_norms,
+        )
+    }
+
+    /// Each layer tensor stacked over the layers, `[layers, ...]` in
+    /// [`crate::stacked_layer_specs`] order, sharded as `c` says; built the
+    /// first time and reused (every micro-batch's forward shares them).
+    fn stacked(&self, b: &mut Builder, c: &dyn Constrain) -> Result<Vec<Value>> {
+        if let Some(s) = self.stacked.get() {
+            return Ok(s.clone());
         }
+        let (n, layers) = (self.per_layer(), self.cfg.layers);
+        let specs = crate::stacked_layer_specs(self.cfg);
+        let stacked = b.scope("model.layers.stack", |b| {
+            specs
+                .iter()
+                .enumerate()
+                .map(|(j, spec)| {
+                    let parts = (0..layers)
+                        .map(|i| {
+                            let w = self.params[1 + i * n + j];
+                            let mut dims = vec![1];
+                            dims.extend(b.dims(w));
+                            b.reshape(w, &dims)
+                        })
+                        .collect::<hlo::Result<Vec<_>>>()?;
+                    let s = b.concatenate(&parts, 0)?;
+                    c.constrain_param(b, s, spec)
+                })
+                .collect::<hlo::Result<Vec<_>>>()
+        })?;
+        Ok(self.stacked.get_or_init(|| stacked).clone())
+    }
+
+    /// The decoder layers as one loop over the stacked weights, attending
+    /// among the batch's own tokens under the causal mask of `segment_ids`.
+    /// The loop body builds the mask from the integer segment ids: a scan's
+    /// gradient accumulates a cotangent for every loop-invariant input, and
+    /// a boolean mask has none.
+    fn scanned_layers(
+        &self,
+        b: &mut Builder,
+        x: Value,
+        positions: Value,
+        segment_ids: Value,
+        c: &dyn Constrain,
+    ) -> Result<Value> {
+        let ws = self.stacked(b, c)?;
+        let post = self.cfg.post_norms;
+        let (fin, _) = b.scope("model.layers", |b| {
+            b.scan(
+                self.cfg.layers as i64,
+                &[x],
+                &ws,
+                &[positions, segment_ids],
+                |b, carry, w, k| {
+                    let layer = Layer::new(w, post);
+                    let mask = b.scope("attention_mask", |b| attention_mask(b, k[1]))?;
+                    let mut attend = MaskedAttention(mask);
+                    let y = b.remat(self.opts.remat, |b| {
+                        self.decoder_layer(b, 0, &layer, carry[0], k[0], &mut attend)
+                    })?;
+                    let y = c.constrain(b, y, &["batch", "seq", "act_embed"])?;
+                    Ok((vec![y], vec![]))
+                },
+            )
+        })?;
+        Ok(fin[0])
     }
 
     /// Logits `[B, T, V]` in the compute dtype.
@@ -176,6 +282,9 @@ impl<'a> Gemma<'a> {
         token_dims(b, "positions", t.positions, Some(bt))?;
         token_dims(b, "segment_ids", t.segment_ids, Some(bt))?;
         let x = self.embed(b, t.ids, c)?;
+        if self.opts.scan_layers {
+            return self.scanned_layers(b, x, t.positions, t.segment_ids, c);
+        }
         let mask = b.scope("model.attention_mask", |b| attention_mask(b, t.segment_ids))?;
         self.layers(b, x, t.positions, &mut MaskedAttention(mask), c)
     }
@@ -196,7 +305,8 @@ impl<'a> Gemma<'a> {
 
     /// Every decoder layer on `x [B, T, d]` at integer `positions [B, T]`;
     /// `attend` decides what each layer's queries see (the batch's own
-    /// tokens under a mask, or a KV cache).
+    /// tokens under a mask, or a KV cache). Always unrolled, one copy per
+    /// layer (see [`ComputeOptions::scan_layers`]).
     pub fn layers(
         &self,
         b: &mut Builder,
