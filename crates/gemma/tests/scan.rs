@@ -106,7 +106,15 @@ fn assert_close(what: &str, names: &[String], got: &[Vec<f32>], want: &[Vec<f32>
     }
 }
 
-fn golden_outputs(name: &str) -> (GemmaConfig, Vec<Vec<f32>>, Vec<i32>, Vec<Vec<f32>>) {
+/// A golden's model, parameters, token ids and outputs (logits, loss, grads).
+struct Golden {
+    cfg: GemmaConfig,
+    params: Vec<Vec<f32>>,
+    ids: Vec<i32>,
+    want: Vec<Vec<f32>>,
+}
+
+fn golden_outputs(name: &str) -> Golden {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
         .join(name);
@@ -133,13 +141,23 @@ fn golden_outputs(name: &str) -> (GemmaConfig, Vec<Vec<f32>>, Vec<i32>, Vec<Vec<
         want.push(f32s(&format!("grad.{}", s.name)));
     }
     let params = ck.params.iter().map(|p| p.data.clone()).collect();
-    (ck.config.clone(), params, ids, want)
+    Golden {
+        cfg: ck.config.clone(),
+        params,
+        ids,
+        want,
+    }
 }
 
 #[test]
 fn scanned_layers_match_transformers() {
     for name in ["multi_query", "multi_head", "wide_heads"] {
-        let (cfg, params, ids, want) = golden_outputs(name);
+        let Golden {
+            cfg,
+            params,
+            ids,
+            want,
+        } = golden_outputs(name);
         let names: Vec<String> = param_specs(&cfg).into_iter().map(|s| s.name).collect();
         let got = run(&cfg, opts(RematPolicy::None, true), &params, &ids, false);
         // The tolerances of parity.rs: 1e-6 logits and loss, 5e-6 gradients.

@@ -100,7 +100,12 @@ fn main() {
     pjrt::tune_host_allocator();
     let only_ours = std::env::args().any(|a| a == "--ours");
     let mut rows = Vec::new();
-    for (dtype, scan) in [("f32", true), ("bf16", true), ("f32", false), ("bf16", false)] {
+    for (dtype, scan) in [
+        ("f32", true),
+        ("bf16", true),
+        ("f32", false),
+        ("bf16", false),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let sets = [format!("model.scan_layers={scan}")];
         let text = config(dir.path(), dtype, 1, "fsdp = 1");
