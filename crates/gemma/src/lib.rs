@@ -20,6 +20,7 @@ pub mod hf;
 mod model;
 mod params;
 mod reward;
+mod scan;
 
 pub use config::GemmaConfig;
 pub use error::{Error, Result};

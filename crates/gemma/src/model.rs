@@ -108,11 +108,11 @@ pub struct Gemma<'a> {
     pub(crate) params: &'a [Value],
     pub(crate) opts: ComputeOptions,
     /// The layer weights stacked per layer, once built.
-    stacked: OnceCell<Vec<Value>>,
+    pub(crate) stacked: OnceCell<Vec<Value>>,
 }
 
 /// One layer's parameters.
-struct Layer {
+pub(crate) struct Layer {
     input_norm: Value,
     q: Value,
     k: Value,
@@ -129,7 +129,7 @@ struct Layer {
 impl Layer {
     /// A layer from its tensors in [`crate::param_specs`] order (`p` may
     /// continue past them).
-    fn new(p: &[Value], post: bool) -> Layer {
+    pub(crate) fn new(p: &[Value], post: bool) -> Layer {
         let mut it = p.iter().copied();
         // invariant: `Gemma::new` checked the parameter count against the
         // config; a scan body gets one slice per stacked spec.
@@ -186,7 +186,7 @@ impl<'a> Gemma<'a> {
         self.opts
     }
 
-    fn per_layer(&self) -> usize {
+    pub(crate) fn per_layer(&self) -> usize {
         if self.cfg.post_norms { 11 } else { 9 }
     }
 
@@ -201,72 +201,6 @@ impl<'a> Gemma<'a> {
             &self.params[1 + i * self.per_layer()..],
             self.cfg.post_norms,
         )
-    }
-
-    /// Each layer tensor stacked over the layers, `[layers, ...]` in
-    /// [`crate::stacked_layer_specs`] order, sharded as `c` says; built the
-    /// first time and reused (every micro-batch's forward shares them).
-    fn stacked(&self, b: &mut Builder, c: &dyn Constrain) -> Result<Vec<Value>> {
-        if let Some(s) = self.stacked.get() {
-            return Ok(s.clone());
-        }
-        let (n, layers) = (self.per_layer(), self.cfg.layers);
-        let specs = crate::stacked_layer_specs(self.cfg);
-        let stacked = b.scope("model.layers.stack", |b| {
-            specs
-                .iter()
-                .enumerate()
-                .map(|(j, spec)| {
-                    let parts = (0..layers)
-                        .map(|i| {
-                            let w = self.params[1 + i * n + j];
-                            let mut dims = vec![1];
-                            dims.extend(b.dims(w));
-                            b.reshape(w, &dims)
-                        })
-                        .collect::<hlo::Result<Vec<_>>>()?;
-                    let s = b.concatenate(&parts, 0)?;
-                    c.constrain_param(b, s, spec)
-                })
-                .collect::<hlo::Result<Vec<_>>>()
-        })?;
-        Ok(self.stacked.get_or_init(|| stacked).clone())
-    }
-
-    /// The decoder layers as one loop over the stacked weights, attending
-    /// among the batch's own tokens under the causal mask of `segment_ids`.
-    /// The loop body builds the mask from the integer segment ids: a scan's
-    /// gradient accumulates a cotangent for every loop-invariant input, and
-    /// a boolean mask has none.
-    fn scanned_layers(
-        &self,
-        b: &mut Builder,
-        x: Value,
-        positions: Value,
-        segment_ids: Value,
-        c: &dyn Constrain,
-    ) -> Result<Value> {
-        let ws = self.stacked(b, c)?;
-        let post = self.cfg.post_norms;
-        let (fin, _) = b.scope("model.layers", |b| {
-            b.scan(
-                self.cfg.layers as i64,
-                &[x],
-                &ws,
-                &[positions, segment_ids],
-                |b, carry, w, k| {
-                    let layer = Layer::new(w, post);
-                    let mask = b.scope("attention_mask", |b| attention_mask(b, k[1]))?;
-                    let mut attend = MaskedAttention(mask);
-                    let y = b.remat(self.opts.remat, |b| {
-                        self.decoder_layer(b, 0, &layer, carry[0], k[0], &mut attend)
-                    })?;
-                    let y = c.constrain(b, y, &["batch", "seq", "act_embed"])?;
-                    Ok((vec![y], vec![]))
-                },
-            )
-        })?;
-        Ok(fin[0])
     }
 
     /// Logits `[B, T, V]` in the compute dtype.
@@ -339,7 +273,7 @@ impl<'a> Gemma<'a> {
     }
 
     /// `x + Attn(Norm(x))`, then `x + MLP(Norm(x))`.
-    fn decoder_layer(
+    pub(crate) fn decoder_layer(
         &self,
         b: &mut Builder,
         index: usize,
@@ -486,7 +420,7 @@ pub(crate) fn token_dims(
 
 /// `[B, T, S]` pred: query `t` may attend key `s` when `s <= t` and both
 /// are in the same document (segment).
-fn attention_mask(b: &mut Builder, segment_ids: Value) -> hlo::Result<Value> {
+pub(crate) fn attention_mask(b: &mut Builder, segment_ids: Value) -> hlo::Result<Value> {
     let [bs, t] = [b.dims(segment_ids)[0], b.dims(segment_ids)[1]];
     let rows = b.iota(TensorType::i32([bs, t, t]), 1)?;
     let cols = b.iota(TensorType::i32([bs, t, t]), 2)?;
