@@ -20,6 +20,7 @@ pub mod hf;
 mod model;
 mod params;
 mod reward;
+mod scan;
 
 pub use config::GemmaConfig;
 pub use error::{Error, Result};
@@ -27,4 +28,4 @@ pub use model::{
     Attend, ComputeOptions, Constrain, Gemma, MaskedAttention, Matmuls, Tokens, Unconstrained,
     token_log_probs, token_loss,
 };
-pub use params::{Axis, ParamSpec, declare_parameters, param_specs};
+pub use params::{Axis, ParamSpec, declare_parameters, param_specs, stacked_layer_specs};

@@ -2,15 +2,25 @@
 //! as DESIGN.md states the math. The model names logical axes for its
 //! activations; the caller's [`Constrain`] decides their shardings.
 
+use std::cell::OnceCell;
+
 use hlo::{Builder, DType, RematPolicy, TensorType, Value};
 
-use crate::{Error, GemmaConfig, Result};
+use crate::{Error, GemmaConfig, ParamSpec, Result};
 
 /// Decides how an activation is sharded, from the logical axes the model
 /// names (`batch`, `seq`, `act_embed`). The model never sees the mesh.
 pub trait Constrain {
     /// Returns `x` with a sharding constraint for `axes` (or `x` unchanged).
     fn constrain(&self, b: &mut Builder, x: Value, axes: &[&str]) -> hlo::Result<Value>;
+
+    /// Returns a parameter-shaped value `x` described by `spec` with the
+    /// sharding the rules give `spec` (or `x` unchanged, the default). The
+    /// scanned model pins its stacked layer weights
+    /// ([`crate::stacked_layer_specs`]) with it.
+    fn constrain_param(&self, _: &mut Builder, x: Value, _: &ParamSpec) -> hlo::Result<Value> {
+        Ok(x)
+    }
 }
 
 /// No constraints: one device, or let the partitioner propagate.
@@ -43,6 +53,16 @@ pub struct ComputeOptions {
     pub remat: RematPolicy,
     /// How the weight matmuls run.
     pub matmuls: Matmuls,
+    /// Run the decoder layers of [`Gemma::forward`] and [`Gemma::score`] as
+    /// one loop (`stablehlo.while`, [`Builder::scan`]) over the layer
+    /// weights stacked per layer ([`crate::stacked_layer_specs`]), with the
+    /// remat policy applied inside the loop body, instead of one copy of
+    /// the layer per layer (MaxText's `scan_layers`). The parameters stay
+    /// per layer ([`crate::param_specs`]); the program stacks them. The
+    /// loop's gradient keeps only each iteration's input and replays the
+    /// iteration. [`Gemma::layers`] (decoding with a KV cache) always
+    /// unrolls.
+    pub scan_layers: bool,
 }
 
 /// How the weight matmuls (projections, MLP, output head) run.
@@ -75,19 +95,24 @@ impl Default for ComputeOptions {
             dtype: DType::F32,
             remat: RematPolicy::None,
             matmuls: Matmuls::Compute,
+            scan_layers: false,
         }
     }
 }
 
-/// The model: a config and its parameter values, in [`crate::param_specs`] order.
+/// The model: a config and its parameter values, in [`crate::param_specs`]
+/// order. A model builds into one program (its stacked layer weights, under
+/// [`ComputeOptions::scan_layers`], are built once and reused).
 pub struct Gemma<'a> {
     pub(crate) cfg: &'a GemmaConfig,
     pub(crate) params: &'a [Value],
     pub(crate) opts: ComputeOptions,
+    /// The layer weights stacked per layer, once built.
+    pub(crate) stacked: OnceCell<Vec<Value>>,
 }
 
 /// One layer's parameters.
-struct Layer {
+pub(crate) struct Layer {
     input_norm: Value,
     q: Value,
     k: Value,
@@ -101,48 +126,13 @@ struct Layer {
     post_mlp_out_norm: Option<Value>,
 }
 
-impl<'a> Gemma<'a> {
-    /// Binds a config to parameter values (checked against its count).
-    pub fn new(cfg: &'a GemmaConfig, params: &'a [Value], opts: ComputeOptions) -> Result<Self> {
-        let want = crate::param_specs(cfg).len();
-        if params.len() != want {
-            return Err(crate::Error::config(
-                "layers",
-                cfg.layers,
-                format!(
-                    "{} parameter values given, the model has {want}",
-                    params.len()
-                ),
-            ));
-        }
-        Ok(Gemma { cfg, params, opts })
-    }
-
-    /// The model's shape.
-    pub fn config(&self) -> &GemmaConfig {
-        self.cfg
-    }
-
-    /// How it computes.
-    pub fn options(&self) -> ComputeOptions {
-        self.opts
-    }
-
-    fn per_layer(&self) -> usize {
-        if self.cfg.post_norms { 11 } else { 9 }
-    }
-
-    /// The final norm's weight (after the layers; a reward model's `score`
-    /// head follows it).
-    pub(crate) fn final_norm(&self) -> Value {
-        self.params[1 + self.cfg.layers * self.per_layer()]
-    }
-
-    fn layer(&self, i: usize) -> Layer {
-        let p = &self.params[1 + i * self.per_layer()..];
-        let post = self.cfg.post_norms;
+impl Layer {
+    /// A layer from its tensors in [`crate::param_specs`] order (`p` may
+    /// continue past them).
+    pub(crate) fn new(p: &[Value], post: bool) -> Layer {
         let mut it = p.iter().copied();
-        // invariant: `Gemma::new` checked the parameter count against the config.
+        // invariant: `Gemma::new` checked the parameter count against the
+        // config; a scan body gets one slice per stacked spec.
         let mut next = || it.next().expect("parameter count checked in new");
         let (input_norm, q, k, v, o) = (next(), next(), next(), next(), next());
         let post_attn_out_norm = post.then(&mut next);
@@ -162,6 +152,56 @@ impl<'a> Gemma<'a> {
             post_mlp_out_norm,
         }
     }
+}
+
+impl<'a> Gemma<'a> {
+    /// Binds a config to parameter values (checked against its count).
+    pub fn new(cfg: &'a GemmaConfig, params: &'a [Value], opts: ComputeOptions) -> Result<Self> {
+        let want = crate::param_specs(cfg).len();
+        if params.len() != want {
+            return Err(crate::Error::config(
+                "layers",
+                cfg.layers,
+                format!(
+                    "{} parameter values given, the model has {want}",
+                    params.len()
+                ),
+            ));
+        }
+        Ok(Gemma {
+            cfg,
+            params,
+            opts,
+            stacked: OnceCell::new(),
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &GemmaConfig {
+        self.cfg
+    }
+
+    /// How it computes.
+    pub fn options(&self) -> ComputeOptions {
+        self.opts
+    }
+
+    pub(crate) fn per_layer(&self) -> usize {
+        if self.cfg.post_norms { 11 } else { 9 }
+    }
+
+    /// The final norm's weight (after the layers; a reward model's `score`
+    /// head follows it).
+    pub(crate) fn final_norm(&self) -> Value {
+        self.params[1 + self.cfg.layers * self.per_layer()]
+    }
+
+    fn layer(&self, i: usize) -> Layer {
+        Layer::new(
+            &self.params[1 + i * self.per_layer()..],
+            self.cfg.post_norms,
+        )
+    }
 
     /// Logits `[B, T, V]` in the compute dtype.
     pub fn forward(&self, b: &mut Builder, t: &Tokens, c: &dyn Constrain) -> Result<Value> {
@@ -176,6 +216,9 @@ impl<'a> Gemma<'a> {
         token_dims(b, "positions", t.positions, Some(bt))?;
         token_dims(b, "segment_ids", t.segment_ids, Some(bt))?;
         let x = self.embed(b, t.ids, c)?;
+        if self.opts.scan_layers {
+            return self.scanned_layers(b, x, t.positions, t.segment_ids, c);
+        }
         let mask = b.scope("model.attention_mask", |b| attention_mask(b, t.segment_ids))?;
         self.layers(b, x, t.positions, &mut MaskedAttention(mask), c)
     }
@@ -196,7 +239,8 @@ impl<'a> Gemma<'a> {
 
     /// Every decoder layer on `x [B, T, d]` at integer `positions [B, T]`;
     /// `attend` decides what each layer's queries see (the batch's own
-    /// tokens under a mask, or a KV cache).
+    /// tokens under a mask, or a KV cache). Always unrolled, one copy per
+    /// layer (see [`ComputeOptions::scan_layers`]).
     pub fn layers(
         &self,
         b: &mut Builder,
@@ -229,7 +273,7 @@ impl<'a> Gemma<'a> {
     }
 
     /// `x + Attn(Norm(x))`, then `x + MLP(Norm(x))`.
-    fn decoder_layer(
+    pub(crate) fn decoder_layer(
         &self,
         b: &mut Builder,
         index: usize,
@@ -376,7 +420,7 @@ pub(crate) fn token_dims(
 
 /// `[B, T, S]` pred: query `t` may attend key `s` when `s <= t` and both
 /// are in the same document (segment).
-fn attention_mask(b: &mut Builder, segment_ids: Value) -> hlo::Result<Value> {
+pub(crate) fn attention_mask(b: &mut Builder, segment_ids: Value) -> hlo::Result<Value> {
     let [bs, t] = [b.dims(segment_ids)[0], b.dims(segment_ids)[1]];
     let rows = b.iota(TensorType::i32([bs, t, t]), 1)?;
     let cols = b.iota(TensorType::i32([bs, t, t]), 2)?;

@@ -22,6 +22,9 @@ pub enum Axis {
     Norm,
     /// The output labels of a classification head (1 for a reward model).
     Label,
+    /// The leading axis of a per-layer tensor stacked over the decoder
+    /// layers ([`stacked_layer_specs`]); the default rules never shard it.
+    Layers,
 }
 
 impl Axis {
@@ -35,6 +38,7 @@ impl Axis {
             Axis::Mlp => "mlp",
             Axis::Norm => "norm",
             Axis::Label => "label",
+            Axis::Layers => "layers",
         }
     }
 }
@@ -66,7 +70,10 @@ impl ParamSpec {
 
     /// Whether this is a norm scale (decay can exclude them).
     pub fn is_norm(&self) -> bool {
-        self.axes == [Axis::Norm]
+        matches!(
+            self.axes.as_slice(),
+            [Axis::Norm] | [Axis::Layers, Axis::Norm]
+        )
     }
 
     /// Whether this is the embedding.
@@ -80,50 +87,14 @@ impl ParamSpec {
 /// then (reward models) the `score` head.
 pub fn param_specs(c: &GemmaConfig) -> Vec<ParamSpec> {
     use Axis::*;
-    let (d, q, kv, m) = (
-        c.d_model,
-        c.heads * c.head_dim,
-        c.kv_heads * c.head_dim,
-        c.mlp_dim,
-    );
+    let d = c.d_model;
     let mut out = vec![ParamSpec::new(
         "model.embed_tokens.weight".into(),
         [c.vocab_size, d],
         [Vocab, Embed],
     )];
     for i in 0..c.layers {
-        let p = |s: &str| format!("model.layers.{i}.{s}.weight");
-        out.push(ParamSpec::new(p("input_layernorm"), [d], [Norm]));
-        out.push(ParamSpec::new(
-            p("self_attn.q_proj"),
-            [q, d],
-            [Heads, Embed],
-        ));
-        out.push(ParamSpec::new(
-            p("self_attn.k_proj"),
-            [kv, d],
-            [KvHeads, Embed],
-        ));
-        out.push(ParamSpec::new(
-            p("self_attn.v_proj"),
-            [kv, d],
-            [KvHeads, Embed],
-        ));
-        out.push(ParamSpec::new(
-            p("self_attn.o_proj"),
-            [d, q],
-            [Embed, Heads],
-        ));
-        if c.post_norms {
-            out.push(ParamSpec::new(p("post_attn_output_norm"), [d], [Norm]));
-        }
-        out.push(ParamSpec::new(p("post_attention_layernorm"), [d], [Norm]));
-        out.push(ParamSpec::new(p("mlp.gate_proj"), [m, d], [Mlp, Embed]));
-        out.push(ParamSpec::new(p("mlp.up_proj"), [m, d], [Mlp, Embed]));
-        out.push(ParamSpec::new(p("mlp.down_proj"), [d, m], [Embed, Mlp]));
-        if c.post_norms {
-            out.push(ParamSpec::new(p("post_mlp_output_norm"), [d], [Norm]));
-        }
+        out.extend(layer_specs(c, &i.to_string()));
     }
     out.push(ParamSpec::new("model.norm.weight".into(), [d], [Norm]));
     if c.score_head {
@@ -134,6 +105,62 @@ pub fn param_specs(c: &GemmaConfig) -> Vec<ParamSpec> {
         ));
     }
     out
+}
+
+/// One decoder layer's tensors in the order of the forward pass, named
+/// `model.layers.{index}.*`.
+fn layer_specs(c: &GemmaConfig, index: &str) -> Vec<ParamSpec> {
+    use Axis::*;
+    let (d, q, kv, m) = (
+        c.d_model,
+        c.heads * c.head_dim,
+        c.kv_heads * c.head_dim,
+        c.mlp_dim,
+    );
+    let p = |s: &str| format!("model.layers.{index}.{s}.weight");
+    let mut out = vec![
+        ParamSpec::new(p("input_layernorm"), [d], [Norm]),
+        ParamSpec::new(p("self_attn.q_proj"), [q, d], [Heads, Embed]),
+        ParamSpec::new(p("self_attn.k_proj"), [kv, d], [KvHeads, Embed]),
+        ParamSpec::new(p("self_attn.v_proj"), [kv, d], [KvHeads, Embed]),
+        ParamSpec::new(p("self_attn.o_proj"), [d, q], [Embed, Heads]),
+    ];
+    if c.post_norms {
+        out.push(ParamSpec::new(p("post_attn_output_norm"), [d], [Norm]));
+    }
+    out.push(ParamSpec::new(p("post_attention_layernorm"), [d], [Norm]));
+    out.push(ParamSpec::new(p("mlp.gate_proj"), [m, d], [Mlp, Embed]));
+    out.push(ParamSpec::new(p("mlp.up_proj"), [m, d], [Mlp, Embed]));
+    out.push(ParamSpec::new(p("mlp.down_proj"), [d, m], [Embed, Mlp]));
+    if c.post_norms {
+        out.push(ParamSpec::new(p("post_mlp_output_norm"), [d], [Norm]));
+    }
+    out
+}
+
+/// The decoder layers' tensors stacked over the layers, as a scanned model
+/// ([`crate::ComputeOptions::scan_layers`]) runs them: one spec per tensor
+/// of a layer, in the order of the forward pass, with a leading
+/// [`Axis::Layers`] dimension of size `layers`. Each is named
+/// `model.layers.*.<tensor>.weight`; its slice `i` is exactly the tensor
+/// [`param_specs`] names `model.layers.{i}.<tensor>.weight`.
+///
+/// ```
+/// let c = gemma::GemmaConfig::tiny();
+/// let s = gemma::stacked_layer_specs(&c);
+/// assert_eq!(s[1].name, "model.layers.*.self_attn.q_proj.weight");
+/// assert_eq!(s[1].shape[0], c.layers);
+/// assert_eq!(s[1].axes[0], gemma::Axis::Layers);
+/// ```
+pub fn stacked_layer_specs(c: &GemmaConfig) -> Vec<ParamSpec> {
+    layer_specs(c, "*")
+        .into_iter()
+        .map(|mut s| {
+            s.shape.insert(0, c.layers);
+            s.axes.insert(0, Axis::Layers);
+            s
+        })
+        .collect()
 }
 
 /// Declares every parameter as an unsharded f32 program input, in

@@ -72,6 +72,7 @@ fn bf16_matmuls_widened_to_f32_compute_what_bf16_matmuls_do() {
         dtype,
         remat: RematPolicy::None,
         matmuls,
+        scan_layers: false,
     };
     let widened = Matmuls::F32 {
         weights_rounded: false,

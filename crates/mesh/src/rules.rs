@@ -16,7 +16,8 @@ impl Default for Rules {
     /// Batch over `data` and `fsdp`; parameters' `embed` over `fsdp`
     /// (ZeRO-3: parameters, gradients and both AdamW moments sharded);
     /// `heads`, `kv_heads`, `mlp` and `vocab` over `tensor` (Megatron);
-    /// everything else replicated.
+    /// everything else replicated, the `layers` axis of weights stacked per
+    /// layer included.
     fn default() -> Self {
         let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let table = BTreeMap::from([
@@ -29,6 +30,7 @@ impl Default for Rules {
             ("seq".to_string(), t(&[])),
             ("norm".to_string(), t(&[])),
             ("act_embed".to_string(), t(&[])),
+            ("layers".to_string(), t(&[])),
         ]);
         Rules { table }
     }

@@ -1,6 +1,7 @@
 //! The training-step bench of the project's DESIGN: vocab 32000, d_model 512,
 //! 8 layers, 8 heads, 1 kv head, head_dim 64, MLP 2048, batch 4 x 256, one
-//! CPU device; f32 and bf16 compute. Prints compile time, median step time
+//! CPU device; f32 and bf16 compute, the layers scanned (the default) and
+//! unrolled (`model.scan_layers = false`). Prints compile time, median step time
 //! and tokens/s, and, when a Python with JAX is given in
 //! `MESHTRAIN_BENCH_PYTHON`, runs `scripts/bench_jax_step.py` (JAX's jit,
 //! and JAX's exported program through meshtrain's plugin) and, with torch,
@@ -99,14 +100,20 @@ fn main() {
     pjrt::tune_host_allocator();
     let only_ours = std::env::args().any(|a| a == "--ours");
     let mut rows = Vec::new();
-    for dtype in ["f32", "bf16"] {
+    for (dtype, scan) in [
+        ("f32", true),
+        ("bf16", true),
+        ("f32", false),
+        ("bf16", false),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let cfg =
-            train::TrainConfig::from_toml(&config(dir.path(), dtype, 1, "fsdp = 1"), "bench", &[])
-                .unwrap();
+        let sets = [format!("model.scan_layers={scan}")];
+        let text = config(dir.path(), dtype, 1, "fsdp = 1");
+        let cfg = train::TrainConfig::from_toml(&text, "bench", &sets).unwrap();
         let s = train::train(&cfg, false).unwrap();
+        let layers = if scan { "" } else { ", unrolled" };
         rows.push((
-            format!("meshtrain ({dtype})"),
+            format!("meshtrain ({dtype}{layers})"),
             s.compile_seconds,
             s.median_step_seconds,
         ));

@@ -130,6 +130,13 @@ pub struct ModelConfig {
     /// Rematerialisation per layer: `"none"`, `"full"` or `"save_matmuls"`.
     #[serde(default = "default_remat")]
     pub remat: String,
+    /// Run the decoder layers of the training step as one loop over their
+    /// weights stacked per layer (`true`, the default: the program holds
+    /// one copy of a layer, so compiling it does not grow with the layers),
+    /// or unrolled, one copy per layer (`false`). Parameters, checkpoints
+    /// and Hugging Face import/export stay per layer either way.
+    #[serde(default = "default_scan_layers")]
+    pub scan_layers: bool,
 }
 
 fn default_init() -> String {
@@ -140,6 +147,9 @@ fn default_dtype() -> String {
 }
 fn default_remat() -> String {
     "none".into()
+}
+fn default_scan_layers() -> bool {
+    true
 }
 
 /// `[optimizer]`: AdamW with decoupled weight decay (as `torch.optim.AdamW`).
@@ -783,6 +793,7 @@ impl TrainConfig {
             dtype,
             remat,
             matmuls: gemma::Matmuls::Compute,
+            scan_layers: self.model.scan_layers,
         })
     }
 }

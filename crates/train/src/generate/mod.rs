@@ -239,7 +239,8 @@ impl Generator {
     }
 
     /// How the programs compute: in the model's dtype, nothing to
-    /// rematerialise, matmuls in the stored weights' dtype.
+    /// rematerialise, matmuls in the stored weights' dtype, layers unrolled
+    /// (decoding indexes each layer's KV cache).
     fn options(&self) -> gemma::ComputeOptions {
         let stored = self.params.first().map_or(self.compute, |s| s.dtype);
         gemma::ComputeOptions {
@@ -252,6 +253,7 @@ impl Generator {
             } else {
                 gemma::Matmuls::Compute
             },
+            scan_layers: false,
         }
     }
 

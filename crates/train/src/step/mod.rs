@@ -77,6 +77,7 @@ impl Plan {
                     Axis::KvHeads => c.kv_heads,
                     Axis::Mlp => c.mlp_dim,
                     Axis::Norm | Axis::Label => 1,
+                    Axis::Layers => c.layers,
                 };
                 (a.name(), unit as i64)
             })
@@ -107,6 +108,15 @@ impl Constrain for Plan {
         let dims: Vec<(&str, i64)> = axes.iter().copied().zip(b.dims(x).to_vec()).collect();
         let s = sharding(&self.rules.shard(&self.mesh, &dims));
         b.sharding_constraint(x, &s)
+    }
+
+    /// A stacked layer weight gets its parameter's sharding, the `layers`
+    /// axis by the `layers` rule (none by default).
+    fn constrain_param(&self, b: &mut Builder, x: Value, spec: &ParamSpec) -> hlo::Result<Value> {
+        if !self.sharded() {
+            return Ok(x);
+        }
+        b.sharding_constraint(x, &sharding(&self.param_axes(spec)))
     }
 }
 

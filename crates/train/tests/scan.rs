@@ -1,0 +1,210 @@
+//! The decoder layers as one loop (`model.scan_layers`, the default): the
+//! scanned step trains as the unrolled one does (losses and parameters), on
+//! one device and sharded over 8, its program holds one loop for the layers,
+//! the stacked `layers` axis is sharded only when a rule asks, and a
+//! checkpoint written before the loop existed restores into a scanned run.
+
+use std::path::{Path, PathBuf};
+
+use gemma::{GemmaConfig, param_specs, stacked_layer_specs};
+use train::TrainConfig;
+use train::step::{Plan, StepShape, build_step};
+
+mod common;
+
+/// Trains the tiny model in `dir/run` with extra `--set`s; returns the
+/// losses and the exported final parameters.
+fn run(dir: &Path, kv_heads: usize, sets: &[&str]) -> (Vec<(u64, f32)>, Vec<Vec<f32>>) {
+    let data = common::tokens_file(dir, 64, 16, 64);
+    let text = common::config(dir, &data, kv_heads, "");
+    let mut all: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    all.push("train.export_final=true".into());
+    let cfg = TrainConfig::from_toml(&text, "test", &all).unwrap();
+    let summary = train::train(&cfg, false).unwrap();
+    let ck = gemma::hf::load(&cfg.train.run_dir.join("final")).unwrap();
+    (
+        summary.losses,
+        ck.params.into_iter().map(|t| t.data).collect(),
+    )
+}
+
+fn assert_losses_close(what: &str, got: &[(u64, f32)], want: &[(u64, f32)], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (a, b) in got.iter().zip(want) {
+        assert_eq!(a.0, b.0, "{what}");
+        let rel = ((a.1 - b.1) / b.1).abs();
+        assert!(
+            rel < tol,
+            "{what} step {}: {} vs {} (rel {rel:e})",
+            a.0,
+            a.1,
+            b.1
+        );
+    }
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn scanned_training_equals_unrolled() {
+    for (kv_heads, remat) in [(1, "none"), (4, "full")] {
+        let remat = format!("model.remat=\"{remat}\"");
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (lu, pu) = run(a.path(), kv_heads, &["model.scan_layers=false", &remat]);
+        let (ls, ps) = run(b.path(), kv_heads, &["model.scan_layers=true", &remat]);
+        assert_losses_close(&format!("kv_heads {kv_heads} {remat}"), &ls, &lu, 1e-5);
+        let d = max_diff(&ps, &pu);
+        assert!(
+            d < 1e-5,
+            "kv_heads {kv_heads} {remat}: parameters differ by {d:e}"
+        );
+    }
+}
+
+#[test]
+fn scanned_on_8_devices_equals_unrolled_on_one() {
+    let base = tempfile::tempdir().unwrap();
+    let (lu, pu) = run(base.path(), 4, &["model.scan_layers=false"]);
+    for mesh in [
+        &["mesh.fsdp=4", "mesh.tensor=2"][..],
+        // The stacked layer axis sharded over fsdp because a rule asks.
+        &[
+            "mesh.fsdp=2",
+            "mesh.data=2",
+            "mesh.tensor=2",
+            "mesh.rules.layers=[\"fsdp\"]",
+        ][..],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sets = vec!["runtime.device_count=8", "model.scan_layers=true"];
+        sets.extend(mesh);
+        let (ls, ps) = run(dir.path(), 4, &sets);
+        assert_losses_close(&format!("{mesh:?}"), &ls, &lu, 1e-5);
+        let d = max_diff(&ps, &pu);
+        assert!(d < 1e-5, "{mesh:?}: parameters differ by {d:e}");
+    }
+}
+
+fn mesh(data: i64, fsdp: i64, tensor: i64) -> mesh::Mesh {
+    mesh::MeshConfig { data, fsdp, tensor }
+        .resolve(data * fsdp * tensor)
+        .unwrap()
+}
+
+#[test]
+fn the_layers_axis_is_sharded_only_when_a_rule_asks() {
+    let mut cfg = GemmaConfig::tiny();
+    cfg.layers = 4;
+    let layer0 = &param_specs(&cfg)[1..];
+    let plan = Plan::new(&cfg, mesh(2, 2, 2), mesh::Rules::default());
+    for (s, l) in stacked_layer_specs(&cfg).iter().zip(layer0) {
+        let axes = plan.param_axes(s);
+        assert!(axes[0].is_empty(), "{}: {axes:?}", s.name);
+        // The rest is the per-layer tensor's sharding.
+        assert_eq!(axes[1..], plan.param_axes(l), "{}", s.name);
+        assert_eq!(s.name.replace('*', "0"), l.name);
+    }
+    let rules =
+        std::collections::BTreeMap::from([("layers".to_string(), vec!["data".to_string()])]);
+    let plan = Plan::new(
+        &cfg,
+        mesh(2, 2, 2),
+        mesh::Rules::with_overrides(&rules).unwrap(),
+    );
+    for s in stacked_layer_specs(&cfg) {
+        assert_eq!(plan.param_axes(&s)[0], ["data"], "{}", s.name);
+    }
+}
+
+#[test]
+fn the_step_program_holds_one_loop_for_the_layers() {
+    // The training config scans by default.
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config(dir.path(), Path::new("unused.json"), 1, "");
+    let scan = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let cfg = TrainConfig::from_toml(&text, "test", &sets).unwrap();
+        cfg.compute_options().unwrap().scan_layers
+    };
+    assert!(scan(&[]));
+    assert!(!scan(&["model.scan_layers=false"]));
+
+    let opt = train::config::OptimizerConfig::default();
+    let shape = StepShape {
+        accumulation: 2,
+        micro_batch: 2,
+        seq_len: 8,
+        total_steps: 10,
+    };
+    let text = |layers: usize, scan_layers: bool| {
+        let mut cfg = GemmaConfig::tiny();
+        cfg.layers = layers;
+        let plan = Plan::new(&cfg, mesh(1, 4, 2), mesh::Rules::default());
+        let compute = gemma::ComputeOptions {
+            scan_layers,
+            ..Default::default()
+        };
+        build_step(&cfg, &opt, compute, shape, &plan)
+            .unwrap()
+            .program
+            .to_mlir()
+    };
+    let dots = |s: &str| s.matches("stablehlo.dot_general").count();
+    let (s2, s8) = (text(2, true), text(8, true));
+    // Per micro-batch: one loop for the layers, one for their gradient.
+    assert_eq!(
+        s8.matches("stablehlo.while").count(),
+        2 * shape.accumulation
+    );
+    assert_eq!(dots(&s2), dots(&s8));
+    let (u2, u8) = (text(2, false), text(8, false));
+    assert_eq!(u8.matches("stablehlo.while").count(), 0);
+    assert!(dots(&u8) > dots(&u2) + 6 * 7 * shape.accumulation);
+}
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/checkpoint_v2")
+}
+
+/// Resumes the fixture's step-2 checkpoint (written by meshtrain before
+/// `model.scan_layers`, see scripts/gen_old_checkpoint.sh) for steps 2 and 3.
+fn resume_old(dir: &Path, scan_layers: bool) -> Vec<(u64, f32)> {
+    let data = common::tokens_file(dir, 64, 16, 64);
+    let text = common::config(dir, &data, 1, "");
+    let ck = fixture().join("step_00000002");
+    let sets = [
+        "data.shuffle=true".to_string(),
+        "train.steps=4".into(),
+        format!("model.scan_layers={scan_layers}"),
+        format!("train.resume={:?}", ck.display().to_string()),
+    ];
+    let cfg = TrainConfig::from_toml(&text, "test", &sets).unwrap();
+    train::train(&cfg, false).unwrap().losses
+}
+
+#[test]
+fn a_checkpoint_written_before_scan_layers_restores() {
+    let text = std::fs::read_to_string(fixture().join("losses.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let old: Vec<(u64, f32)> = v["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_u64().unwrap(), r[1].as_f64().unwrap() as f32))
+        .collect();
+    assert_eq!(old.len(), 4);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Unrolled, the step is the one that wrote the checkpoint: the run
+    // continues exactly as it did.
+    let unrolled = resume_old(a.path(), false);
+    assert_eq!(unrolled, old[2..], "unrolled resume");
+    // Scanned, it continues the same run up to rounding.
+    let scanned = resume_old(b.path(), true);
+    assert_losses_close("scanned resume", &scanned, &old[2..], 1e-5);
+}
