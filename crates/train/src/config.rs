@@ -131,12 +131,14 @@ pub struct ModelConfig {
     #[serde(default = "default_remat")]
     pub remat: String,
     /// Run the decoder layers of the training step as one loop over their
-    /// weights stacked per layer (`true`, the default: the program holds
-    /// one copy of a layer, so compiling it does not grow with the layers),
-    /// or unrolled, one copy per layer (`false`). Parameters, checkpoints
-    /// and Hugging Face import/export stay per layer either way.
-    #[serde(default = "default_scan_layers")]
-    pub scan_layers: bool,
+    /// weights stacked per layer (`true`: the program holds one copy of a
+    /// layer, so compiling it does not grow with the layers), or unrolled,
+    /// one copy per layer (`false`). Unset: scanned on TPU and GPU,
+    /// unrolled on the CPU plugin (where the loop compiles and runs
+    /// slower). Parameters, checkpoints and Hugging Face import/export
+    /// stay per layer either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_layers: Option<bool>,
 }
 
 fn default_init() -> String {
@@ -147,9 +149,6 @@ fn default_dtype() -> String {
 }
 fn default_remat() -> String {
     "none".into()
-}
-fn default_scan_layers() -> bool {
-    true
 }
 
 /// `[optimizer]`: AdamW with decoupled weight decay (as `torch.optim.AdamW`).
@@ -793,8 +792,18 @@ impl TrainConfig {
             dtype,
             remat,
             matmuls: gemma::Matmuls::Compute,
-            scan_layers: self.model.scan_layers,
+            scan_layers: self.scan_layers(),
         })
+    }
+}
+
+impl TrainConfig {
+    /// Whether the training step scans its layers: `model.scan_layers`, or
+    /// unset, on every backend but the CPU plugin.
+    pub fn scan_layers(&self) -> bool {
+        self.model
+            .scan_layers
+            .unwrap_or(self.runtime.backend != "cpu")
     }
 }
 

@@ -1,4 +1,5 @@
-//! The decoder layers as one loop (`model.scan_layers`, the default): the
+//! The decoder layers as one loop (`model.scan_layers`, the default on TPU
+//! and GPU): the
 //! scanned step trains as the unrolled one does (losses and parameters), on
 //! one device and sharded over 8, its program holds one loop for the layers,
 //! the stacked `layers` axis is sharded only when a rule asks, and a
@@ -124,7 +125,7 @@ fn the_layers_axis_is_sharded_only_when_a_rule_asks() {
 
 #[test]
 fn the_step_program_holds_one_loop_for_the_layers() {
-    // The training config scans by default.
+    // Scanned by default on TPU and GPU, unrolled on the CPU plugin.
     let dir = tempfile::tempdir().unwrap();
     let text = common::config(dir.path(), Path::new("unused.json"), 1, "");
     let scan = |sets: &[&str]| {
@@ -132,8 +133,14 @@ fn the_step_program_holds_one_loop_for_the_layers() {
         let cfg = TrainConfig::from_toml(&text, "test", &sets).unwrap();
         cfg.compute_options().unwrap().scan_layers
     };
-    assert!(scan(&[]));
-    assert!(!scan(&["model.scan_layers=false"]));
+    assert!(!scan(&[]));
+    assert!(scan(&["runtime.backend=\"tpu\""]));
+    assert!(scan(&["runtime.backend=\"gpu\""]));
+    assert!(scan(&["model.scan_layers=true"]));
+    assert!(!scan(&[
+        "model.scan_layers=false",
+        "runtime.backend=\"tpu\""
+    ]));
 
     let opt = train::config::OptimizerConfig::default();
     let shape = StepShape {
@@ -157,15 +164,14 @@ fn the_step_program_holds_one_loop_for_the_layers() {
     };
     let dots = |s: &str| s.matches("stablehlo.dot_general").count();
     let (s2, s8) = (text(2, true), text(8, true));
-    // Per micro-batch: one loop for the layers, one for their gradient.
-    assert_eq!(
-        s8.matches("stablehlo.while").count(),
-        2 * shape.accumulation
-    );
+    // One loop over the micro-batches; inside it one for the layers and
+    // one for their gradient.
+    assert_eq!(s8.matches("stablehlo.while").count(), 3);
     assert_eq!(dots(&s2), dots(&s8));
     let (u2, u8) = (text(2, false), text(8, false));
-    assert_eq!(u8.matches("stablehlo.while").count(), 0);
-    assert!(dots(&u8) > dots(&u2) + 6 * 7 * shape.accumulation);
+    // Only the micro-batch loop; one copy of each layer inside it.
+    assert_eq!(u8.matches("stablehlo.while").count(), 1);
+    assert!(dots(&u8) > dots(&u2) + 6 * 7);
 }
 
 fn fixture() -> PathBuf {
