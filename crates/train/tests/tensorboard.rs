@@ -174,7 +174,12 @@ fn a_resumed_run_logs_each_step_once_with_the_metrics_values_and_profiles() {
         })
         .collect();
     for step in [1, 2] {
-        for name in ["load batch", "transfer batch + run step", "write metrics"] {
+        for name in [
+            "load batch",
+            "transfer batch + launch step",
+            "wait for the step",
+            "write metrics",
+        ] {
             assert!(
                 spans.contains(&(name, step)),
                 "{name} of step {step} in {spans:?}"

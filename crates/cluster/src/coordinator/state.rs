@@ -28,6 +28,9 @@ pub(crate) struct Config {
     pub config_digest: String,
     pub heartbeat_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// Where incarnations start ([`incarnation_epoch`]; 0 for the fuzz
+    /// targets, whose inputs name incarnation 1).
+    pub incarnation_epoch: u64,
 }
 
 /// State shared by the gRPC service, the reaper and the handle.
@@ -124,7 +127,7 @@ impl Shared {
             slots: (0..config.world_size).map(|_| Slot::Free).collect(),
             generation,
             last_committed,
-            next_incarnation: incarnation_epoch(),
+            next_incarnation: config.incarnation_epoch,
             ..State::default()
         };
         Self {
@@ -294,7 +297,7 @@ impl Shared {
 /// at the same number would let that stale membership pass for the worker
 /// registered since under the same process id (two processes as one, the
 /// job waiting for the missing one forever).
-fn incarnation_epoch() -> u64 {
+pub(crate) fn incarnation_epoch() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // `RandomState` is seeded from the OS's randomness once per process.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -222,7 +222,9 @@ impl Tail<'_> {
     fn finish(&mut self, job: &mut Job, p: Pending) -> Result<()> {
         let cfg = &job.cfg;
         let s = p.step;
+        let t_wait = Instant::now();
         let out = p.launched.finish()?;
+        self.profile.span(s, "wait for the step", t_wait);
         // The wall time between two steps' ends: what a step costs when
         // the host's work overlaps the devices'.
         let dt = self.last_done.elapsed().as_secs_f64();
