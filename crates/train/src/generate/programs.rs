@@ -188,7 +188,16 @@ pub(crate) fn decode(
         s.name = format!("cache_{}.{i}", ["k", "v"][kind]);
         caches.push(inp.declare(&mut b, &s)?);
     }
-    let model = Gemma::new(m.cfg, &params, m.options)?;
+    // Weights stored in the compute dtype: the plugin's custom-call kernel
+    // where it has one (see `kernels`).
+    let mut options = m.options;
+    let stored = m.params.first().map_or(options.dtype, |s| s.dtype);
+    if stored == options.dtype
+        && let Some(target) = dev.decode_kernel(options.dtype)
+    {
+        options.matmuls = gemma::Matmuls::Kernel(target);
+    }
+    let model = Gemma::new(m.cfg, &params, options)?;
     let cache = gemma::decode::KvCache {
         k: caches[..n].to_vec(),
         v: caches[n..].to_vec(),
