@@ -193,6 +193,12 @@ impl Devices {
         }
     }
 
+    /// Runs the decode step's matmuls as XLA dots from now on (programs
+    /// built later; the `MESHTRAIN_DECODE_KERNELS=0` of one generator).
+    pub fn disable_decode_kernels(&mut self) {
+        self.kernels = false;
+    }
+
     /// How weights computed in `compute` are stored for XLA's matmuls: as it, except bf16 on
     /// the CPU plugin, stored as f32 holding bf16 values (see
     /// [`gemma::Matmuls`]): XLA's CPU backend widens

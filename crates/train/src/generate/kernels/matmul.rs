@@ -122,6 +122,10 @@ mod avx512 {
                         let mut wr = [$zero(); R];
                         for (r, v) in wr.iter_mut().enumerate() {
                             *v = $load(w.add((j + r) * k + l));
+                            // The same line two tiles on: rows of 1-2 KB
+                            // defeat the hardware prefetcher (4 KB pages).
+                            let ahead = w.wrapping_add((j + r + 2 * R) * k + l);
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
                         }
                         for b in 0..MB {
                             let xv = $load(x.add((i + b) * k + l));

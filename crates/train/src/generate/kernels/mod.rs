@@ -30,6 +30,9 @@ use matmul::Elem;
 pub const BF16_TARGET: &str = "meshtrain_decode_matmul_bf16";
 /// The custom-call target of the f32 kernel.
 pub const F32_TARGET: &str = "meshtrain_decode_matmul_f32";
+/// The environment variable that sets how many threads the kernels use
+/// (default: one per core).
+pub const THREADS_ENV: &str = "MESHTRAIN_DECODE_KERNEL_THREADS";
 /// The environment variable that turns the kernels off (`0`) or limits
 /// them to one dtype (`bf16`, `f32`).
 pub const ENV: &str = "MESHTRAIN_DECODE_KERNELS";
