@@ -3,7 +3,7 @@
 //!
 //! Prefill inputs: `params[N]`, `ids [B, P]`, `pad [B]`, `keys [B]` u32,
 //! `temperature []`, `top_k [B]`, `top_p [B]`; outputs: the first new token
-//! `[B]`, then `k[l]`, `v[l]` caches `[B, L, KV, hd]`.
+//! `[B]`, then `k[l]`, `v[l]` caches `[B, KV, L, hd]`.
 //!
 //! Decode inputs: `params[N]`, `token [B]`, `slot []` (where `token` goes),
 //! `pad`, `keys`, `temperature`, `top_k`, `top_p`, then the caches
@@ -85,8 +85,8 @@ pub(crate) fn cache_slot(
         dtype,
         &[
             ("batch", bucket.batch),
-            ("seq", bucket.cache),
             ("kv_heads", cfg.kv_heads),
+            ("seq", bucket.cache),
             ("head_dim", cfg.head_dim),
         ],
     )
