@@ -84,6 +84,15 @@ impl Attend for CacheAttention<'_> {
             let vt = b.transpose(v, &[0, 2, 1, 3])?;
             b.dynamic_update_slice(self.cache.v[layer], vt, &at)
         })?;
+        // One updated buffer each, read by attention and returned: left to
+        // itself XLA fuses the update into both readers, copying the whole
+        // cache several times per layer and step.
+        let (ck, cv) = if self.own {
+            (ck, cv)
+        } else {
+            let kv = b.optimization_barrier(&[ck, cv])?;
+            (kv[0], kv[1])
+        };
         self.cache.k[layer] = ck;
         self.cache.v[layer] = cv;
         if self.own {
