@@ -164,10 +164,10 @@ fn a_wrong_operand_shape_is_an_error_naming_the_shapes() {
         .compile(&program.to_mlir(), &pjrt::CompileOptions::single())
         .unwrap();
     let xb = client
-        .buffer_from_host(&vec![bf16::from_f32(1.0); 16], &[2, 8], 0)
+        .buffer_from_host(&[bf16::from_f32(1.0); 16], &[2, 8], 0)
         .unwrap();
     let wb = client
-        .buffer_from_host(&vec![bf16::from_f32(1.0); 24], &[4, 6], 0)
+        .buffer_from_host(&[bf16::from_f32(1.0); 24], &[4, 6], 0)
         .unwrap();
     let err = match exe.execute(&[vec![&xb, &wb]]) {
         Ok(out) => match out[0][0].to_host::<bf16>() {
