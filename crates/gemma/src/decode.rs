@@ -7,8 +7,9 @@
 //! last prompt token is at slot `P - 1` and every decode step writes the
 //! same slot for all rows. Positions (RoPE) are per row, `slot - pad[b]`,
 //! and the mask hides slots before `pad[b]`, so a padded row computes what
-//! it would alone. The cache holds `[B, L, KV, hd]` keys and values per
-//! layer in the compute dtype; a decode step writes one slot and attends to
+//! it would alone. The cache holds `[B, KV, L, hd]` keys and values per
+//! layer in the compute dtype (heads-major: attention's contractions read
+//! it in place, [`hlo::Builder::attention_heads_major`]); a decode step writes one slot and attends to
 //! all `L` (masked), so its cost is fixed for a bucket: the weights once,
 //! plus attention's term linear in `L`.
 //!
@@ -25,7 +26,7 @@
 //! let pad = b.parameter("pad", TensorType::i32([2]));
 //! let (logits, cache) = prefill(&mut b, &model, ids, pad, 24, &Unconstrained)?;
 //! assert_eq!(b.dims(logits), [2, cfg.vocab_size as i64]);
-//! assert_eq!(b.dims(cache.k[0]), [2, 24, cfg.kv_heads as i64, cfg.head_dim as i64]);
+//! assert_eq!(b.dims(cache.k[0]), [2, cfg.kv_heads as i64, 24, cfg.head_dim as i64]);
 //!
 //! let token = b.parameter("token", TensorType::i32([2]));
 //! let slot = b.parameter("slot", TensorType::i32([]));
@@ -40,7 +41,7 @@ use hlo::{Builder, DType, TensorType, Value};
 use crate::model::Attend;
 use crate::{Constrain, Gemma, Result};
 
-/// Per-layer key and value caches, `[B, L, KV, hd]` each.
+/// Per-layer key and value caches, `[B, KV, L, hd]` each.
 #[derive(Clone, Debug)]
 pub struct KvCache {
     /// Keys, one per layer.
@@ -73,19 +74,31 @@ impl Attend for CacheAttention<'_> {
         v: Value,
     ) -> hlo::Result<Value> {
         let zero = b.scalar(0.0, DType::I32);
-        let at = [zero, self.slot, zero, zero];
+        let at = [zero, zero, self.slot, zero];
+        // [B, T, KV, hd] -> the cache's [B, KV, T, hd].
         let ck = b.scope("cache_k", |b| {
-            b.dynamic_update_slice(self.cache.k[layer], k, &at)
+            let kt = b.transpose(k, &[0, 2, 1, 3])?;
+            b.dynamic_update_slice(self.cache.k[layer], kt, &at)
         })?;
         let cv = b.scope("cache_v", |b| {
-            b.dynamic_update_slice(self.cache.v[layer], v, &at)
+            let vt = b.transpose(v, &[0, 2, 1, 3])?;
+            b.dynamic_update_slice(self.cache.v[layer], vt, &at)
         })?;
+        // One updated buffer each, read by attention and returned: left to
+        // itself XLA fuses the update into both readers, copying the whole
+        // cache several times per layer and step.
+        let (ck, cv) = if self.own {
+            (ck, cv)
+        } else {
+            let kv = b.optimization_barrier(&[ck, cv])?;
+            (kv[0], kv[1])
+        };
         self.cache.k[layer] = ck;
         self.cache.v[layer] = cv;
         if self.own {
             b.attention(q, k, v, self.mask)
         } else {
-            b.attention(q, ck, cv, self.mask)
+            b.attention_heads_major(q, ck, cv, self.mask)
         }
     }
 }
@@ -95,7 +108,7 @@ pub fn empty_cache(b: &mut Builder, model: &Gemma, batch: i64, len: i64) -> KvCa
     let cfg = model.config();
     let ty = TensorType::new(
         model.options().dtype,
-        [batch, len, cfg.kv_heads as i64, cfg.head_dim as i64],
+        [batch, cfg.kv_heads as i64, len, cfg.head_dim as i64],
     );
     let z = b.constant(0.0, ty);
     KvCache {
@@ -166,7 +179,7 @@ pub fn decode_step(
     c: &dyn Constrain,
 ) -> Result<(Value, KvCache)> {
     let bs = b.dims(token)[0];
-    let len = b.dims(cache.k[0])[1];
+    let len = b.dims(cache.k[0])[2];
     let (ids, positions, mask) =
         b.scope("decode_mask", |b| -> hlo::Result<(Value, Value, Value)> {
             let ids = b.reshape(token, &[bs, 1])?;

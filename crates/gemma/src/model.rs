@@ -87,6 +87,12 @@ pub enum Matmuls {
         /// The weights already hold values of the compute dtype.
         weights_rounded: bool,
     },
+    /// A custom call of the named target (registered with the plugin),
+    /// given `x [M, in]` and the weight `[out, in]` converted to the
+    /// compute dtype, returning `[M, out]` in the compute dtype: products
+    /// of compute-dtype values summed in f32, the result rounded once, as
+    /// [`Matmuls::F32`] computes. Forward only (no gradient).
+    Kernel(&'static str),
 }
 
 impl Default for ComputeOptions {
@@ -352,6 +358,17 @@ impl<'a> Gemma<'a> {
                 let xw = b.convert(x, DType::F32)?;
                 let y = b.linear(xw, w)?;
                 b.convert(y, cd)
+            }
+            Matmuls::Kernel(target) => {
+                let w = b.convert(w, cd)?;
+                let dims = b.dims(x).to_vec();
+                let (k, n) = (dims[dims.len() - 1], b.dims(w)[0]);
+                let m: i64 = dims[..dims.len() - 1].iter().product();
+                let x2 = b.reshape(x, &[m, k])?;
+                let y = b.custom_call(target, &[x2, w], TensorType::new(cd, [m, n]))?;
+                let mut out = dims;
+                *out.last_mut().expect("x has a feature axis") = n;
+                b.reshape(y, &out)
             }
             _ => {
                 let w = b.convert(w, cd)?;

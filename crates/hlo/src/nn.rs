@@ -335,6 +335,32 @@ impl Builder {
     /// and normalised in f32 (f64 for f64 inputs); fully masked rows give
     /// the mean of `v`. Returns `[B, T, H, D]` in `q`'s dtype.
     pub fn attention(&mut self, q: Value, k: Value, v: Value, mask: Value) -> Result<Value> {
+        self.attention_in(q, k, v, mask, false)
+    }
+
+    /// [`Builder::attention`] with heads-major keys and values `k`, `v
+    /// [B, KV, S, D]` (a KV cache's layout: both contractions read them in
+    /// place, no transpose per call).
+    pub fn attention_heads_major(
+        &mut self,
+        q: Value,
+        k: Value,
+        v: Value,
+        mask: Value,
+    ) -> Result<Value> {
+        self.attention_in(q, k, v, mask, true)
+    }
+
+    fn attention_in(
+        &mut self,
+        q: Value,
+        k: Value,
+        v: Value,
+        mask: Value,
+        heads_major: bool,
+    ) -> Result<Value> {
+        // Axes of S and KV in k and v.
+        let (sa, ka) = if heads_major { (2, 1) } else { (1, 2) };
         let (tq, tk, tv) = (
             self.check("attention", q)?.clone(),
             self.check("attention", k)?.clone(),
@@ -346,25 +372,30 @@ impl Builder {
             && tk.rank() == 4
             && tk.dims[0] == tq.dims[0]
             && tk.dims[3] == tq.dims[3]
-            && tk.dims[2] > 0
-            && tq.dims[2] % tk.dims[2] == 0
+            && tk.dims[ka] > 0
+            && tq.dims[2] % tk.dims[ka] == 0
             && tq.dtype == tk.dtype
             && tm.dtype == DType::Bool
-            && tm.dims == [tq.dims[0], tq.dims[1], tk.dims[1]];
+            && tm.dims == [tq.dims[0], tq.dims[1], tk.dims[sa]];
         if !ok {
+            let kv = if heads_major {
+                "k = v [B, KV, S, D]"
+            } else {
+                "k = v [B, S, KV, D]"
+            };
             return shape_err(
                 "attention",
                 &[&tq, &tk, &tv, &tm],
-                "q [B, T, H, D], k = v [B, S, KV, D] with H % KV == 0, a Bool mask [B, T, S]",
+                format!("q [B, T, H, D], {kv} with H % KV == 0, a Bool mask [B, T, S]"),
             );
         }
         let [b, t, h, d] = [tq.dims[0], tq.dims[1], tq.dims[2], tq.dims[3]];
-        let (s_len, kv) = (tk.dims[1], tk.dims[2]);
+        let (s_len, kv) = (tk.dims[sa], tk.dims[ka]);
         let g = h / kv;
         let q5 = self.reshape(q, &[b, t, kv, g, d])?; // [B, T, KV, G, D]
         let dims = DotDims {
             lhs_batch: vec![0, 2],
-            rhs_batch: vec![0, 2],
+            rhs_batch: vec![0, ka as i64],
             lhs_contract: vec![4],
             rhs_contract: vec![3],
         };
@@ -380,9 +411,9 @@ impl Builder {
         let p = self.convert(p, tq.dtype)?;
         let dims = DotDims {
             lhs_batch: vec![0, 1],
-            rhs_batch: vec![0, 2],
+            rhs_batch: vec![0, ka as i64],
             lhs_contract: vec![4],
-            rhs_contract: vec![1],
+            rhs_contract: vec![sa as i64],
         };
         let o = self.dot_general(p, v, dims)?; // [B, KV, T, G, D]
         let o = self.transpose(o, &[0, 2, 1, 3, 4])?; // [B, T, KV, G, D]

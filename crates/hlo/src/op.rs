@@ -197,6 +197,9 @@ pub(crate) enum Op {
     /// multi-result loop (`stablehlo.while`): carries, xs, consts; its
     /// results are `Project` nodes (final carries, then stacked ys)
     Scan(BodyRef, Vec<Value>),
+    /// a typed FFI custom call (`api_version = 4`) of the named target,
+    /// one result, row-major layouts
+    CustomCall(String, Vec<Value>),
 }
 
 /// A shared scan body, compared and hashed by identity.
@@ -239,7 +242,7 @@ impl Op {
             DynamicUpdateSlice(x, u, idx) => {
                 [*x, *u].into_iter().chain(idx.iter().copied()).collect()
             }
-            Concat(xs, _) | Barrier(xs) | Scan(_, xs) => xs.clone(),
+            Concat(xs, _) | Barrier(xs) | Scan(_, xs) | CustomCall(_, xs) => xs.clone(),
         }
     }
 
@@ -272,6 +275,7 @@ impl Op {
             Concat(_, d) => Concat(new.to_vec(), *d),
             Barrier(_) => Barrier(new.to_vec()),
             Scan(body, _) => Scan(body.clone(), new.to_vec()),
+            CustomCall(t, _) => CustomCall(t.clone(), new.to_vec()),
         }
     }
 
@@ -310,6 +314,7 @@ impl Op {
             Constraint(..) => "sharding_constraint",
             StopGradient(_) => "stop_gradient",
             Scan(..) => "while",
+            CustomCall(..) => "custom_call",
         }
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use crate::op::{BinaryOp, CmpDir, DotDims, Op, ReduceKind, UnaryOp};
 use crate::ops::{inverse_perm, sorted_rank};
-use crate::{Builder, Result, Value};
+use crate::{Builder, Error, Result, Value};
 
 /// Contributions `(operand, cotangent)` of node `out` (op `op`) given its
 /// cotangent `g`. Forward values are read through `remap` (replayed remat
@@ -27,6 +27,12 @@ pub(crate) fn vjp(
         | Op::Scan(..)
         | Op::StopGradient(_) => {
             vec![]
+        }
+        Op::CustomCall(target, _) => {
+            return Err(Error::Invalid {
+                op: "grad",
+                message: format!("custom call @{target} has no gradient"),
+            });
         }
         Op::Unary(u, x) => unary(b, *u, p(*x), y, g)?
             .map(|c| vec![(*x, c)])

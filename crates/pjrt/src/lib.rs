@@ -64,6 +64,7 @@ mod compile;
 pub mod elf;
 mod error;
 mod executable;
+pub mod ffi;
 pub mod hlo;
 mod host;
 pub mod install;

@@ -78,7 +78,9 @@ impl Plugin {
         self.extensions().map(|(t, _)| t).collect()
     }
 
-    fn extensions(&self) -> impl Iterator<Item = (u32, *const sys::PJRT_Extension_Base)> + '_ {
+    pub(crate) fn extensions(
+        &self,
+    ) -> impl Iterator<Item = (u32, *const sys::PJRT_Extension_Base)> + '_ {
         let mut next = self.api().extension_start as *const sys::PJRT_Extension_Base;
         std::iter::from_fn(move || {
             if next.is_null() {

@@ -6,7 +6,9 @@
 //! decode step; runs `scripts/bench_hf_generate.py` (transformers'
 //! `generate`, PyTorch, KV cache) with the Python in
 //! `MESHTRAIN_BENCH_PYTHON` (default `python3`) for the same cases in the
-//! same run, and says so when torch is missing.
+//! same run, and says so when torch is missing. The `XLA dots` column is
+//! meshtrain with its decode kernels off (`MESHTRAIN_DECODE_KERNELS=0`:
+//! weight matmuls as XLA dots, bf16 weights stored as f32).
 //!
 //! `cargo bench -p meshtrain-train --bench generate`
 //! `MESHTRAIN_BENCH_PYTHON=/path/to/venv/bin/python cargo bench -p meshtrain-train --bench generate`
@@ -64,15 +66,18 @@ fn repeats() -> usize {
         .max(1)
 }
 
-fn ours(ck: &gemma::hf::Checkpoint, dtype: DType, batch: usize, new: usize) -> Ours {
+fn ours(ck: &gemma::hf::Checkpoint, dtype: DType, batch: usize, new: usize, kernels: bool) -> Ours {
     let repeats = repeats();
-    let dev = Devices::new(
+    let mut dev = Devices::new(
         &ck.config,
         &RuntimeConfig::default(),
         &MeshSection::default(),
         dtype,
     )
     .unwrap();
+    if !kernels {
+        dev.disable_decode_kernels();
+    }
     let mut g = Generator::new(dev, ck, dtype).unwrap();
     let mut s = 1u64;
     let prompts: Vec<Vec<u32>> = (0..batch)
@@ -201,17 +206,20 @@ fn main() {
         repeats()
     );
     println!(
-        "| dtype | batch | new tokens | meshtrain tokens/s | ms per decode step | transformers tokens/s | speed-up | compile s |"
+        "| dtype | batch | new tokens | meshtrain tokens/s | ms per decode step | XLA dots tokens/s | XLA dots ms per step | transformers tokens/s | speed-up | compile s |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (d, b, n) in &cases {
         let dtype = if d == "bf16" { DType::BF16 } else { DType::F32 };
-        let o = ours(&ck, dtype, *b, *n);
+        let o = ours(&ck, dtype, *b, *n, true);
+        let x = ours(&ck, dtype, *b, *n, false);
         let theirs = hf.get(&(d.clone(), *b, *n)).copied();
         println!(
-            "| {d} | {b} | {n} | {:.1} | {:.2} | {} | {} | {:.1} |",
+            "| {d} | {b} | {n} | {:.1} | {:.2} | {:.1} | {:.2} | {} | {} | {:.1} |",
             o.tokens_per_s,
             o.step_ms,
+            x.tokens_per_s,
+            x.step_ms,
             theirs.map_or("-".into(), |t| format!("{t:.1}")),
             theirs.map_or("-".into(), |t| format!("{:.2}x", o.tokens_per_s / t)),
             o.compile_s

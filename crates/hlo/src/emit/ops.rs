@@ -233,6 +233,23 @@ impl Emitter<'_> {
                 return;
             }
             Op::Constraint(x, s) => format!("sdy.sharding_constraint {} {s} : {ty}", n(x)),
+            Op::CustomCall(target, xs) => {
+                let layout = |v: &TensorType| {
+                    let r = v.dims.len() as i64;
+                    let minor: Vec<i64> = (0..r).rev().collect();
+                    format!("dense<[{}]> : tensor<{r}xindex>", list(&minor))
+                };
+                let names: Vec<String> = xs.iter().map(n).collect();
+                let types: Vec<String> = xs.iter().map(t).collect();
+                let ins: Vec<String> = xs.iter().map(|x| layout(b.ty(*x))).collect();
+                format!(
+                    "stablehlo.custom_call @{target}({}) {{api_version = 4 : i32, backend_config = {{}}, operand_layouts = [{}], result_layouts = [{}]}} : ({}) -> {ty}",
+                    names.join(", "),
+                    ins.join(", "),
+                    layout(&node.ty),
+                    types.join(", ")
+                )
+            }
         };
         let _ = write!(self.out, "{}%{} = {op_text}", self.indent, self.names[i]);
     }

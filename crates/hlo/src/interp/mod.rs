@@ -147,6 +147,12 @@ impl Builder {
                 out = t.data.iter().map(|&x| round_to(x, dt)).collect();
             }
             Op::Constant(lit) => out = vec![lit.as_f64(); numel],
+            Op::CustomCall(target, _) => {
+                return Err(Error::Invalid {
+                    op: "evaluate",
+                    message: format!("custom call @{target} runs only on a device"),
+                });
+            }
             Op::Iota(d) => {
                 for (f, o) in out.iter_mut().enumerate() {
                     unravel(f, &dims, &mut idx);

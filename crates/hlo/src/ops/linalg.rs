@@ -13,6 +13,32 @@ impl Builder {
         self.dot_general_to(lhs, rhs, dims, dtype)
     }
 
+    /// `stablehlo.custom_call @target(operands)` with one result of type
+    /// `out`, as a typed XLA FFI call (`api_version = 4`, row-major
+    /// layouts). The target must be registered with the plugin that runs
+    /// the program; it has no gradient and no host evaluation.
+    pub fn custom_call(
+        &mut self,
+        target: &str,
+        operands: &[Value],
+        out: TensorType,
+    ) -> Result<Value> {
+        let ok = !target.is_empty()
+            && target
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !ok {
+            return Err(crate::Error::Invalid {
+                op: "custom_call",
+                message: format!("target {target:?}: expected ASCII letters, digits, '_' or '.'"),
+            });
+        }
+        for &x in operands {
+            self.check("custom_call", x)?;
+        }
+        Ok(self.push(Op::CustomCall(target.into(), operands.to_vec()), out))
+    }
+
     /// `dot_general` with another result dtype (e.g. bf16 operands, f32 result).
     pub fn dot_general_to(
         &mut self,

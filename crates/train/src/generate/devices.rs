@@ -21,6 +21,8 @@ pub struct Devices {
     pub(crate) at: Placement,
     order: Vec<i64>,
     xla: Vec<(String, pjrt::XlaOption)>,
+    /// The plugin runs the decode kernels (see [`super::kernels`]).
+    kernels: bool,
 }
 
 impl Devices {
@@ -85,12 +87,17 @@ impl Devices {
         let order = layout.order.clone();
         let at = Placement::one_host(layout, &client)?;
         let xla = runtime.xla_options(dtype)?;
+        let kernels = n == 1
+            && client.platform_name() == "cpu"
+            && std::env::var(super::kernels::ENV).as_deref() != Ok("0")
+            && super::kernels::register(client.plugin())?;
         Ok(Devices {
             client,
             plan,
             at,
             order,
             xla,
+            kernels,
         })
     }
 
@@ -174,7 +181,25 @@ impl Devices {
             .collect()
     }
 
-    /// How weights computed in `compute` are stored: as it, except bf16 on
+    /// The custom-call target of the decode step's weight matmuls in
+    /// `compute` (weights stored in it), when they run as custom calls:
+    /// the CPU plugin, one device, a CPU with the kernel's fast path, not
+    /// turned off by `MESHTRAIN_DECODE_KERNELS` (see [`super::kernels`]).
+    pub fn decode_kernel(&self, compute: DType) -> Option<&'static str> {
+        if self.kernels {
+            super::kernels::target(compute)
+        } else {
+            None
+        }
+    }
+
+    /// Runs the decode step's matmuls as XLA dots from now on (programs
+    /// built later; the `MESHTRAIN_DECODE_KERNELS=0` of one generator).
+    pub fn disable_decode_kernels(&mut self) {
+        self.kernels = false;
+    }
+
+    /// How weights computed in `compute` are stored for XLA's matmuls: as it, except bf16 on
     /// the CPU plugin, stored as f32 holding bf16 values (see
     /// [`gemma::Matmuls`]): XLA's CPU backend widens
     /// bf16 weights to f32 for every matmul, on every call.

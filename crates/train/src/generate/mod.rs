@@ -21,6 +21,7 @@
 //! generate`), the memorization eval and fine-tuning loops use.
 
 mod devices;
+pub mod kernels;
 mod programs;
 mod score;
 pub mod source;
@@ -184,10 +185,14 @@ struct Row<'p> {
 
 impl Generator {
     /// Puts `model`'s parameters on `dev`'s devices, computed in `dtype`
-    /// (`F32`, or `BF16` as a bf16 Hugging Face model runs) and stored as
-    /// [`Devices::weight_dtype`] says.
+    /// (`F32`, or `BF16` as a bf16 Hugging Face model runs) and stored in
+    /// `dtype` where the decode step's matmuls run as custom calls
+    /// ([`Devices::decode_kernel`]), else as [`Devices::weight_dtype`] says.
     pub fn new(dev: Devices, model: &gemma::hf::Checkpoint, dtype: DType) -> Result<Generator> {
-        let stored = dev.weight_dtype(dtype);
+        let stored = match dev.decode_kernel(dtype) {
+            Some(_) => dtype,
+            None => dev.weight_dtype(dtype),
+        };
         Self::with_storage(dev, model, dtype, stored)
     }
 

@@ -3,7 +3,7 @@
 //!
 //! Prefill inputs: `params[N]`, `ids [B, P]`, `pad [B]`, `keys [B]` u32,
 //! `temperature []`, `top_k [B]`, `top_p [B]`; outputs: the first new token
-//! `[B]`, then `k[l]`, `v[l]` caches `[B, L, KV, hd]`.
+//! `[B]`, then `k[l]`, `v[l]` caches `[B, KV, L, hd]`.
 //!
 //! Decode inputs: `params[N]`, `token [B]`, `slot []` (where `token` goes),
 //! `pad`, `keys`, `temperature`, `top_k`, `top_p`, then the caches
@@ -85,8 +85,8 @@ pub(crate) fn cache_slot(
         dtype,
         &[
             ("batch", bucket.batch),
-            ("seq", bucket.cache),
             ("kv_heads", cfg.kv_heads),
+            ("seq", bucket.cache),
             ("head_dim", cfg.head_dim),
         ],
     )
@@ -188,7 +188,16 @@ pub(crate) fn decode(
         s.name = format!("cache_{}.{i}", ["k", "v"][kind]);
         caches.push(inp.declare(&mut b, &s)?);
     }
-    let model = Gemma::new(m.cfg, &params, m.options)?;
+    // Weights stored in the compute dtype: the plugin's custom-call kernel
+    // where it has one (see `kernels`).
+    let mut options = m.options;
+    let stored = m.params.first().map_or(options.dtype, |s| s.dtype);
+    if stored == options.dtype
+        && let Some(target) = dev.decode_kernel(options.dtype)
+    {
+        options.matmuls = gemma::Matmuls::Kernel(target);
+    }
+    let model = Gemma::new(m.cfg, &params, options)?;
     let cache = gemma::decode::KvCache {
         k: caches[..n].to_vec(),
         v: caches[n..].to_vec(),
