@@ -3,6 +3,8 @@
 //! random models (multi-query, multi-head, heads x head_dim != d_model).
 //! Golden files come from `scripts/gen_model_golden.py`.
 
+mod common;
+
 use std::path::PathBuf;
 
 use gemma::{ComputeOptions, Gemma, Tokens, Unconstrained, param_specs, token_loss};
@@ -16,23 +18,9 @@ struct Golden {
 }
 
 fn golden(dir: &std::path::Path, names: &[String]) -> Golden {
-    let bytes = std::fs::read(dir.join("golden.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |n: &str| -> Vec<f32> {
-        st.tensor(n)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
-    let ids = st
-        .tensor("input_ids")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let t = common::golden_tensors(dir);
+    let f32s = |n: &str| common::f32s(&t, n);
+    let ids = common::i32s(&t, "input_ids");
     Golden {
         ids,
         logits: f32s("logits"),

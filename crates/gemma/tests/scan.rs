@@ -5,6 +5,8 @@
 //! loop for the layers (and one for their gradient) instead of a copy per
 //! layer.
 
+mod common;
+
 use std::path::PathBuf;
 
 use gemma::{ComputeOptions, Gemma, GemmaConfig, Tokens, Unconstrained, param_specs, token_loss};
@@ -119,23 +121,9 @@ fn golden_outputs(name: &str) -> Golden {
         .join("tests/golden")
         .join(name);
     let ck = gemma::hf::load(&dir.join("model")).unwrap();
-    let bytes = std::fs::read(dir.join("golden.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |n: &str| -> Vec<f32> {
-        st.tensor(n)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
-    let ids: Vec<i32> = st
-        .tensor("input_ids")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let t = common::golden_tensors(&dir);
+    let f32s = |n: &str| common::f32s(&t, n);
+    let ids = common::i32s(&t, "input_ids");
     let mut want = vec![f32s("logits"), vec![f32s("loss")[0]]];
     for s in param_specs(&ck.config) {
         want.push(f32s(&format!("grad.{}", s.name)));
