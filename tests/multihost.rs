@@ -181,15 +181,7 @@ fn a_killed_worker_is_replaced_and_the_job_ends_as_if_uninterrupted() {
     assert!(status.success(), "{cerr}");
     assert!(cerr.contains("(replacement)"), "{cerr}");
 
-    // Each step once, and the same numbers as the uninterrupted job.
-    let (a, b) = (losses(&straight), losses(&run));
-    assert_eq!(
-        b.iter().map(|x| x.0).collect::<Vec<_>>(),
-        (0..8).collect::<Vec<_>>()
-    );
-    assert_eq!(a, b);
-    let model = |r: &Path| std::fs::read(r.join("final/model.safetensors")).unwrap();
-    assert_eq!(model(&straight), model(&run));
+    same_job(&straight, &run, 8);
     // The coordinator's TensorBoard events, the restart included: each
     // step's loss once, the number of metrics.jsonl (float32, as stored).
     let events = train::tensorboard::read_dir(&run.join("tensorboard")).unwrap();
@@ -202,7 +194,10 @@ fn a_killed_worker_is_replaced_and_the_job_ends_as_if_uninterrupted() {
         .collect();
     assert_eq!(
         tb,
-        b.iter().map(|&(s, l)| (s, l as f32)).collect::<Vec<_>>()
+        losses(&run)
+            .iter()
+            .map(|&(s, l)| (s, l as f32))
+            .collect::<Vec<_>>()
     );
     assert!(
         events
@@ -265,6 +260,19 @@ fn a_lost_coordinator_is_a_clear_error_for_waiting_workers() {
         "{err}"
     );
     assert!(t.elapsed() < Duration::from_secs(20));
+}
+
+/// `run` logged each of its `steps` steps once, with the losses and the
+/// final parameters of the uninterrupted job `straight`.
+fn same_job(straight: &Path, run: &Path, steps: u64) {
+    let (a, b) = (losses(straight), losses(run));
+    assert_eq!(
+        b.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (0..steps).collect::<Vec<_>>()
+    );
+    assert_eq!(a, b);
+    let model = |r: &Path| std::fs::read(r.join("final/model.safetensors")).unwrap();
+    assert_eq!(model(straight), model(run));
 }
 
 /// A loopback address with a port free now (the coordinator must come
@@ -334,15 +342,7 @@ fn a_killed_coordinator_restarted_on_its_run_dir_resumes_the_job() {
         }
     }
 
-    // Each step once, the same numbers and parameters as the uninterrupted job.
-    let (a, b) = (losses(&straight), losses(&run));
-    assert_eq!(
-        b.iter().map(|x| x.0).collect::<Vec<_>>(),
-        (0..8).collect::<Vec<_>>()
-    );
-    assert_eq!(a, b);
-    let model = |r: &Path| std::fs::read(r.join("final/model.safetensors")).unwrap();
-    assert_eq!(model(&straight), model(&run));
+    same_job(&straight, &run, 8);
     let state = std::fs::read_to_string(run.join("coordinator.json")).unwrap();
     assert!(state.contains("\"finished\": true"), "{state}");
 }
