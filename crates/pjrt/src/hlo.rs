@@ -1,9 +1,15 @@
 //! A small reader for the optimized program that plugins return
 //! (`hlo_with_config`: a serialized `xla.HloModuleProtoWithConfig`): the
-//! entry parameters' per-device shapes and every instruction's opcode and
-//! shape, enough to check execute arguments and to count collectives.
+//! entry parameters' per-device shapes, every instruction's opcode and
+//! shape, and how many times each runs per execution (loop trip counts
+//! multiplied through the call graph), enough to check execute arguments and
+//! to count collectives per step.
 //!
-//! Field numbers follow `xla/service/hlo.proto` and `xla/xla_data.proto`.
+//! Field numbers follow `xla/service/hlo.proto` and `xla/xla_data.proto`;
+//! the trip count annotation is `xla.WhileLoopBackendConfig` (JSON text in
+//! the `backend_config` bytes).
+
+mod loops;
 
 use crate::buffer::ElementType;
 use crate::{Error, Result};
@@ -43,6 +49,32 @@ pub struct HloInstruction {
     pub shape: HloShape,
     /// Computation it belongs to.
     pub computation: String,
+    /// Ids of the computations it calls (a `while`: body, then condition).
+    pub called_computations: Vec<i64>,
+    /// For a `while`: its trip count, from XLA's `known_trip_count`
+    /// annotation or, failing that, from the condition's compare of the
+    /// induction variable against a constant; `None` when neither says.
+    pub trip_count: Option<u64>,
+    /// How many times one execution of the module runs it: the product of
+    /// the trip counts of the loops around it, summed over call sites (0 for
+    /// a computation nothing calls).
+    pub executions: u64,
+    /// True when a loop around it has no known trip count (counted as one
+    /// iteration), so `executions` is only a lower bound.
+    pub executions_lower_bound: bool,
+}
+
+/// One computation of the optimized module and how often it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HloComputation {
+    /// Computation id.
+    pub id: i64,
+    /// Computation name.
+    pub name: String,
+    /// Runs per execution of the module (see [`HloInstruction::executions`]).
+    pub executions: u64,
+    /// True when `executions` is only a lower bound.
+    pub executions_lower_bound: bool,
 }
 
 /// What the reader extracts from an optimized module.
@@ -54,6 +86,8 @@ pub struct HloSummary {
     pub parameters: Vec<HloShape>,
     /// Every instruction of every computation.
     pub instructions: Vec<HloInstruction>,
+    /// Every computation, in the module's order.
+    pub computations: Vec<HloComputation>,
 }
 
 /// Parses a serialized `HloModuleProtoWithConfig` (or a bare `HloModuleProto`
@@ -71,10 +105,14 @@ pub fn parse_module(bytes: &[u8], with_config: bool) -> Result<HloSummary> {
         bytes
     };
     let mut s = HloSummary::default();
+    let mut comps = Vec::new();
+    let (mut entry_name, mut entry_id) = (None, None);
     for (num, f) in fields(module)? {
         match (num, f) {
             (1, Field::Bytes(b)) => s.name = String::from_utf8_lossy(b).into_owned(),
-            (3, Field::Bytes(b)) => computation(b, &mut s.instructions)?,
+            (2, Field::Bytes(b)) => entry_name = Some(String::from_utf8_lossy(b).into_owned()),
+            (6, Field::Varint(v)) => entry_id = Some(v as i64),
+            (3, Field::Bytes(b)) => comps.push(computation(b)?),
             (4, Field::Bytes(b)) => {
                 // host_program_shape: ProgramShapeProto { parameters = 1 }
                 for (n, f) in fields(b)? {
@@ -86,43 +124,146 @@ pub fn parse_module(bytes: &[u8], with_config: bool) -> Result<HloSummary> {
             _ => {}
         }
     }
+    // The entry: by name, else by id, else the last computation (callees
+    // come before their callers).
+    let entry = entry_name
+        .and_then(|n| comps.iter().position(|c| c.name == n))
+        .or_else(|| entry_id.and_then(|id| comps.iter().position(|c| c.id == id)))
+        .or(comps.len().checked_sub(1));
+    let counts = loops::executions(&comps, entry);
+    for (c, &(executions, lower)) in comps.iter().zip(&counts.computations) {
+        s.computations.push(HloComputation {
+            id: c.id,
+            name: c.name.clone(),
+            executions,
+            executions_lower_bound: lower,
+        });
+        for i in &c.insts {
+            s.instructions.push(HloInstruction {
+                name: i.name.clone(),
+                opcode: i.opcode.clone(),
+                shape: i.shape.clone(),
+                computation: c.name.clone(),
+                called_computations: i.called.clone(),
+                trip_count: counts.trip_counts.get(&(c.id, i.id)).copied(),
+                executions,
+                executions_lower_bound: lower,
+            });
+        }
+    }
     Ok(s)
 }
 
-fn computation(bytes: &[u8], out: &mut Vec<HloInstruction>) -> Result<()> {
-    let fs = fields(bytes)?;
-    let name = fs
-        .iter()
-        .find_map(|(n, f)| match (n, f) {
-            (1, Field::Bytes(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-            _ => None,
-        })
-        .unwrap_or_default();
-    for (n, f) in fs {
-        if let (2, Field::Bytes(b)) = (n, f) {
-            let mut inst = HloInstruction {
-                name: String::new(),
-                opcode: String::new(),
-                shape: HloShape {
-                    element_type: None,
-                    primitive_type: 0,
-                    dims: Vec::new(),
-                    tuple: Vec::new(),
-                },
-                computation: name.clone(),
-            };
-            for (n, f) in fields(b)? {
-                match (n, f) {
-                    (1, Field::Bytes(b)) => inst.name = String::from_utf8_lossy(b).into_owned(),
-                    (2, Field::Bytes(b)) => inst.opcode = String::from_utf8_lossy(b).into_owned(),
-                    (3, Field::Bytes(b)) => inst.shape = shape(b)?,
-                    _ => {}
-                }
-            }
-            out.push(inst);
+/// An instruction as read, with what the loop analysis needs.
+pub(crate) struct RawInst<'a> {
+    pub(crate) id: i64,
+    pub(crate) name: String,
+    pub(crate) opcode: String,
+    pub(crate) shape: HloShape,
+    pub(crate) operands: Vec<i64>,
+    pub(crate) called: Vec<i64>,
+    pub(crate) backend_config: &'a [u8],
+    /// The value of a one-element integer literal.
+    pub(crate) literal: Option<i64>,
+    pub(crate) parameter_number: i64,
+    pub(crate) tuple_index: i64,
+    pub(crate) direction: String,
+}
+
+/// A computation as read.
+pub(crate) struct RawComp<'a> {
+    pub(crate) id: i64,
+    pub(crate) name: String,
+    pub(crate) root: Option<i64>,
+    pub(crate) insts: Vec<RawInst<'a>>,
+}
+
+fn computation(bytes: &[u8]) -> Result<RawComp<'_>> {
+    let mut c = RawComp {
+        id: 0,
+        name: String::new(),
+        root: None,
+        insts: Vec::new(),
+    };
+    for (n, f) in fields(bytes)? {
+        match (n, f) {
+            (1, Field::Bytes(b)) => c.name = String::from_utf8_lossy(b).into_owned(),
+            (2, Field::Bytes(b)) => c.insts.push(instruction(b)?),
+            (5, Field::Varint(v)) => c.id = v as i64,
+            (6, Field::Varint(v)) => c.root = Some(v as i64),
+            _ => {}
         }
     }
+    Ok(c)
+}
+
+fn instruction(bytes: &[u8]) -> Result<RawInst<'_>> {
+    let mut i = RawInst {
+        id: 0,
+        name: String::new(),
+        opcode: String::new(),
+        shape: HloShape {
+            element_type: None,
+            primitive_type: 0,
+            dims: Vec::new(),
+            tuple: Vec::new(),
+        },
+        operands: Vec::new(),
+        called: Vec::new(),
+        backend_config: &[],
+        literal: None,
+        parameter_number: 0,
+        tuple_index: 0,
+        direction: String::new(),
+    };
+    for (n, f) in fields(bytes)? {
+        match (n, f) {
+            (1, Field::Bytes(b)) => i.name = String::from_utf8_lossy(b).into_owned(),
+            (2, Field::Bytes(b)) => i.opcode = String::from_utf8_lossy(b).into_owned(),
+            (3, Field::Bytes(b)) => i.shape = shape(b)?,
+            (8, Field::Bytes(b)) => i.literal = scalar_literal(b)?,
+            (9, Field::Varint(v)) => i.parameter_number = v as i64,
+            (13, Field::Varint(v)) => i.tuple_index = v as i64,
+            (35, Field::Varint(v)) => i.id = v as i64,
+            (36, f) => push_ints(f, &mut i.operands)?,
+            (38, f) => push_ints(f, &mut i.called)?,
+            (43, Field::Bytes(b)) => i.backend_config = b,
+            (63, Field::Bytes(b)) => i.direction = String::from_utf8_lossy(b).into_owned(),
+            _ => {}
+        }
+    }
+    Ok(i)
+}
+
+/// A repeated int64 field, packed or not.
+fn push_ints(f: Field<'_>, out: &mut Vec<i64>) -> Result<()> {
+    match f {
+        Field::Varint(v) => out.push(v as i64),
+        Field::Bytes(mut b) => {
+            while !b.is_empty() {
+                out.push(varint(&mut b)? as i64);
+            }
+        }
+        Field::Fixed => {}
+    }
     Ok(())
+}
+
+/// The value of a `LiteralProto` holding exactly one integer (s32s = 4,
+/// s64s = 5, u32s = 6, u64s = 7); `None` for anything else.
+fn scalar_literal(bytes: &[u8]) -> Result<Option<i64>> {
+    let mut values = Vec::new();
+    for (n, f) in fields(bytes)? {
+        match n {
+            4..=7 => push_ints(f, &mut values)?,
+            2 | 3 | 8..=21 => return Ok(None),
+            _ => {}
+        }
+    }
+    Ok(match values[..] {
+        [v] => Some(v),
+        _ => None,
+    })
 }
 
 fn shape(bytes: &[u8]) -> Result<HloShape> {
@@ -223,3 +364,6 @@ fn fields(mut b: &[u8]) -> Result<Vec<(u64, Field<'_>)>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;

@@ -250,3 +250,92 @@ fn a_client_with_a_key_value_store_runs_and_outlives_nothing() {
         "released with the client"
     );
 }
+
+/// Two nested counted loops, 7 outer by 3 inner iterations, each with a
+/// matmul: the optimized module says how often each one runs.
+const NESTED_LOOPS: &str = r#"
+module @loops {
+  func.func public @main(%x: tensor<8x8xf32>, %w: tensor<8x8xf32>) -> tensor<8x8xf32> {
+    %c0 = stablehlo.constant dense<0> : tensor<i32>
+    %r:2 = stablehlo.while(%i = %c0, %a = %x) : tensor<i32>, tensor<8x8xf32>
+     cond {
+      %n = stablehlo.constant dense<7> : tensor<i32>
+      %p = stablehlo.compare LT, %i, %n : (tensor<i32>, tensor<i32>) -> tensor<i1>
+      stablehlo.return %p : tensor<i1>
+    } do {
+      %one = stablehlo.constant dense<1> : tensor<i32>
+      %j = stablehlo.add %i, %one : tensor<i32>
+      %b = stablehlo.dot_general %a, %w, contracting_dims = [1] x [0] : (tensor<8x8xf32>, tensor<8x8xf32>) -> tensor<8x8xf32>
+      %t = stablehlo.tanh %b : tensor<8x8xf32>
+      %z = stablehlo.constant dense<0> : tensor<i32>
+      %s:2 = stablehlo.while(%k = %z, %c = %t) : tensor<i32>, tensor<8x8xf32>
+       cond {
+        %m = stablehlo.constant dense<3> : tensor<i32>
+        %q = stablehlo.compare LT, %k, %m : (tensor<i32>, tensor<i32>) -> tensor<i1>
+        stablehlo.return %q : tensor<i1>
+      } do {
+        %one2 = stablehlo.constant dense<1> : tensor<i32>
+        %k2 = stablehlo.add %k, %one2 : tensor<i32>
+        %d = stablehlo.dot_general %w, %c, contracting_dims = [1] x [0] : (tensor<8x8xf32>, tensor<8x8xf32>) -> tensor<8x8xf32>
+        %e = stablehlo.tanh %d : tensor<8x8xf32>
+        stablehlo.return %k2, %e : tensor<i32>, tensor<8x8xf32>
+      }
+      stablehlo.return %j, %s#1 : tensor<i32>, tensor<8x8xf32>
+    }
+    return %r#1 : tensor<8x8xf32>
+  }
+}"#;
+
+fn loop_counts(hlo: &pjrt::hlo::HloSummary) -> (Vec<Option<u64>>, Vec<u64>) {
+    let mut trips: Vec<_> = hlo
+        .instructions
+        .iter()
+        .filter(|i| i.opcode == "while")
+        .map(|i| i.trip_count)
+        .collect();
+    trips.sort();
+    let mut dots: Vec<_> = hlo
+        .instructions
+        .iter()
+        .filter(|i| i.opcode == "dot")
+        .map(|i| i.executions)
+        .collect();
+    dots.sort();
+    assert!(hlo.instructions.iter().all(|i| !i.executions_lower_bound));
+    (trips, dots)
+}
+
+#[test]
+fn optimized_hlo_counts_loop_iterations() {
+    let c = client(1);
+    let exe = c.compile(NESTED_LOOPS, &CompileOptions::single()).unwrap();
+    let hlo = exe.executable().optimized_hlo().unwrap();
+    // The outer matmul runs 7 times, the inner one 7 x 3.
+    assert_eq!(
+        loop_counts(&hlo),
+        (vec![Some(3), Some(7)], vec![7, 21]),
+        "{:#?}",
+        hlo.instructions
+    );
+    let entry = hlo
+        .instructions
+        .iter()
+        .find(|i| i.opcode == "while" && i.trip_count == Some(7));
+    assert_eq!(entry.unwrap().executions, 1);
+    // Without XLA's trip count annotation, the same counts come from the
+    // loops' conditions (compare against a constant), initial values and
+    // increments. Overwriting the key keeps every length, so the proto stays
+    // valid.
+    let (format, mut bytes) = exe.executable().optimized_program().unwrap();
+    let key = b"known_trip_count";
+    let mut erased = 0;
+    for k in 0..bytes.len().saturating_sub(key.len()) {
+        if &bytes[k..k + key.len()] == key {
+            bytes[k..k + key.len()].copy_from_slice(b"xxxxx_xxxx_xxxxx");
+            erased += 1;
+        }
+    }
+    assert_eq!(erased, 2);
+    let derived = pjrt::hlo::parse_module(&bytes, format == "hlo_with_config").unwrap();
+    assert_eq!(loop_counts(&derived), (vec![Some(3), Some(7)], vec![7, 21]));
+}
