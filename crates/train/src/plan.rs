@@ -103,7 +103,8 @@ pub struct PlanReport {
     pub sharding: Option<ShardingReport>,
     /// Compute-bound step time at peak, seconds.
     pub compute_seconds: f64,
-    /// Time of the step's collectives at ICI bandwidth, seconds.
+    /// Time of the step's collectives at ICI bandwidth, seconds (each
+    /// collective counted as often as the loops around it iterate).
     pub collective_seconds: f64,
     /// The compiler's message when it does not fit.
     pub oom: Option<String>,
@@ -337,8 +338,13 @@ impl PlanReport {
             self.compute_seconds.max(self.collective_seconds),
             self.compute_seconds + self.collective_seconds,
         );
+        // Collectives in a loop of unknown trip count were counted once.
+        let at_least = match &self.sharding {
+            Some(r) if r.collectives.iter().any(|c| c.lower_bound) => "\u{2265}",
+            _ => "",
+        };
         s += &format!(
-            "model FLOPs per step {:.3e}; at peak: compute {:.3} s, collectives {:.3} s at ICI bandwidth; ideal step {:.3}-{:.3} s, MFU bound {:.0}%-{:.0}%\n",
+            "model FLOPs per step {:.3e}; at peak: compute {:.3} s, collectives {at_least}{:.3} s at ICI bandwidth; ideal step {:.3}-{:.3} s, MFU bound {:.0}%-{:.0}%\n",
             self.flops_per_step,
             self.compute_seconds,
             self.collective_seconds,

@@ -1,6 +1,7 @@
 //! The start-up report: the mesh and device order, each parameter's
 //! sharding, per-device bytes of parameters and optimizer state, the
-//! compiler's memory plan, and the collectives XLA inserted into one step.
+//! compiler's memory plan, and the collectives XLA inserted into one step
+//! (per step: an instruction inside a loop counts as often as it iterates).
 
 use std::fmt::Write;
 
@@ -28,10 +29,18 @@ pub struct ParamRow {
 pub struct Collective {
     /// `all-gather`, `reduce-scatter`, `all-reduce`, `all-to-all`, `collective-permute`.
     pub kind: &'static str,
-    /// How many per step.
-    pub count: usize,
-    /// Bytes of their per-device results, summed.
+    /// How many run per step: each instruction counted as often as the
+    /// loops around it iterate (decoder layers under `scan_layers`,
+    /// accumulation micro-batches).
+    pub count: u64,
+    /// How many instructions of the kind the optimized program holds (a
+    /// collective inside a loop is one instruction, many runs).
+    pub instructions: usize,
+    /// Bytes of their per-device results per step, summed over runs.
     pub bytes: u64,
+    /// True when a loop around one of them has no known trip count (counted
+    /// once), so `count` and `bytes` are lower bounds.
+    pub lower_bound: bool,
 }
 
 /// Everything the start-up table shows.
@@ -105,8 +114,13 @@ impl ShardingReport {
                     .collect();
                 Collective {
                     kind,
-                    count: hits.len(),
-                    bytes: hits.iter().map(|i| i.shape.size_in_bytes()).sum(),
+                    count: hits.iter().map(|i| i.executions).sum(),
+                    instructions: hits.len(),
+                    bytes: hits
+                        .iter()
+                        .map(|i| i.shape.size_in_bytes().saturating_mul(i.executions))
+                        .sum(),
+                    lower_bound: hits.iter().any(|i| i.executions_lower_bound),
                 }
             })
             .collect();
@@ -179,11 +193,25 @@ impl ShardingReport {
         );
         let _ = writeln!(
             s,
-            "{:<20} {:>8} {:>14}",
-            "collective per step", "count", "MiB"
+            "{:<20} {:>8} {:>14} {:>12}",
+            "collective per step", "count", "MiB", "in program"
         );
         for c in &self.collectives {
-            let _ = writeln!(s, "{:<20} {:>8} {:>14.3}", c.kind, c.count, mib(c.bytes));
+            let at_least = if c.lower_bound { "\u{2265}" } else { "" };
+            let _ = writeln!(
+                s,
+                "{:<20} {:>8} {:>14} {:>12}",
+                c.kind,
+                format!("{at_least}{}", c.count),
+                format!("{at_least}{:.3}", mib(c.bytes)),
+                c.instructions
+            );
+        }
+        if self.collectives.iter().any(|c| c.lower_bound) {
+            let _ = writeln!(
+                s,
+                "\u{2265}: inside a loop whose trip count XLA does not state, counted once"
+            );
         }
         s
     }
@@ -202,7 +230,7 @@ impl ShardingReport {
                 "argument_bytes": self.memory.argument_bytes, "output_bytes": self.memory.output_bytes,
                 "alias_bytes": self.memory.alias_bytes, "temp_bytes": self.memory.temp_bytes, "peak_bytes": self.memory.peak_bytes,
             },
-            "collectives": self.collectives.iter().map(|c| serde_json::json!({"kind": c.kind, "count": c.count, "bytes": c.bytes})).collect::<Vec<_>>(),
+            "collectives": self.collectives.iter().map(|c| serde_json::json!({"kind": c.kind, "count": c.count, "bytes": c.bytes, "instructions": c.instructions, "lower_bound": c.lower_bound})).collect::<Vec<_>>(),
         })
     }
 }

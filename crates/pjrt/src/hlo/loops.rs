@@ -176,8 +176,11 @@ enum Sym {
     Unknown,
 }
 
-/// The fusions entered on the way, innermost last: (computation, fusion).
-type Callers<'a, 'b> = [(usize, &'b RawInst<'a>)];
+/// A fusion entered on the way: the computation holding it, and it.
+type Caller<'a, 'b> = (usize, &'b RawInst<'a>);
+
+/// The fusions entered on the way, innermost last.
+type Callers<'a, 'b> = [Caller<'a, 'b>];
 
 const MAX_DEPTH: usize = 64;
 
@@ -197,7 +200,7 @@ impl<'a, 'b> Graph<'a, 'b> {
         comp: usize,
         fusion: &'b RawInst<'a>,
         callers: &Callers<'a, 'b>,
-    ) -> Option<(usize, i64, Vec<(usize, &'b RawInst<'a>)>)> {
+    ) -> Option<(usize, i64, Vec<Caller<'a, 'b>>)> {
         let inner = *self.index.get(fusion.called.first()?)?;
         let mut stack = callers.to_vec();
         stack.push((comp, fusion));
