@@ -76,6 +76,19 @@ fn a_small_step_fits_a_v5e_2x2() {
         ]
     );
     assert!(r.flops_per_step > 0.0 && r.compute_seconds > 0.0);
+    // The step scans its layers on TPU: libtpu states the loop's trip
+    // count, so the layer loop's gathers count once per layer and nothing
+    // is a lower bound.
+    let gathers = s
+        .collectives
+        .iter()
+        .find(|c| c.kind == "all-gather")
+        .unwrap();
+    assert!(
+        s.collectives.iter().all(|c| !c.lower_bound) && gathers.count > gathers.instructions as u64,
+        "{}",
+        r.render()
+    );
 }
 
 #[test]
