@@ -7,9 +7,10 @@
 //! last prompt token is at slot `P - 1` and every decode step writes the
 //! same slot for all rows. Positions (RoPE) are per row, `slot - pad[b]`,
 //! and the mask hides slots before `pad[b]`, so a padded row computes what
-//! it would alone. The cache holds `[B, KV, L, hd]` keys and values per
-//! layer in the compute dtype (heads-major: attention's contractions read
-//! it in place, [`hlo::Builder::attention_heads_major`]); a decode step writes one slot and attends to
+//! it would alone. The cache holds keys `[B, KV, hd, L]` (transposed) and
+//! values `[B, KV, L, hd]` per layer in the compute dtype, the layouts in
+//! which attention's two contractions read them in place
+//! ([`hlo::Builder::attention_cached`]); a decode step writes one slot and attends to
 //! all `L` (masked), so its cost is fixed for a bucket: the weights once,
 //! plus attention's term linear in `L`.
 //!
@@ -26,7 +27,8 @@
 //! let pad = b.parameter("pad", TensorType::i32([2]));
 //! let (logits, cache) = prefill(&mut b, &model, ids, pad, 24, &Unconstrained)?;
 //! assert_eq!(b.dims(logits), [2, cfg.vocab_size as i64]);
-//! assert_eq!(b.dims(cache.k[0]), [2, cfg.kv_heads as i64, 24, cfg.head_dim as i64]);
+//! assert_eq!(b.dims(cache.k[0]), [2, cfg.kv_heads as i64, cfg.head_dim as i64, 24]);
+//! assert_eq!(b.dims(cache.v[0]), [2, cfg.kv_heads as i64, 24, cfg.head_dim as i64]);
 //!
 //! let token = b.parameter("token", TensorType::i32([2]));
 //! let slot = b.parameter("slot", TensorType::i32([]));
@@ -41,12 +43,12 @@ use hlo::{Builder, DType, TensorType, Value};
 use crate::model::Attend;
 use crate::{Constrain, Gemma, Result};
 
-/// Per-layer key and value caches, `[B, KV, L, hd]` each.
+/// Per-layer key caches `[B, KV, hd, L]` and value caches `[B, KV, L, hd]`.
 #[derive(Clone, Debug)]
 pub struct KvCache {
-    /// Keys, one per layer.
+    /// Keys, one per layer, transposed: `[B, KV, hd, L]`.
     pub k: Vec<Value>,
-    /// Values, one per layer.
+    /// Values, one per layer: `[B, KV, L, hd]`.
     pub v: Vec<Value>,
 }
 
@@ -74,15 +76,15 @@ impl Attend for CacheAttention<'_> {
         v: Value,
     ) -> hlo::Result<Value> {
         let zero = b.scalar(0.0, DType::I32);
-        let at = [zero, zero, self.slot, zero];
-        // [B, T, KV, hd] -> the cache's [B, KV, T, hd].
+        // [B, T, KV, hd] -> the key cache's [B, KV, hd, T].
         let ck = b.scope("cache_k", |b| {
-            let kt = b.transpose(k, &[0, 2, 1, 3])?;
-            b.dynamic_update_slice(self.cache.k[layer], kt, &at)
+            let kt = b.transpose(k, &[0, 2, 3, 1])?;
+            b.dynamic_update_slice(self.cache.k[layer], kt, &[zero, zero, zero, self.slot])
         })?;
+        // [B, T, KV, hd] -> the value cache's [B, KV, T, hd].
         let cv = b.scope("cache_v", |b| {
             let vt = b.transpose(v, &[0, 2, 1, 3])?;
-            b.dynamic_update_slice(self.cache.v[layer], vt, &at)
+            b.dynamic_update_slice(self.cache.v[layer], vt, &[zero, zero, self.slot, zero])
         })?;
         // One updated buffer each, read by attention and returned: left to
         // itself XLA fuses the update into both readers, copying the whole
@@ -98,7 +100,7 @@ impl Attend for CacheAttention<'_> {
         if self.own {
             b.attention(q, k, v, self.mask)
         } else {
-            b.attention_heads_major(q, ck, cv, self.mask)
+            b.attention_cached(q, ck, cv, self.mask)
         }
     }
 }
@@ -106,14 +108,16 @@ impl Attend for CacheAttention<'_> {
 /// Empty caches for `batch` rows of `len` slots, in the compute dtype.
 pub fn empty_cache(b: &mut Builder, model: &Gemma, batch: i64, len: i64) -> KvCache {
     let cfg = model.config();
-    let ty = TensorType::new(
+    let (kv, hd, dt) = (
+        cfg.kv_heads as i64,
+        cfg.head_dim as i64,
         model.options().dtype,
-        [batch, cfg.kv_heads as i64, len, cfg.head_dim as i64],
     );
-    let z = b.constant(0.0, ty);
+    let zk = b.constant(0.0, TensorType::new(dt, [batch, kv, hd, len]));
+    let zv = b.constant(0.0, TensorType::new(dt, [batch, kv, len, hd]));
     KvCache {
-        k: vec![z; cfg.layers],
-        v: vec![z; cfg.layers],
+        k: vec![zk; cfg.layers],
+        v: vec![zv; cfg.layers],
     }
 }
 
@@ -179,7 +183,7 @@ pub fn decode_step(
     c: &dyn Constrain,
 ) -> Result<(Value, KvCache)> {
     let bs = b.dims(token)[0];
-    let len = b.dims(cache.k[0])[2];
+    let len = b.dims(cache.v[0])[2];
     let (ids, positions, mask) =
         b.scope("decode_mask", |b| -> hlo::Result<(Value, Value, Value)> {
             let ids = b.reshape(token, &[bs, 1])?;

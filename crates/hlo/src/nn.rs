@@ -338,16 +338,11 @@ impl Builder {
         self.attention_in(q, k, v, mask, false)
     }
 
-    /// [`Builder::attention`] with heads-major keys and values `k`, `v
-    /// [B, KV, S, D]` (a KV cache's layout: both contractions read them in
-    /// place, no transpose per call).
-    pub fn attention_heads_major(
-        &mut self,
-        q: Value,
-        k: Value,
-        v: Value,
-        mask: Value,
-    ) -> Result<Value> {
+    /// [`Builder::attention`] over a KV cache's layout: keys transposed,
+    /// `k [B, KV, D, S]`, and values heads-major, `v [B, KV, S, D]`. Both
+    /// contractions then read their operand as a plain `[batch, K, N]`
+    /// matrix in place (no transpose or copy of the cache per call).
+    pub fn attention_cached(&mut self, q: Value, k: Value, v: Value, mask: Value) -> Result<Value> {
         self.attention_in(q, k, v, mask, true)
     }
 
@@ -357,10 +352,14 @@ impl Builder {
         k: Value,
         v: Value,
         mask: Value,
-        heads_major: bool,
+        cached: bool,
     ) -> Result<Value> {
-        // Axes of S and KV in k and v.
-        let (sa, ka) = if heads_major { (2, 1) } else { (1, 2) };
+        // Axes (KV, S, D) of k and (KV, S) of v.
+        let ((kk, ks, kd), (vk, vs)) = if cached {
+            ((1, 3, 2), (1, 2))
+        } else {
+            ((2, 1, 3), (2, 1))
+        };
         let (tq, tk, tv) = (
             self.check("attention", q)?.clone(),
             self.check("attention", k)?.clone(),
@@ -368,18 +367,23 @@ impl Builder {
         );
         let tm = self.check("attention", mask)?.clone();
         let ok = tq.rank() == 4
-            && tk == tv
             && tk.rank() == 4
+            && tv.rank() == 4
+            && tk.dtype == tv.dtype
             && tk.dims[0] == tq.dims[0]
-            && tk.dims[3] == tq.dims[3]
-            && tk.dims[ka] > 0
-            && tq.dims[2] % tk.dims[ka] == 0
+            && tv.dims[0] == tq.dims[0]
+            && tk.dims[kd] == tq.dims[3]
+            && tv.dims[3] == tq.dims[3]
+            && tk.dims[kk] == tv.dims[vk]
+            && tk.dims[ks] == tv.dims[vs]
+            && tk.dims[kk] > 0
+            && tq.dims[2] % tk.dims[kk] == 0
             && tq.dtype == tk.dtype
             && tm.dtype == DType::Bool
-            && tm.dims == [tq.dims[0], tq.dims[1], tk.dims[sa]];
+            && tm.dims == [tq.dims[0], tq.dims[1], tk.dims[ks]];
         if !ok {
-            let kv = if heads_major {
-                "k = v [B, KV, S, D]"
+            let kv = if cached {
+                "k [B, KV, D, S], v [B, KV, S, D]"
             } else {
                 "k = v [B, S, KV, D]"
             };
@@ -390,14 +394,14 @@ impl Builder {
             );
         }
         let [b, t, h, d] = [tq.dims[0], tq.dims[1], tq.dims[2], tq.dims[3]];
-        let (s_len, kv) = (tk.dims[sa], tk.dims[ka]);
+        let (s_len, kv) = (tk.dims[ks], tk.dims[kk]);
         let g = h / kv;
         let q5 = self.reshape(q, &[b, t, kv, g, d])?; // [B, T, KV, G, D]
         let dims = DotDims {
             lhs_batch: vec![0, 2],
-            rhs_batch: vec![0, ka as i64],
+            rhs_batch: vec![0, kk as i64],
             lhs_contract: vec![4],
-            rhs_contract: vec![3],
+            rhs_contract: vec![kd as i64],
         };
         let s = self.dot_general(q5, k, dims)?; // [B, KV, T, G, S]
         let cd = compute_dtype(tq.dtype);
@@ -411,9 +415,9 @@ impl Builder {
         let p = self.convert(p, tq.dtype)?;
         let dims = DotDims {
             lhs_batch: vec![0, 1],
-            rhs_batch: vec![0, ka as i64],
+            rhs_batch: vec![0, vk as i64],
             lhs_contract: vec![4],
-            rhs_contract: vec![sa as i64],
+            rhs_contract: vec![vs as i64],
         };
         let o = self.dot_general(p, v, dims)?; // [B, KV, T, G, D]
         let o = self.transpose(o, &[0, 2, 1, 3, 4])?; // [B, T, KV, G, D]

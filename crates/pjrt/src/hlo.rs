@@ -88,6 +88,8 @@ pub struct HloSummary {
     pub instructions: Vec<HloInstruction>,
     /// Every computation, in the module's order.
     pub computations: Vec<HloComputation>,
+    /// The entry computation's name (empty for a module without one).
+    pub entry: String,
 }
 
 /// Parses a serialized `HloModuleProtoWithConfig` (or a bare `HloModuleProto`
@@ -130,6 +132,9 @@ pub fn parse_module(bytes: &[u8], with_config: bool) -> Result<HloSummary> {
         .and_then(|n| comps.iter().position(|c| c.name == n))
         .or_else(|| entry_id.and_then(|id| comps.iter().position(|c| c.id == id)))
         .or(comps.len().checked_sub(1));
+    if let Some(e) = entry {
+        s.entry = comps[e].name.clone();
+    }
     let counts = loops::executions(&comps, entry);
     for (c, &(executions, lower)) in comps.iter().zip(&counts.computations) {
         s.computations.push(HloComputation {

@@ -329,3 +329,36 @@ fn bf16_weights_stored_as_f32_compute_what_bf16_weights_do() {
     let gb = native.generate(&prompts, &opts, &mut |_| {}).unwrap();
     assert_eq!(ga, gb);
 }
+
+/// A decode step reads its caches in place: XLA's optimized program makes
+/// nothing cache-sized besides each layer's in-place key and value updates
+/// (a transpose of the key cache per layer and step, or a copy of a cache,
+/// would add a cache-sized instruction and a cost growing with its length).
+#[test]
+fn a_decode_step_copies_no_cache() {
+    let model = "crates/gemma/tests/golden/multi_query/model";
+    for dtype in [DType::F32, DType::BF16] {
+        let mut engine = generator(model, 1, (1, 1, 1), dtype);
+        let cfg = engine.config().clone();
+        let (batch, prompt, new) = (4, 8, 120);
+        let hlo = engine.decode_step_hlo(batch, prompt, new).unwrap();
+        let elems = (batch * cfg.kv_heads * cfg.head_dim * (prompt + new)) as i64;
+        let sized: Vec<String> = hlo
+            .instructions
+            .iter()
+            .filter(|i| i.computation == hlo.entry)
+            .filter(|i| i.shape.tuple.is_empty() && i.shape.dims.iter().product::<i64>() == elems)
+            .filter(|i| !matches!(i.opcode.as_str(), "parameter" | "bitcast"))
+            .map(|i| format!("{} {}", i.opcode, i.name))
+            .collect();
+        assert_eq!(
+            sized.len(),
+            2 * cfg.layers,
+            "{dtype:?}: cache-sized instructions {sized:#?}"
+        );
+        assert!(
+            sized.iter().all(|s| s.contains("dynamic-update-slice")),
+            "{dtype:?}: {sized:#?}"
+        );
+    }
+}

@@ -398,6 +398,22 @@ impl Generator {
         Ok(())
     }
 
+    /// XLA's optimized decode-step program for `batch` greedy rows of
+    /// prompts up to `prompt_len` tokens and `max_new_tokens` new ones (the
+    /// bucket [`Generator::generate`] would use), to inspect what a step
+    /// costs.
+    pub fn decode_step_hlo(
+        &mut self,
+        batch: usize,
+        prompt_len: usize,
+        max_new_tokens: usize,
+    ) -> Result<pjrt::hlo::HloSummary> {
+        let bucket = bucket_of(batch, prompt_len, max_new_tokens);
+        let key = (false, bucket, Choice::Greedy);
+        self.ensure(key)?;
+        Ok(self.programs[&key].exe.executable().optimized_hlo()?)
+    }
+
     /// Compiles the program of `key` unless it is cached.
     fn ensure(&mut self, key: (bool, Bucket, Choice)) -> Result<()> {
         if !self.programs.contains_key(&key) {
@@ -430,12 +446,7 @@ impl Generator {
     ) -> Result<Vec<Vec<u32>>> {
         let max_new = opts.max_new_tokens;
         let longest = rows.iter().map(|r| r.ids.len()).max().unwrap_or(1);
-        let prompt = longest.next_power_of_two().max(8);
-        let bucket = Bucket {
-            batch: rows.len().next_power_of_two(),
-            prompt,
-            cache: (prompt + max_new).div_ceil(16) * 16,
-        };
+        let bucket = bucket_of(rows.len(), longest, max_new);
         let choice = opts.choice();
         let t0 = Instant::now();
         // Host inputs: left-padded ids, pad counts, per-row keys, sampling numbers.
@@ -614,4 +625,15 @@ fn read_tokens(dev: &Devices, slot: &Slot, shards: &[Buffer]) -> Result<Vec<i32>
         }
     }
     Ok(out)
+}
+
+/// The bucket of `batch` rows of prompts up to `longest` tokens and
+/// `max_new` new tokens: powers of two, caches in multiples of 16 slots.
+fn bucket_of(batch: usize, longest: usize, max_new: usize) -> Bucket {
+    let prompt = longest.next_power_of_two().max(8);
+    Bucket {
+        batch: batch.next_power_of_two(),
+        prompt,
+        cache: (prompt + max_new).div_ceil(16) * 16,
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! Prefill inputs: `params[N]`, `ids [B, P]`, `pad [B]`, `keys [B]` u32,
 //! `temperature []`, `top_k [B]`, `top_p [B]`; outputs: the first new token
-//! `[B]`, then `k[l]`, `v[l]` caches `[B, KV, L, hd]`.
+//! `[B]`, then `k[l]`, `v[l]` caches (keys `[B, KV, hd, L]`, values
+//! `[B, KV, L, hd]`).
 //!
 //! Decode inputs: `params[N]`, `token [B]`, `slot []` (where `token` goes),
 //! `pad`, `keys`, `temperature`, `top_k`, `top_p`, then the caches
@@ -71,25 +72,24 @@ pub(crate) fn row_slots(dev: &Devices, batch: usize) -> Vec<Slot> {
     ]
 }
 
-/// The slot of one layer's key or value cache.
+/// The slot of layer `layer`'s key cache (`keys`, `[B, KV, hd, L]`) or
+/// value cache (`[B, KV, L, hd]`), named `cache_k.{layer}` or `cache_v.{layer}`.
 pub(crate) fn cache_slot(
     dev: &Devices,
     cfg: &GemmaConfig,
-    name: &str,
+    keys: bool,
+    layer: usize,
     dtype: DType,
     bucket: Bucket,
 ) -> Slot {
     // Unnamed in the rules, head_dim stays whole; kv_heads splits only where the heads divide.
-    dev.slot(
-        name,
-        dtype,
-        &[
-            ("batch", bucket.batch),
-            ("kv_heads", cfg.kv_heads),
-            ("seq", bucket.cache),
-            ("head_dim", cfg.head_dim),
-        ],
-    )
+    let (b, kv) = (("batch", bucket.batch), ("kv_heads", cfg.kv_heads));
+    let (seq, hd) = (("seq", bucket.cache), ("head_dim", cfg.head_dim));
+    if keys {
+        dev.slot(&format!("cache_k.{layer}"), dtype, &[b, kv, hd, seq])
+    } else {
+        dev.slot(&format!("cache_v.{layer}"), dtype, &[b, kv, seq, hd])
+    }
 }
 
 /// Everything a program needs to know about the model.
@@ -160,8 +160,9 @@ pub(crate) fn prefill(
     if dev.partitions() > 1 {
         let tok = dev.slot("token", DType::I32, &[("batch", bucket.batch)]);
         program.set_output_sharding(0, sharding(&tok))?;
-        let cs = cache_slot(dev, m.cfg, "cache", m.options.dtype, bucket);
-        for i in 0..2 * m.cfg.layers {
+        let n = m.cfg.layers;
+        for i in 0..2 * n {
+            let cs = cache_slot(dev, m.cfg, i < n, i % n, m.options.dtype, bucket);
             program.set_output_sharding(1 + i, sharding(&cs))?;
         }
     }
@@ -180,13 +181,11 @@ pub(crate) fn decode(
     let token = inp.declare(&mut b, &tok)?;
     let slot = inp.declare(&mut b, &dev.slot("slot", DType::I32, &[]))?;
     let rows = inp.declare_all(&mut b, &row_slots(dev, bucket.batch))?;
-    let cs = cache_slot(dev, m.cfg, "cache", m.options.dtype, bucket);
     let n = m.cfg.layers;
     let mut caches = Vec::with_capacity(2 * n);
-    for (kind, i) in (0..2).flat_map(|k| (0..n).map(move |i| (k, i))) {
-        let mut s = cs.clone();
-        s.name = format!("cache_{}.{i}", ["k", "v"][kind]);
-        caches.push(inp.declare(&mut b, &s)?);
+    for i in 0..2 * n {
+        let cs = cache_slot(dev, m.cfg, i < n, i % n, m.options.dtype, bucket);
+        caches.push(inp.declare(&mut b, &cs)?);
     }
     // Weights stored in the compute dtype: the plugin's custom-call kernel
     // where it has one (see `kernels`).
@@ -217,6 +216,7 @@ pub(crate) fn decode(
     if dev.partitions() > 1 {
         program.set_output_sharding(0, sharding(&tok))?;
         for i in 0..2 * n {
+            let cs = cache_slot(dev, m.cfg, i < n, i % n, m.options.dtype, bucket);
             program.set_output_sharding(2 + i, sharding(&cs))?;
         }
     }
