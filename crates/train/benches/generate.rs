@@ -12,7 +12,8 @@
 //!
 //! `cargo bench -p meshtrain-train --bench generate`
 //! `MESHTRAIN_BENCH_PYTHON=/path/to/venv/bin/python cargo bench -p meshtrain-train --bench generate`
-//! `MESHTRAIN_BENCH_CASES=f32:1:64,bf16:8:64` picks cases, `MESHTRAIN_BENCH_REPEATS=3` timed runs per case.
+//! `MESHTRAIN_BENCH_CASES=f32:1:64,bf16:8:64` picks cases, `MESHTRAIN_BENCH_REPEATS=3` timed runs per case,
+//! `MESHTRAIN_BENCH_XLA_DOTS=0` leaves the `XLA dots` column out (e.g. to profile the kernels alone).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -212,14 +213,19 @@ fn main() {
     for (d, b, n) in &cases {
         let dtype = if d == "bf16" { DType::BF16 } else { DType::F32 };
         let o = ours(&ck, dtype, *b, *n, true);
-        let x = ours(&ck, dtype, *b, *n, false);
+        let x = match std::env::var("MESHTRAIN_BENCH_XLA_DOTS").as_deref() {
+            Ok("0") => None,
+            _ => Some(ours(&ck, dtype, *b, *n, false)),
+        };
         let theirs = hf.get(&(d.clone(), *b, *n)).copied();
         println!(
-            "| {d} | {b} | {n} | {:.1} | {:.2} | {:.1} | {:.2} | {} | {} | {:.1} |",
+            "| {d} | {b} | {n} | {:.1} | {:.2} | {} | {} | {} | {} | {:.1} |",
             o.tokens_per_s,
             o.step_ms,
-            x.tokens_per_s,
-            x.step_ms,
+            x.as_ref()
+                .map_or("-".into(), |x| format!("{:.1}", x.tokens_per_s)),
+            x.as_ref()
+                .map_or("-".into(), |x| format!("{:.2}", x.step_ms)),
             theirs.map_or("-".into(), |t| format!("{t:.1}")),
             theirs.map_or("-".into(), |t| format!("{:.2}x", o.tokens_per_s / t)),
             o.compile_s
