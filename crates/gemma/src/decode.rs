@@ -32,7 +32,7 @@
 //!
 //! let token = b.parameter("token", TensorType::i32([2]));
 //! let slot = b.parameter("slot", TensorType::i32([]));
-//! let (next, cache) = decode_step(&mut b, &model, token, slot, pad, cache, &Unconstrained)?;
+//! let (next, cache) = decode_step(&mut b, &model, (token, slot, pad), cache, None, &Unconstrained)?;
 //! assert_eq!(b.dims(next), [2, cfg.vocab_size as i64]);
 //! assert_eq!(b.dtype(cache.v[1]), DType::F32);
 //! # Ok(()) }
@@ -64,6 +64,12 @@ pub struct CacheAttention<'c> {
     pub mask: Value,
     /// Attend to the step's own keys rather than the cache.
     pub own: bool,
+    /// Each row's first real slot, `[B]` i32 (the mask's lower bound; read
+    /// by `kernel`).
+    pub pad: Value,
+    /// A custom call computing a one-token step's attention over the
+    /// caches (see [`decode_step`]); `None`: XLA's operations.
+    pub kernel: Option<&'static str>,
 }
 
 impl Attend for CacheAttention<'_> {
@@ -97,10 +103,16 @@ impl Attend for CacheAttention<'_> {
         };
         self.cache.k[layer] = ck;
         self.cache.v[layer] = cv;
-        if self.own {
-            b.attention(q, k, v, self.mask)
-        } else {
-            b.attention_cached(q, ck, cv, self.mask)
+        match (self.own, self.kernel) {
+            (true, _) => b.attention(q, k, v, self.mask),
+            (false, Some(target)) => {
+                let (dims, dtype) = (b.dims(q).to_vec(), b.dtype(q));
+                let q3 = b.reshape(q, &[dims[0], dims[1] * dims[2], dims[3]])?;
+                let ty = TensorType::new(dtype, b.dims(q3).to_vec());
+                let o = b.custom_call(target, &[q3, ck, cv, self.pad, self.slot], ty)?;
+                b.reshape(o, &dims)
+            }
+            (false, None) => b.attention_cached(q, ck, cv, self.mask),
         }
     }
 }
@@ -162,6 +174,8 @@ pub fn prefill(
         slot,
         mask,
         own: true,
+        pad,
+        kernel: None,
     };
     let h = model.layers(b, x, positions, &mut attend, c)?;
     let last = b.slice_axis(h, 1, p - 1, 1)?; // [B, 1, d]
@@ -173,13 +187,18 @@ pub fn prefill(
 /// One decode step: `token [B]` i32 (each row's newest token) goes into
 /// slot `slot` (scalar i32) of every row; rows start at `pad [B]`. Returns
 /// the next-token logits `[B, V]` and the updated caches.
+///
+/// `attention`: the custom-call target that computes each layer's
+/// attention instead of XLA's operations. It takes `q [B, H, hd]`, the
+/// layer's updated key and value caches, `pad` and `slot`, and returns
+/// `[B, H, hd]` in the compute dtype: what [`hlo::Builder::attention_cached`]
+/// computes with the mask "slots `pad[b]..=slot`".
 pub fn decode_step(
     b: &mut Builder,
     model: &Gemma,
-    token: Value,
-    slot: Value,
-    pad: Value,
+    (token, slot, pad): (Value, Value, Value),
     mut cache: KvCache,
+    attention: Option<&'static str>,
     c: &dyn Constrain,
 ) -> Result<(Value, KvCache)> {
     let bs = b.dims(token)[0];
@@ -203,6 +222,8 @@ pub fn decode_step(
         slot,
         mask,
         own: false,
+        pad,
+        kernel: attention,
     };
     let h = model.layers(b, x, positions, &mut attend, c)?;
     let logits = model.head(b, h, c)?; // [B, 1, V]

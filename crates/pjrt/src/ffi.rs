@@ -149,6 +149,8 @@ impl FfiBuffer {
     }
 }
 
+/// `XLA_FFI_DataType_S32`.
+pub const S32: i32 = 4;
 /// `XLA_FFI_DataType_F32`.
 pub const F32: i32 = 11;
 /// `XLA_FFI_DataType_BF16`.

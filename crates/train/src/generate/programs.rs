@@ -191,18 +191,26 @@ pub(crate) fn decode(
     // where it has one (see `kernels`).
     let mut options = m.options;
     let stored = m.params.first().map_or(options.dtype, |s| s.dtype);
+    let mut attention = None;
     if stored == options.dtype
         && let Some(target) = dev.decode_kernel(options.dtype)
     {
         options.matmuls = gemma::Matmuls::Kernel(target);
+        attention = super::kernels::attention_target(target);
     }
     let model = Gemma::new(m.cfg, &params, options)?;
     let cache = gemma::decode::KvCache {
         k: caches[..n].to_vec(),
         v: caches[n..].to_vec(),
     };
-    let (logits, cache) =
-        gemma::decode::decode_step(&mut b, &model, token, slot, rows[0], cache, &dev.plan)?;
+    let (logits, cache) = gemma::decode::decode_step(
+        &mut b,
+        &model,
+        (token, slot, rows[0]),
+        cache,
+        attention,
+        &dev.plan,
+    )?;
     // The token drawn goes to slot + 1: its position is slot + 1 - pad.
     let one = b.scalar(1.0, DType::I32);
     let next_slot = b.add(slot, one)?;

@@ -14,6 +14,7 @@
 //! AVX-512F for f32); `MESHTRAIN_DECODE_KERNELS=0` turns them off
 //! (`bf16` or `f32`: only that one on).
 
+mod attention;
 mod matmul;
 mod pool;
 
@@ -30,6 +31,10 @@ use matmul::Elem;
 pub const BF16_TARGET: &str = "meshtrain_decode_matmul_bf16";
 /// The custom-call target of the f32 kernel.
 pub const F32_TARGET: &str = "meshtrain_decode_matmul_f32";
+/// The custom-call target of the bf16 attention kernel.
+pub const BF16_ATTENTION: &str = "meshtrain_decode_attention_bf16";
+/// The custom-call target of the f32 attention kernel.
+pub const F32_ATTENTION: &str = "meshtrain_decode_attention_f32";
 /// The environment variable that sets how many threads the kernels use
 /// (default: one per core).
 pub const THREADS_ENV: &str = "MESHTRAIN_DECODE_KERNEL_THREADS";
@@ -50,7 +55,17 @@ pub fn target(dtype: DType) -> Option<&'static str> {
     }
 }
 
-/// Registers both kernels with `plugin` (once per plugin library in this
+/// The attention kernel that goes with the matmul kernel `target` (the
+/// same dtype; [`attention`]'s custom call).
+pub fn attention_target(target: &str) -> Option<&'static str> {
+    match target {
+        BF16_TARGET => Some(BF16_ATTENTION),
+        F32_TARGET => Some(F32_ATTENTION),
+        _ => None,
+    }
+}
+
+/// Registers the kernels with `plugin` (once per plugin library in this
 /// process). False when the plugin has no FFI extension.
 pub fn register(plugin: &pjrt::Plugin) -> pjrt::Result<bool> {
     static DONE: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
@@ -66,6 +81,8 @@ pub fn register(plugin: &pjrt::Plugin) -> pjrt::Result<bool> {
     unsafe {
         plugin.register_ffi_handler(BF16_TARGET, "Host", handle_bf16)?;
         plugin.register_ffi_handler(F32_TARGET, "Host", handle_f32)?;
+        plugin.register_ffi_handler(BF16_ATTENTION, "Host", attend_bf16)?;
+        plugin.register_ffi_handler(F32_ATTENTION, "Host", attend_f32)?;
     }
     done.push(plugin.path().to_path_buf());
     Ok(true)
@@ -176,6 +193,104 @@ unsafe fn handle<T: Elem>(frame: *mut CallFrame, dtype: i32, name: &str) -> *mut
         match call {
             Ok(()) => std::ptr::null_mut(),
             Err(_) => ffi::error(frame, "decode matmul: the kernel panicked"),
+        }
+    }
+}
+
+unsafe extern "C" fn attend_bf16(frame: *mut CallFrame) -> *mut c_void {
+    // SAFETY: XLA's frame.
+    unsafe { attend::<bf16>(frame, ffi::BF16, "bf16") }
+}
+
+unsafe extern "C" fn attend_f32(frame: *mut CallFrame) -> *mut c_void {
+    // SAFETY: XLA's frame.
+    unsafe { attend::<f32>(frame, ffi::F32, "f32") }
+}
+
+/// Checks `q [B, H, D]`, `kt [B, KV, D, L]`, `v [B, KV, L, D]` of `dtype`,
+/// `pad [B]`, `slot []` i32 and `o [B, H, D]`, and the slots, then runs.
+unsafe fn attend<T: attention::Kernel>(
+    frame: *mut CallFrame,
+    dtype: i32,
+    name: &str,
+) -> *mut c_void {
+    // SAFETY: XLA passes a valid frame to a registered handler.
+    unsafe {
+        if ffi::answer_metadata(frame) || (*frame).stage != ffi::EXECUTE {
+            return std::ptr::null_mut();
+        }
+        let got = (
+            ffi::arg(frame, 0),
+            ffi::arg(frame, 1),
+            ffi::arg(frame, 2),
+            ffi::arg(frame, 3),
+            ffi::arg(frame, 4),
+            ffi::ret(frame, 0),
+        );
+        let (Some(q), Some(kt), Some(v), Some(pad), Some(slot), Some(o)) = got else {
+            return ffi::error(
+                frame,
+                "decode attention: expected 5 buffer operands and 1 result",
+            );
+        };
+        let (qd, kd, vd, pd, od) = (q.dims(), kt.dims(), v.dims(), pad.dims(), o.dims());
+        let ok = [q.dtype, kt.dtype, v.dtype, o.dtype]
+            .iter()
+            .all(|&d| d == dtype)
+            && pad.dtype == ffi::S32
+            && slot.dtype == ffi::S32
+            && qd.len() == 3
+            && kd.len() == 4
+            && slot.dims().is_empty()
+            && od == qd
+            && pd == [qd[0]]
+            && kd[0] == qd[0]
+            && kd[2] == qd[2]
+            && kd[1] > 0
+            && qd[1] % kd[1] == 0
+            && vd == [kd[0], kd[1], kd[3], kd[2]]
+            && qd.iter().chain(kd).all(|&d| d >= 0);
+        if !ok {
+            return ffi::error(
+                frame,
+                &format!(
+                    "decode attention: expected {name} q [B, H, D], kt [B, KV, D, L], v [B, KV, L, D], i32 pad [B] and slot [] -> o [B, H, D]; got dims {qd:?} {kd:?} {vd:?} {pd:?} {:?} -> {od:?}",
+                    slot.dims()
+                ),
+            );
+        }
+        let d = attention::Dims {
+            batch: qd[0] as usize,
+            heads: qd[1] as usize,
+            kv_heads: kd[1] as usize,
+            head_dim: qd[2] as usize,
+            len: kd[3] as usize,
+        };
+        let pads = std::slice::from_raw_parts(pad.data.cast::<i32>(), d.batch);
+        let at = *slot.data.cast::<i32>();
+        if at < 0 || at as usize >= d.len || pads.iter().any(|&p| p < 0 || p > at) {
+            return ffi::error(
+                frame,
+                &format!(
+                    "decode attention: slot {at} outside the cache's {} slots or before a row's first slot {pads:?}",
+                    d.len
+                ),
+            );
+        }
+        let call = std::panic::catch_unwind(|| {
+            attention::run::<T>(
+                q.data.cast(),
+                kt.data.cast(),
+                v.data.cast(),
+                o.data.cast(),
+                d,
+                pads,
+                at as usize,
+            );
+        });
+        match call {
+            Ok(()) => std::ptr::null_mut(),
+            Err(_) => ffi::error(frame, "decode attention: the kernel panicked"),
         }
     }
 }

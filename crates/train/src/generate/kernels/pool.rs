@@ -42,6 +42,9 @@ struct Pool {
 /// Spins before sleeping (`pause` takes tens of cycles: about a millisecond).
 const SPINS: u32 = 1 << 15;
 
+/// Spins of a waiting worker before it yields between spins.
+const EAGER_SPINS: u32 = 1 << 8;
+
 fn pool() -> &'static Pool {
     static POOL: OnceLock<&'static Pool> = OnceLock::new();
     POOL.get_or_init(|| {
@@ -154,7 +157,13 @@ fn work(p: &'static Pool) {
         let mut spins = 0u32;
         while p.next.load(Ordering::Acquire) >> 32 == seen & 0xffff_ffff && spins < SPINS {
             spins += 1;
-            std::hint::spin_loop();
+            if spins < EAGER_SPINS {
+                std::hint::spin_loop();
+            } else {
+                // Between calls XLA runs its own operations on its own
+                // threads: give them the core rather than spin against them.
+                std::thread::yield_now();
+            }
         }
         let (epoch, task) = {
             let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
