@@ -339,3 +339,34 @@ fn optimized_hlo_counts_loop_iterations() {
     let derived = pjrt::hlo::parse_module(&bytes, format == "hlo_with_config").unwrap();
     assert_eq!(loop_counts(&derived), (vec![Some(3), Some(7)], vec![7, 21]));
 }
+
+#[test]
+fn a_copy_on_the_device_keeps_the_values_a_later_program_donates() {
+    let c = client(2);
+    let exe = c.compile(DONATED, &CompileOptions::single()).unwrap();
+    let g = c.buffer_from_host(&vec![0.5f32; 1024], &[1024], 0).unwrap();
+    let mut w = c.buffer_from_host(&vec![1.0f32; 1024], &[1024], 0).unwrap();
+    let mut copies = Vec::new();
+    // Each copy is taken of a step's output still being computed, and the
+    // next step donates (overwrites) that output at once.
+    for _ in 0..20 {
+        let (mut out, _running) = exe.execute_async(&[vec![&w, &g]]).unwrap();
+        w = out[0].pop().unwrap();
+        copies.push(w.copy_on_device().unwrap());
+    }
+    let last = exe.execute(&[vec![&w, &g]]).unwrap();
+    assert!(
+        w.is_deleted().unwrap(),
+        "the next step donated the original"
+    );
+    for (i, copy) in copies.iter().enumerate() {
+        assert_eq!(copy.dims().unwrap(), [1024]);
+        assert!(!copy.is_deleted().unwrap());
+        let want = 1.0 - (i + 1) as f32 * 0.25;
+        assert_eq!(copy.to_host::<f32>().unwrap(), vec![want; 1024], "step {i}");
+    }
+    assert_eq!(
+        last[0][0].to_host::<f32>().unwrap(),
+        vec![1.0 - 21.0 * 0.25; 1024]
+    );
+}
