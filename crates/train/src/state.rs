@@ -173,10 +173,9 @@ pub(crate) fn snapshot(
     Ok(snap)
 }
 
-/// Host `host`'s part of the state after `step` steps, copied on the
-/// devices (`train.checkpoint_copy = "device"`): each box it writes and the
+/// Host `host`'s part of the state, copied on the devices (`train.checkpoint_copy = "device"`): each box it writes and the
 /// step counter get a buffer of their own, so the next step may donate
-/// (overwrite) the state at once while [`DeviceSnapshot::to_host`] reads
+/// (overwrite) the state at once while [`DeviceSnapshot::into_snapshot`] reads
 /// the copies on another thread. Returns without waiting: the runtime
 /// orders the copies after the step that computes the state and before
 /// the step that donates it.
@@ -187,11 +186,9 @@ pub(crate) fn snapshot_on_device(
     params: &[Slot],
     state: &PerPartition<DeviceState>,
     host: usize,
-    step: u64,
     loader_rows: Vec<(usize, data::LoaderState)>,
 ) -> Result<DeviceSnapshot> {
-    let (mut skeleton, sources) = layout(cfg, plan, at, params, host, loader_rows);
-    skeleton.step = step;
+    let (skeleton, sources) = layout(cfg, plan, at, params, host, loader_rows);
     let (counter_part, counter_index) = counter_source(at, params, host);
     let counter = local(state, counter_part)[counter_index].copy_on_device()?;
     let copies = sources
@@ -206,7 +203,7 @@ pub(crate) fn snapshot_on_device(
 }
 
 /// A host's checkpoint part still on the devices: copies of its boxes,
-/// read to the host (and freed) by [`DeviceSnapshot::to_host`].
+/// read to the host (and freed) by [`DeviceSnapshot::into_snapshot`].
 pub(crate) struct DeviceSnapshot {
     /// The snapshot with every piece's data still empty.
     skeleton: Snapshot,
@@ -217,19 +214,20 @@ pub(crate) struct DeviceSnapshot {
 }
 
 impl DeviceSnapshot {
-    /// Waits for the copies, reads them to the host and frees them.
-    pub(crate) fn to_host(self) -> Result<Snapshot> {
+    /// Waits for the copies, reads them to the host and frees them: the
+    /// snapshot after `step` steps (the copied step counter must say so).
+    pub(crate) fn into_snapshot(self, step: u64) -> Result<Snapshot> {
         let mut snap = self.skeleton;
         let counter = self.counter.to_host::<i32>()?[0] as u64;
-        if counter != snap.step {
+        if counter != step {
             return Err(Error::Checkpoint {
                 path: Default::default(),
                 message: format!(
-                    "the device copy of step {} holds step counter {counter}",
-                    snap.step
+                    "the device copy of the state after step {step} holds step counter {counter}"
                 ),
             });
         }
+        snap.step = step;
         let pieces = snap.tensors.iter_mut().flat_map(|t| t.pieces.iter_mut());
         for (piece, copy) in pieces.zip(self.copies) {
             piece.data = copy.to_host::<f32>()?;

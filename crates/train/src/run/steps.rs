@@ -199,7 +199,7 @@ fn start_step(job: &mut Job, tail: &mut Tail, rl_rows: &[usize], s: u64) -> Resu
     tail.profile.span(s, "transfer batch + launch step", t_step);
     let on_device = if tail.copies_on_device(job, s) {
         let t_copy = Instant::now();
-        match device_copies(job, s) {
+        match device_copies(job) {
             Ok(parts) => {
                 tail.profile
                     .span(s, "checkpoint copy on the devices", t_copy);
@@ -240,9 +240,9 @@ struct Pending {
     on_device: Option<Vec<state::DeviceSnapshot>>,
 }
 
-/// Copies the state after step `s` (just launched) on the devices, one
-/// part per host with its loader states after `s`'s batch.
-fn device_copies(job: &Job, s: u64) -> Result<Vec<state::DeviceSnapshot>> {
+/// Copies the state after the step just launched on the devices, one part
+/// per host with its loader states after that step's batch.
+fn device_copies(job: &Job) -> Result<Vec<state::DeviceSnapshot>> {
     job.feed
         .iter()
         .map(|f| {
@@ -253,7 +253,6 @@ fn device_copies(job: &Job, s: u64) -> Result<Vec<state::DeviceSnapshot>> {
                 &job.params,
                 &job.state,
                 f.host,
-                s + 1,
                 f.loader.states(),
             )
         })
@@ -350,7 +349,7 @@ impl Tail<'_> {
             self.writer.start_with(s + 1, move || {
                 parts
                     .into_iter()
-                    .map(state::DeviceSnapshot::to_host)
+                    .map(|part| part.into_snapshot(s + 1))
                     .collect()
             })?;
             self.profile.span(s, "checkpoint hand-off", t_save);
