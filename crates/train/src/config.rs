@@ -258,8 +258,8 @@ pub struct TrainSection {
     /// parameters and moments in device memory until it is read), launch
     /// the next step at once and read the copy to the host on the
     /// checkpoint thread. `"host"`: copy it to the host before the next
-    /// step starts (no extra device memory; the step waits). Process
-    /// groups always copy to the host.
+    /// step starts (no extra device memory; the step waits). Multi-process
+    /// jobs (process groups, multi-host SPMD) always copy to the host.
     #[serde(default = "default_checkpoint_copy")]
     pub checkpoint_copy: String,
     /// `[first, last]`: profile these steps (0-based, inclusive, as in

@@ -291,8 +291,8 @@ impl Tail<'_> {
 
     /// Whether the checkpoint after step `s` (if one is taken) is copied
     /// on the devices when `s` is launched: `train.checkpoint_copy =
-    /// "device"` in a single process (emulated hosts included); a process
-    /// group copies to the host.
+    /// "device"` in a single process (emulated hosts included); a
+    /// multi-process job (process group, multi-host SPMD) copies to the host.
     fn copies_on_device(&self, job: &Job, s: u64) -> bool {
         checkpoint_after(&job.cfg, s)
             && !self.device_copy_failed
