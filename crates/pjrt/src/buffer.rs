@@ -229,6 +229,41 @@ impl Buffer {
         Ok(a.on_device_size_in_bytes)
     }
 
+    /// A new buffer on this buffer's own device, in its own memory, holding
+    /// the same values (`PJRT_Buffer_CopyToMemory`, or
+    /// `PJRT_Buffer_CopyToDevice` where that fails). Returns at
+    /// once: the runtime orders the copy after whatever computes this
+    /// buffer and before a later program that donates it, so the copy can
+    /// be read to the host while that program runs.
+    pub fn copy_on_device(&self) -> Result<Buffer> {
+        let plugin = &self.client.plugin;
+        let mut m = args!(PJRT_Buffer_Memory_Args { buffer: self.raw });
+        let by_memory = pjrt_call!(plugin, PJRT_Buffer_Memory, &mut m).and_then(|()| {
+            let mut a = args!(PJRT_Buffer_CopyToMemory_Args {
+                buffer: self.raw,
+                dst_memory: m.memory,
+            });
+            pjrt_call!(plugin, PJRT_Buffer_CopyToMemory, &mut a).map(|()| a.dst_buffer)
+        });
+        let raw = match by_memory {
+            Ok(raw) => raw,
+            // A plugin without the memory API, or one that copies only
+            // between devices that way, may copy through the device API.
+            Err(first) => {
+                let mut d = args!(PJRT_Buffer_Device_Args { buffer: self.raw });
+                let mut a = args!(PJRT_Buffer_CopyToDevice_Args { buffer: self.raw });
+                pjrt_call!(plugin, PJRT_Buffer_Device, &mut d)
+                    .and_then(|()| {
+                        a.dst_device = d.device;
+                        pjrt_call!(plugin, PJRT_Buffer_CopyToDevice, &mut a)
+                    })
+                    .map_err(|_| first)?;
+                a.dst_buffer
+            }
+        };
+        Ok(Buffer::wrap(self.client.clone(), raw))
+    }
+
     /// Copies the buffer to the host as raw little-endian bytes (waits for it).
     pub fn to_host_bytes(&self) -> Result<Vec<u8>> {
         let plugin = &self.client.plugin;

@@ -339,3 +339,50 @@ fn optimized_hlo_counts_loop_iterations() {
     let derived = pjrt::hlo::parse_module(&bytes, format == "hlo_with_config").unwrap();
     assert_eq!(loop_counts(&derived), (vec![Some(3), Some(7)], vec![7, 21]));
 }
+
+#[test]
+fn a_copy_on_the_device_keeps_the_values_a_later_program_donates() {
+    // DONATED over 4 MiB arrays, so a step takes long enough that copies
+    // and donations meet while it runs.
+    const N: usize = 1 << 20;
+    let c = client(2);
+    let exe = c
+        .compile(
+            &DONATED.replace("1024x", &format!("{N}x")),
+            &CompileOptions::single(),
+        )
+        .unwrap();
+    let g = c
+        .buffer_from_host(&vec![0.5f32; N], &[N as i64], 0)
+        .unwrap();
+    let mut w = c
+        .buffer_from_host(&vec![1.0f32; N], &[N as i64], 0)
+        .unwrap();
+    let (mut copies, mut runs) = (Vec::new(), Vec::new());
+    // Each copy is taken of a step's output still being computed, and the
+    // next step donates (overwrites) that output at once: no step is
+    // waited for until the end.
+    for _ in 0..16 {
+        let (mut out, running) = exe.execute_async(&[vec![&w, &g]]).unwrap();
+        w = out[0].pop().unwrap();
+        copies.push(w.copy_on_device().unwrap());
+        runs.push(running);
+    }
+    let last = exe.execute(&[vec![&w, &g]]).unwrap();
+    for running in runs {
+        running.wait().unwrap();
+    }
+    assert!(
+        w.is_deleted().unwrap(),
+        "the next step donated the original"
+    );
+    for (i, copy) in copies.iter().enumerate() {
+        assert_eq!(copy.dims().unwrap(), [N as i64]);
+        assert!(!copy.is_deleted().unwrap());
+        let want = 1.0 - (i + 1) as f32 * 0.25;
+        let got = copy.to_host::<f32>().unwrap();
+        assert!(got.iter().all(|&x| x == want), "step {i}: want {want}");
+    }
+    let got = last[0][0].to_host::<f32>().unwrap();
+    assert!(got.iter().all(|&x| x == 1.0 - 17.0 * 0.25));
+}

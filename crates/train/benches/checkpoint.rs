@@ -1,8 +1,10 @@
 //! Checkpoint bench: write and restore throughput (MB/s) for the smoke
 //! model and a 1B-parameter random model (parameters + both AdamW moments,
 //! f32), and the smoke run's step time with an async save every few steps
-//! versus none. Restore is measured with a cold page cache when the bench
-//! may drop it (root), else it says "warm".
+//! versus none, the state copied to the host between two steps
+//! (`train.checkpoint_copy = "host"`) or on the devices (`"device"`).
+//! Restore is measured with a cold page cache when the bench may drop it
+//! (root), else it says "warm".
 //!
 //! `cargo bench -p meshtrain-train --bench checkpoint`
 //! (`MESHTRAIN_BENCH_CKPT_BIG=0` skips the 1B model: it needs ~13 GB of RAM and 2x that of disk.)
@@ -119,9 +121,12 @@ fn io_row(name: &str, cfg: &TrainConfig) {
     );
 }
 
-/// Smoke config, 30 steps, saving every `every` steps (0: never):
-/// (median, mean, max) step seconds from metrics.jsonl.
-fn smoke_steps(every: u64) -> (f64, f64, f64) {
+/// Smoke config, 30 steps, saving every `every` steps (0: never) with
+/// `train.checkpoint_copy = copy`: (median, mean, max) step seconds from
+/// metrics.jsonl, and the mean over each save's step and the step after
+/// it (whichever of the two carries the copy off the devices: a step's
+/// time runs from the previous step's end to its own).
+fn smoke_steps(every: u64, copy: &str) -> (f64, f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let sets = [
         "train.steps=30".to_string(),
@@ -129,6 +134,7 @@ fn smoke_steps(every: u64) -> (f64, f64, f64) {
         "train.export_final=false".into(),
         "train.peak_flops_per_device=1e11".into(),
         format!("train.checkpoint_every={every}"),
+        format!("train.checkpoint_copy={copy:?}"),
         format!(
             "train.run_dir={:?}",
             dir.path().join("run").display().to_string()
@@ -136,7 +142,21 @@ fn smoke_steps(every: u64) -> (f64, f64, f64) {
     ];
     let cfg = TrainConfig::load(None, &sets).unwrap();
     train::train(&cfg, false).unwrap();
-    train::step_time_stats(&dir.path().join("run")).unwrap()
+    let run = dir.path().join("run");
+    let (median, mean, max) = train::step_time_stats(&run).unwrap();
+    let around: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| {
+            let s = v["step"].as_u64().unwrap();
+            // The first step holds the compile; the last has no next.
+            every > 0 && s > 0 && s < 29 && ((s + 1) % every == 0 || s % every == 0)
+        })
+        .map(|v| v["step_time_s"].as_f64().unwrap())
+        .collect();
+    let around = around.iter().sum::<f64>() / around.len().max(1) as f64;
+    (median, mean, max, around)
 }
 
 fn main() {
@@ -151,10 +171,27 @@ fn main() {
         );
     }
     println!();
-    println!("| smoke run, 30 steps | median step s | mean step s | max step s |");
-    println!("|---|---|---|---|");
-    for (name, every) in [("no checkpoints", 0), ("async save every 3 steps", 3)] {
-        let (median, mean, max) = smoke_steps(every);
-        println!("| {name} | {median:.4} | {mean:.4} | {max:.4} |");
+    println!(
+        "| smoke run, 30 steps | median step s | mean step s | max step s | save's step + next, mean s | excess over the median s |"
+    );
+    println!("|---|---|---|---|---|---|");
+    // Host and device copies alternate, twice, so a slow spell of a shared
+    // machine does not land on one of them only.
+    let host = "async save every 3 steps, copy to host (train.checkpoint_copy = \"host\")";
+    let device = "async save every 3 steps, copy on the devices (\"device\", default)";
+    for (name, every, copy) in [
+        ("no checkpoints", 0, "device"),
+        (host, 3, "host"),
+        (device, 3, "device"),
+        (host, 3, "host"),
+        (device, 3, "device"),
+    ] {
+        let (median, mean, max, around) = smoke_steps(every, copy);
+        let (around, excess) = if every > 0 {
+            (format!("{around:.4}"), format!("{:+.4}", around - median))
+        } else {
+            ("-".into(), "-".into())
+        };
+        println!("| {name} | {median:.4} | {mean:.4} | {max:.4} | {around} | {excess} |");
     }
 }

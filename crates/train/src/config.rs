@@ -253,6 +253,15 @@ pub struct TrainSection {
     /// checkpoint, profiled steps and process groups run one at a time.
     #[serde(default = "yes")]
     pub async_steps: bool,
+    /// How a checkpoint copies the state off the devices. `"device"` (the
+    /// default): copy it on each device first (one extra copy of the
+    /// parameters and moments in device memory until it is read), launch
+    /// the next step at once and read the copy to the host on the
+    /// checkpoint thread. `"host"`: copy it to the host before the next
+    /// step starts (no extra device memory; the step waits). Multi-process
+    /// jobs (process groups, multi-host SPMD) always copy to the host.
+    #[serde(default = "default_checkpoint_copy")]
+    pub checkpoint_copy: String,
     /// `[first, last]`: profile these steps (0-based, inclusive, as in
     /// `metrics.jsonl`): host spans as a Chrome trace in
     /// `run_dir/profile/`, and an XLA device profile for TensorBoard's
@@ -263,6 +272,9 @@ pub struct TrainSection {
 
 fn default_keep() -> usize {
     3
+}
+fn default_checkpoint_copy() -> String {
+    "device".into()
 }
 fn default_resume() -> String {
     "auto".into()
@@ -613,6 +625,15 @@ impl TrainConfig {
             return bad(
                 "train.steps",
                 "train.steps and train.log_every must be at least 1".into(),
+            );
+        }
+        if !matches!(self.train.checkpoint_copy.as_str(), "device" | "host") {
+            return bad(
+                "train.checkpoint_copy",
+                format!(
+                    "{:?}: expected \"device\" or \"host\"",
+                    self.train.checkpoint_copy
+                ),
             );
         }
         let profile_ok = match self.train.profile_steps.as_slice() {

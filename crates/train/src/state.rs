@@ -151,7 +151,7 @@ fn push_counter(
 
 /// Copies host `host`'s part of the state off the devices: each box its
 /// partitions write (see [`crate::host::JobLayout::writes_box`]), and the
-/// loader states of the rows it loads.
+/// loader states of the rows it loads. Waits for the copies.
 pub(crate) fn snapshot(
     cfg: &TrainConfig,
     plan: &Plan,
@@ -161,12 +161,109 @@ pub(crate) fn snapshot(
     host: usize,
     loader_rows: Vec<(usize, data::LoaderState)>,
 ) -> Result<Snapshot> {
+    let (mut snap, sources) = layout(cfg, plan, at, params, host, loader_rows);
+    let (counter_part, counter_index) = counter_source(at, params, host);
+    snap.step = local(state, counter_part)[counter_index].to_host::<i32>()?[0] as u64;
+    let mut sources = sources.into_iter();
+    for piece in snap.tensors.iter_mut().flat_map(|t| t.pieces.iter_mut()) {
+        // invariant: `layout` names one source per piece, in piece order.
+        let (p, i) = sources.next().expect("a source per piece");
+        piece.data = local(state, p)[i].to_host::<f32>()?;
+    }
+    Ok(snap)
+}
+
+/// Host `host`'s part of the state, copied on the devices (`train.checkpoint_copy = "device"`): each box it writes and the
+/// step counter get a buffer of their own, so the next step may donate
+/// (overwrite) the state at once while [`DeviceSnapshot::into_snapshot`] reads
+/// the copies on another thread. Returns without waiting: the runtime
+/// orders the copies after the step that computes the state and before
+/// the step that donates it.
+pub(crate) fn snapshot_on_device(
+    cfg: &TrainConfig,
+    plan: &Plan,
+    at: &Placement,
+    params: &[Slot],
+    state: &PerPartition<DeviceState>,
+    host: usize,
+    loader_rows: Vec<(usize, data::LoaderState)>,
+) -> Result<DeviceSnapshot> {
+    let (skeleton, sources) = layout(cfg, plan, at, params, host, loader_rows);
+    let (counter_part, counter_index) = counter_source(at, params, host);
+    let counter = local(state, counter_part)[counter_index].copy_on_device()?;
+    let copies = sources
+        .into_iter()
+        .map(|(p, i)| local(state, p)[i].copy_on_device())
+        .collect::<pjrt::Result<Vec<_>>>()?;
+    Ok(DeviceSnapshot {
+        skeleton,
+        counter,
+        copies,
+    })
+}
+
+/// A host's checkpoint part still on the devices: copies of its boxes,
+/// read to the host (and freed) by [`DeviceSnapshot::into_snapshot`].
+pub(crate) struct DeviceSnapshot {
+    /// The snapshot with every piece's data still empty.
+    skeleton: Snapshot,
+    /// A copy of the step counter, to check the step.
+    counter: Buffer,
+    /// A copy of each piece's box, in piece order.
+    copies: Vec<Buffer>,
+}
+
+impl DeviceSnapshot {
+    /// Waits for the copies, reads them to the host and frees them: the
+    /// snapshot after `step` steps (the copied step counter must say so).
+    pub(crate) fn into_snapshot(self, step: u64) -> Result<Snapshot> {
+        let mut snap = self.skeleton;
+        let counter = self.counter.to_host::<i32>()?[0] as u64;
+        if counter != step {
+            return Err(Error::Checkpoint {
+                path: Default::default(),
+                message: format!(
+                    "the device copy of the state after step {step} holds step counter {counter}"
+                ),
+            });
+        }
+        snap.step = step;
+        let pieces = snap.tensors.iter_mut().flat_map(|t| t.pieces.iter_mut());
+        for (piece, copy) in pieces.zip(self.copies) {
+            piece.data = copy.to_host::<f32>()?;
+        }
+        Ok(snap)
+    }
+}
+
+/// Partition `p`'s state.
+fn local(state: &PerPartition<DeviceState>, p: usize) -> &DeviceState {
+    // invariant: state is built for local partitions only, and a host
+    // snapshots only its own partitions.
+    state[p].as_ref().expect("local")
+}
+
+/// Where host `host` reads the step counter: `(partition, buffer index)`.
+fn counter_source(at: &Placement, params: &[Slot], host: usize) -> (usize, usize) {
+    // invariant: every host holds at least one partition.
+    let (first, _) = at.parts_of(host).next().expect("a host holds partitions");
+    (first, GROUPS.len() * params.len())
+}
+
+/// Host `host`'s snapshot with empty piece data and step 0, and where each
+/// piece's data is, in piece order: `(partition, buffer index)`.
+fn layout(
+    cfg: &TrainConfig,
+    plan: &Plan,
+    at: &Placement,
+    params: &[Slot],
+    host: usize,
+    loader_rows: Vec<(usize, data::LoaderState)>,
+) -> (Snapshot, Vec<(usize, usize)>) {
     let p_count = params.len();
     let parts: Vec<(usize, usize)> = at.parts_of(host).collect();
-    // invariant: state is built for local partitions only.
-    let first = state[parts[0].0].as_ref().expect("local");
-    let counter = first[GROUPS.len() * p_count].to_host::<i32>()?[0];
     let mut tensors = Vec::with_capacity(GROUPS.len() * p_count);
+    let mut sources = Vec::new();
     for (group, prefix) in GROUPS.iter().enumerate() {
         for (i, slot) in params.iter().enumerate() {
             let mut pieces = Vec::new();
@@ -179,10 +276,9 @@ pub(crate) fn snapshot(
                     device: p,
                     start: r.iter().map(|x| x.start).collect(),
                     shape: r.iter().map(|x| x.len()).collect(),
-                    // invariant: state is built for local partitions only.
-                    data: state[p].as_ref().expect("local")[group * p_count + i]
-                        .to_host::<f32>()?,
+                    data: Vec::new(),
                 });
+                sources.push((p, group * p_count + i));
             }
             tensors.push(SnapshotTensor {
                 name: format!("{prefix}/{}", slot.name),
@@ -191,8 +287,8 @@ pub(crate) fn snapshot(
             });
         }
     }
-    Ok(Snapshot {
-        step: counter as u64,
+    let snap = Snapshot {
+        step: 0,
         mesh: MeshRecord {
             data: plan.mesh.data,
             fsdp: plan.mesh.fsdp,
@@ -202,7 +298,8 @@ pub(crate) fn snapshot(
         seed: cfg.model.seed,
         config_toml: cfg.to_toml(),
         tensors,
-    })
+    };
+    (snap, sources)
 }
 
 /// The parameters as host arrays, in `params` order (every partition local).

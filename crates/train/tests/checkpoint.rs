@@ -92,6 +92,86 @@ fn stop_and_resume_is_bit_identical_to_a_straight_run() {
     assert_eq!(steps(b.path()).len(), 10);
 }
 
+/// `train.checkpoint_copy = "device"` (the state copied on each device,
+/// the next step launched at once, the copy read on the checkpoint
+/// thread) saves exactly what the host copy saves, on emulated hosts
+/// (each its own part): every shard file and data position; and a run
+/// resumed from it continues exactly as the straight run.
+#[test]
+fn copying_the_checkpoint_on_the_devices_saves_what_the_host_copy_saves() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let common = [
+        "runtime.device_count=8",
+        "runtime.emulate_hosts=2",
+        "mesh.fsdp=8",
+        "train.checkpoint_every=3",
+        "train.keep_checkpoints=0",
+        "optimizer.schedule_steps=10",
+        "train.export_final=true",
+        "train.profile_steps=[5, 5]",
+    ];
+    let with = |copy: &'static str, steps: &'static str| {
+        let mut sets = common.to_vec();
+        sets.extend([copy, steps]);
+        sets
+    };
+    let device = "train.checkpoint_copy=\"device\"";
+    let host = run(
+        b.path(),
+        4,
+        &with("train.checkpoint_copy=\"host\"", "train.steps=10"),
+    )
+    .unwrap();
+    let first = run(a.path(), 4, &with(device, "train.steps=7")).unwrap();
+    let resumed = run(a.path(), 4, &with(device, "train.steps=10")).unwrap();
+    assert_eq!(
+        bits(&[first.losses, resumed.losses].concat()),
+        bits(&host.losses)
+    );
+    for step in [3, 6, 9, 10] {
+        let (ca, cb) = (ckpt(a.path(), step), ckpt(b.path(), step));
+        let hashes = shard_hashes(&ca);
+        assert!(
+            hashes.iter().any(|(p, _)| p.starts_with("shards/p00001")),
+            "{step}: both hosts wrote a part: {hashes:?}"
+        );
+        assert_eq!(hashes, shard_hashes(&cb), "step {step}");
+        let (ma, mb) = (
+            Checkpoint::open(&ca).unwrap().manifest,
+            Checkpoint::open(&cb).unwrap().manifest,
+        );
+        assert_eq!(ma.step, step);
+        assert_eq!(ma.loader_rows, mb.loader_rows, "step {step}");
+        assert_eq!(ma.tensors, mb.tensors, "step {step}");
+    }
+    // Each run copied the state its own way (the host trace of step 5,
+    // before the checkpoint after it).
+    let spans = |d: &Path| -> Vec<String> {
+        let path = d.join("run/profile/host_trace.0.json");
+        let trace: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        trace["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] == "X" && e["args"]["step"] == 5)
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (sa, sb) = (spans(a.path()), spans(b.path()));
+    assert!(
+        sa.iter().any(|n| n == "checkpoint copy on the devices"),
+        "{sa:?}"
+    );
+    assert!(!sa.iter().any(|n| n == "checkpoint copy to host"), "{sa:?}");
+    assert!(sb.iter().any(|n| n == "checkpoint copy to host"), "{sb:?}");
+    // Step 7 (the first run's last) was saved and is what the resumed run
+    // continued from.
+    assert!(Checkpoint::open(&ckpt(a.path(), 7)).is_ok());
+    let model = |d: &Path| std::fs::read(d.join("run/final/model.safetensors")).unwrap();
+    assert_eq!(model(a.path()), model(b.path()));
+}
+
 #[test]
 fn restores_under_other_meshes() {
     let (base, d) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

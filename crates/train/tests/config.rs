@@ -68,6 +68,19 @@ fn impossible_values_are_named_before_compiling() {
     );
     let e = load(&base(), &["optimizer.schedule=\"exp\""]).unwrap_err();
     assert!(e.contains("\"constant\", \"linear\" or \"cosine\""), "{e}");
+    let e = load(&base(), &["train.checkpoint_copy=\"gpu\""]).unwrap_err();
+    assert!(
+        e.contains("train.checkpoint_copy")
+            && e.contains("\"gpu\": expected \"device\" or \"host\""),
+        "{e}"
+    );
+    let e = load(&base(), &["train.checkpoint_copy=true"]).unwrap_err();
+    assert!(e.contains("train.checkpoint_copy"), "{e}");
+    for copy in ["device", "host"] {
+        let c = load(&base(), &[&format!("train.checkpoint_copy=\"{copy}\"")]).unwrap();
+        assert_eq!(c.train.checkpoint_copy, copy);
+    }
+    assert_eq!(load(&base(), &[]).unwrap().train.checkpoint_copy, "device");
     let e = load(&base(), &["data.seq_len=128"]).unwrap_err();
     assert!(
         e.contains("data.seq_len") && e.contains("max_seq_len = 64"),

@@ -186,7 +186,14 @@ fn a_resumed_run_logs_each_step_once_with_the_metrics_values_and_profiles() {
             );
         }
     }
-    assert!(spans.contains(&("checkpoint copy to host", 2)));
+    // `train.checkpoint_copy = "device"` (the default) copies the state
+    // when the checkpoint's step is launched.
+    assert!(spans.contains(&("checkpoint copy on the devices", 2)));
+    assert!(
+        !spans
+            .iter()
+            .any(|(name, _)| *name == "checkpoint copy to host")
+    );
     assert!(spans.iter().all(|(_, s)| (1..=2).contains(s)));
     // A crash after the step-3 checkpoint: the run resumes from it and
     // trains steps 3..6 again; no step is logged twice.

@@ -314,16 +314,22 @@ pub fn save(root: &Path, parts: &[Snapshot], keep: usize) -> Result<PathBuf> {
     })();
     result.map_err(|source| {
         let _ = std::fs::remove_dir_all(&partial);
-        let kept = match super::list(root).ok().and_then(|l| l.last().cloned()) {
-            Some((step, _)) => format!("the newest checkpoint is still step {step}"),
-            None => "there is no earlier checkpoint".into(),
-        };
-        Error::Save {
-            step: snap.step,
-            kept,
-            source: Box::new(source),
-        }
+        save_failed(root, snap.step, source)
     })
+}
+
+/// The error of a failed save of `step`, saying which checkpoint is still
+/// the newest.
+fn save_failed(root: &Path, step: u64, source: Error) -> Error {
+    let kept = match super::list(root).ok().and_then(|l| l.last().cloned()) {
+        Some((step, _)) => format!("the newest checkpoint is still step {step}"),
+        None => "there is no earlier checkpoint".into(),
+    };
+    Error::Save {
+        step,
+        kept,
+        source: Box::new(source),
+    }
 }
 
 /// Saves in the background, one checkpoint at a time.
@@ -346,12 +352,27 @@ impl Writer {
     /// Waits for the previous save (returning its error), then starts
     /// writing `parts` (one per process, see [`save`]) on a background thread.
     pub fn start(&mut self, parts: Vec<Snapshot>) -> Result<()> {
+        let step = parts[0].step;
+        self.start_with(step, move || Ok(parts))
+    }
+
+    /// Waits for the previous save (returning its error), then, on a
+    /// background thread, makes the parts of the checkpoint after `step`
+    /// steps with `parts` (e.g. reads them off the devices) and writes
+    /// them. An error of `parts` fails the save like a write error.
+    pub fn start_with<F>(&mut self, step: u64, parts: F) -> Result<()>
+    where
+        F: FnOnce() -> Result<Vec<Snapshot>> + Send + 'static,
+    {
         self.wait()?;
         std::fs::create_dir_all(&self.root).map_err(|e| Error::io("creating", &self.root, e))?;
-        let (root, keep, step) = (self.root.clone(), self.keep, parts[0].step);
+        let (root, keep) = (self.root.clone(), self.keep);
         let handle = std::thread::Builder::new()
             .name(format!("checkpoint-{step}"))
-            .spawn(move || save(&root, &parts, keep))
+            .spawn(move || match parts() {
+                Ok(parts) => save(&root, &parts, keep),
+                Err(e) => Err(save_failed(&root, step, e)),
+            })
             .map_err(|e| Error::io("starting the checkpoint thread for", &self.root, e))?;
         self.job = Some((step, handle));
         Ok(())

@@ -102,6 +102,7 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
         losses: Vec::new(),
         times: Vec::new(),
         last_done: Instant::now(),
+        device_copy_failed: false,
     };
     tail.bar.set_position(start.min(cfg.train.steps));
     // The step's rows when RL samples them (every one on this host).
@@ -114,52 +115,27 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
         if let Some(g) = job.mode.any_group() {
             g.check()?;
         }
-        // A checkpoint after the previous step reads the state (and the
-        // data position) this step moves on from; a process group and a
-        // profiled step run one step at a time.
+        // A checkpoint after the previous step copied to the host reads
+        // the state (and the data position) this step moves on from (one
+        // copied on the devices was taken when it was launched); a process
+        // group and a profiled step run one step at a time.
         if let Some(p) = pending.take_if(|p| !tail.overlaps(job, p.step)) {
             tail.finish(job, p)?;
         }
-        tail.profile.begin_step(s, &job.client, |m| {
-            tail.bar.suspend(|| eprintln!("meshtrain: {m}"))
-        })?;
-        let t = Instant::now();
-        let mut batches = Vec::with_capacity(job.feed.len());
-        // The rows this process loads: every row but in a multi-host job.
-        let mut tokens_by_source = std::collections::BTreeMap::new();
-        for f in &mut job.feed {
-            let b = f.loader.next_batch()?;
-            check_tokens(&b, job.model.vocab_size, s)?;
-            for (name, n) in f.loader.tokens_by_source() {
-                *tokens_by_source.entry(name).or_insert(0u64) += n;
+        let next = match start_step(job, &mut tail, &rl_rows, s) {
+            Ok(next) => next,
+            Err(e) => {
+                // The step launched before still logs and saves what it
+                // owes (a checkpoint copied on the devices included).
+                if let Some(p) = pending.take()
+                    && let Err(also) = tail.finish(job, p)
+                {
+                    eprintln!("meshtrain: {also}");
+                }
+                return Err(e);
             }
-            batches.push((f.host, f.rows.as_slice(), b));
-        }
-        tail.profile.span(s, "load batch", t);
-        if let Some(rollout) = &mut job.rollout {
-            let t_sample = Instant::now();
-            // invariant: RL runs on one host, so one feed.
-            let (host, _, prompts) = batches.pop().expect("one host feed");
-            let rows = rollout.rows(&prompts, &job.state, s)?;
-            batches.push((host, rl_rows.as_slice(), rows));
-            tail.profile.span(s, "sample responses", t_sample);
-        }
-        let t_step = Instant::now();
-        let launched = job.stepper.launch(
-            &job.client,
-            &job.plan,
-            &job.at,
-            &job.params,
-            &mut job.state,
-            &batches,
-            s,
-        )?;
-        tail.profile.span(s, "transfer batch + launch step", t_step);
-        if let Some(p) = pending.replace(Pending {
-            step: s,
-            launched,
-            tokens_by_source,
-        }) {
+        };
+        if let Some(p) = pending.replace(next) {
             tail.finish(job, p)?;
         }
     }
@@ -183,12 +159,104 @@ pub(super) fn run_steps(job: &mut Job, show_progress: bool) -> Result<Done> {
     })
 }
 
+/// Loads step `s`'s batch (and samples it, RL), launches the step and,
+/// when a checkpoint follows it, copies the state on the devices.
+fn start_step(job: &mut Job, tail: &mut Tail, rl_rows: &[usize], s: u64) -> Result<Pending> {
+    tail.profile.begin_step(s, &job.client, |m| {
+        tail.bar.suspend(|| eprintln!("meshtrain: {m}"))
+    })?;
+    let t = Instant::now();
+    let mut batches = Vec::with_capacity(job.feed.len());
+    // The rows this process loads: every row but in a multi-host job.
+    let mut tokens_by_source = std::collections::BTreeMap::new();
+    for f in &mut job.feed {
+        let b = f.loader.next_batch()?;
+        check_tokens(&b, job.model.vocab_size, s)?;
+        for (name, n) in f.loader.tokens_by_source() {
+            *tokens_by_source.entry(name).or_insert(0u64) += n;
+        }
+        batches.push((f.host, f.rows.as_slice(), b));
+    }
+    tail.profile.span(s, "load batch", t);
+    if let Some(rollout) = &mut job.rollout {
+        let t_sample = Instant::now();
+        // invariant: RL runs on one host, so one feed.
+        let (host, _, prompts) = batches.pop().expect("one host feed");
+        let rows = rollout.rows(&prompts, &job.state, s)?;
+        batches.push((host, rl_rows, rows));
+        tail.profile.span(s, "sample responses", t_sample);
+    }
+    let t_step = Instant::now();
+    let launched = job.stepper.launch(
+        &job.client,
+        &job.plan,
+        &job.at,
+        &job.params,
+        &mut job.state,
+        &batches,
+        s,
+    )?;
+    tail.profile.span(s, "transfer batch + launch step", t_step);
+    let on_device = if tail.copies_on_device(job, s) {
+        let t_copy = Instant::now();
+        match device_copies(job) {
+            Ok(parts) => {
+                tail.profile
+                    .span(s, "checkpoint copy on the devices", t_copy);
+                Some(parts)
+            }
+            Err(e) => {
+                // A runtime that cannot copy a buffer on its own device
+                // checkpoints through the host, as `"host"` does.
+                tail.bar.suspend(|| {
+                    eprintln!(
+                        "meshtrain: train.checkpoint_copy = \"device\": {e}; \
+                         checkpoints copy the state to the host instead"
+                    )
+                });
+                tail.device_copy_failed = true;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Pending {
+        step: s,
+        launched,
+        tokens_by_source,
+        on_device,
+    })
+}
+
 /// A launched step not yet finished.
 struct Pending {
     step: u64,
     launched: Launched,
     /// Tokens loaded per source up to this step's batch.
     tokens_by_source: std::collections::BTreeMap<String, u64>,
+    /// The checkpoint after this step, copied on the devices when it was
+    /// launched (`train.checkpoint_copy = "device"`): one part per host.
+    on_device: Option<Vec<state::DeviceSnapshot>>,
+}
+
+/// Copies the state after the step just launched on the devices, one part
+/// per host with its loader states after that step's batch.
+fn device_copies(job: &Job) -> Result<Vec<state::DeviceSnapshot>> {
+    job.feed
+        .iter()
+        .map(|f| {
+            state::snapshot_on_device(
+                &job.cfg,
+                &job.plan,
+                &job.at,
+                &job.params,
+                &job.state,
+                f.host,
+                f.loader.states(),
+            )
+        })
+        .collect()
 }
 
 /// What happens after a step: its metrics, checkpoints, the profile and
@@ -205,16 +273,31 @@ struct Tail<'g> {
     times: Vec<f64>,
     /// When the last step finished.
     last_done: Instant,
+    /// The runtime refused a copy on the devices: checkpoints copy to the
+    /// host from then on.
+    device_copy_failed: bool,
 }
 
 impl Tail<'_> {
-    /// Whether the step after `s` may be launched before `s` is finished.
+    /// Whether the step after `s` may be launched before `s` is finished:
+    /// a checkpoint after `s` copied on the devices does not stop it.
     fn overlaps(&self, job: &Job, s: u64) -> bool {
         job.cfg.train.async_steps
             && job.mode.any_group().is_none()
-            && !checkpoint_after(&job.cfg, s)
+            && (!checkpoint_after(&job.cfg, s) || self.copies_on_device(job, s))
             && !self.profile.active(s)
             && !self.profile.active(s + 1)
+    }
+
+    /// Whether the checkpoint after step `s` (if one is taken) is copied
+    /// on the devices when `s` is launched: `train.checkpoint_copy =
+    /// "device"` in a single process (emulated hosts included); a
+    /// multi-process job (process group, multi-host SPMD) copies to the host.
+    fn copies_on_device(&self, job: &Job, s: u64) -> bool {
+        checkpoint_after(&job.cfg, s)
+            && !self.device_copy_failed
+            && job.cfg.train.checkpoint_copy == "device"
+            && job.mode.any_group().is_none()
     }
 
     /// Waits for step `p` and logs it, checkpoints after it on the
@@ -260,7 +343,17 @@ impl Tail<'_> {
         if let Some(saver) = &mut self.group_saver {
             saver.after_step(s)?;
         }
-        if checkpoint_after(cfg, s) {
+        if let Some(parts) = p.on_device {
+            self.sink.flush()?;
+            let t_save = Instant::now();
+            self.writer.start_with(s + 1, move || {
+                parts
+                    .into_iter()
+                    .map(|part| part.into_snapshot(s + 1))
+                    .collect()
+            })?;
+            self.profile.span(s, "checkpoint hand-off", t_save);
+        } else if checkpoint_after(cfg, s) {
             self.sink.flush()?;
             let t_copy = Instant::now();
             let parts = job
