@@ -20,7 +20,11 @@ pub fn tune_host_allocator() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        // -1: never trim (`man mallopt`). A threshold of 2 GiB, the largest
+        // positive value, was crossed whenever two steps' temporaries
+        // overlapped (`train.async_steps`): the heap shrank and every step
+        // faulted gigabytes back in.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }
