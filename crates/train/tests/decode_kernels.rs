@@ -48,20 +48,34 @@ fn through_plugin(dtype: DType, m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<
     let yf = b.convert(y, DType::F32).unwrap();
     let df = b.convert(d, DType::F32).unwrap();
     let program = b.build(&[yf, df]).unwrap();
+    let (xv, wv) = (values(m * k, 1 + k as u64), values(n * k, 2 + n as u64));
+    let bufs = [
+        upload(&client, dtype, &xv, &[mi, ki]),
+        upload(&client, dtype, &wv, &[ni, ki]),
+    ];
+    run_pair(&client, &program, &bufs)
+}
+
+/// `v` on the device in `dtype` (bf16: rounded).
+fn upload(client: &pjrt::Client, dtype: DType, v: &[f32], dims: &[i64]) -> pjrt::Buffer {
+    if dtype == DType::BF16 {
+        let h: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+        client.buffer_from_host(&h, dims, 0).unwrap()
+    } else {
+        client.buffer_from_host(v, dims, 0).unwrap()
+    }
+}
+
+/// Compiles and runs `program` (two f32 outputs: kernel, XLA) on `inputs`.
+fn run_pair(
+    client: &pjrt::Client,
+    program: &hlo::Program,
+    inputs: &[pjrt::Buffer],
+) -> (Vec<f32>, Vec<f32>) {
     let exe = client
         .compile(&program.to_mlir(), &pjrt::CompileOptions::single())
         .unwrap();
-    let (xv, wv) = (values(m * k, 1 + k as u64), values(n * k, 2 + n as u64));
-    let put = |v: &[f32], dims: &[i64]| {
-        if dtype == DType::BF16 {
-            let h: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
-            client.buffer_from_host(&h, dims, 0).unwrap()
-        } else {
-            client.buffer_from_host(v, dims, 0).unwrap()
-        }
-    };
-    let bufs = [put(&xv, &[mi, ki]), put(&wv, &[ni, ki])];
-    let out = &exe.execute(&[bufs.iter().collect()]).unwrap()[0];
+    let out = &exe.execute(&[inputs.iter().collect()]).unwrap()[0];
     (
         out[0].to_host::<f32>().unwrap(),
         out[1].to_host::<f32>().unwrap(),
@@ -224,29 +238,29 @@ fn attention_through_plugin(
     let of = b.convert(o, DType::F32).unwrap();
     let xf = b.convert(x, DType::F32).unwrap();
     let program = b.build(&[of, xf]).unwrap();
-    let exe = client
-        .compile(&program.to_mlir(), &pjrt::CompileOptions::single())
-        .unwrap();
-    let put = |v: &[f32], dims: &[i64]| {
-        if dtype == DType::BF16 {
-            let h: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
-            client.buffer_from_host(&h, dims, 0).unwrap()
-        } else {
-            client.buffer_from_host(v, dims, 0).unwrap()
-        }
-    };
     let bufs = [
-        put(&values(batch * heads * hd, 3), &[bi, 1, hi, di]),
-        put(&values(batch * kv * hd * len, 4), &[bi, ki, di, li]),
-        put(&values(batch * kv * len * hd, 5), &[bi, ki, li, di]),
+        upload(
+            &client,
+            dtype,
+            &values(batch * heads * hd, 3),
+            &[bi, 1, hi, di],
+        ),
+        upload(
+            &client,
+            dtype,
+            &values(batch * kv * hd * len, 4),
+            &[bi, ki, di, li],
+        ),
+        upload(
+            &client,
+            dtype,
+            &values(batch * kv * len * hd, 5),
+            &[bi, ki, li, di],
+        ),
         client.buffer_from_host(pads, &[bi], 0).unwrap(),
         client.buffer_from_host(&[slot], &[], 0).unwrap(),
     ];
-    let out = &exe.execute(&[bufs.iter().collect()]).unwrap()[0];
-    (
-        out[0].to_host::<f32>().unwrap(),
-        out[1].to_host::<f32>().unwrap(),
-    )
+    run_pair(&client, &program, &bufs)
 }
 
 #[test]
