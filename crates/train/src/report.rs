@@ -104,26 +104,7 @@ impl ShardingReport {
                 }),
             }
         }
-        let collectives = KINDS
-            .iter()
-            .map(|&kind| {
-                let hits: Vec<_> = hlo
-                    .instructions
-                    .iter()
-                    .filter(|i| i.opcode == kind || i.opcode.strip_suffix("-start") == Some(kind))
-                    .collect();
-                Collective {
-                    kind,
-                    count: hits.iter().map(|i| i.executions).sum(),
-                    instructions: hits.len(),
-                    bytes: hits
-                        .iter()
-                        .map(|i| i.shape.size_in_bytes().saturating_mul(i.executions))
-                        .sum(),
-                    lower_bound: hits.iter().any(|i| i.executions_lower_bound),
-                }
-            })
-            .collect();
+        let collectives = collectives(hlo);
         ShardingReport {
             mesh: plan
                 .mesh
@@ -249,4 +230,118 @@ fn collapse_layer(name: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(".")
+}
+
+/// The collectives of an optimized module, per step: each instruction's
+/// runs ([`pjrt::hlo::HloInstruction::executions`]) and result bytes.
+pub fn collectives(hlo: &HloSummary) -> Vec<Collective> {
+    KINDS
+        .iter()
+        .map(|&kind| {
+            let hits: Vec<_> = hlo
+                .instructions
+                .iter()
+                .filter(|i| i.opcode == kind || i.opcode.strip_suffix("-start") == Some(kind))
+                .collect();
+            Collective {
+                kind,
+                count: hits.iter().map(|i| i.executions).sum(),
+                instructions: hits.len(),
+                bytes: hits
+                    .iter()
+                    .map(|i| result_bytes(i).saturating_mul(i.executions))
+                    .sum(),
+                lower_bound: hits.iter().any(|i| i.executions_lower_bound),
+            }
+        })
+        .collect()
+}
+
+/// Bytes of a collective's result. An asynchronous `all-gather-start` or
+/// `collective-permute-start` returns a tuple of its operands, its results
+/// (and, for a permute, two context scalars): only the results count.
+fn result_bytes(i: &pjrt::hlo::HloInstruction) -> u64 {
+    let tuple_start = matches!(
+        i.opcode.as_str(),
+        "all-gather-start" | "collective-permute-start"
+    );
+    match &i.shape.tuple[..] {
+        [_, results, ..] if tuple_start => results.size_in_bytes(),
+        _ => i.shape.size_in_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pjrt::hlo::{HloInstruction, HloShape, HloSummary};
+
+    fn f32s(n: i64) -> HloShape {
+        HloShape {
+            element_type: Some(pjrt::ElementType::F32),
+            primitive_type: 11,
+            dims: vec![n],
+            tuple: vec![],
+        }
+    }
+
+    fn tuple(parts: Vec<HloShape>) -> HloShape {
+        HloShape {
+            element_type: None,
+            primitive_type: 13,
+            dims: vec![],
+            tuple: parts,
+        }
+    }
+
+    fn inst(opcode: &str, shape: HloShape, executions: u64) -> HloInstruction {
+        HloInstruction {
+            name: opcode.into(),
+            opcode: opcode.into(),
+            shape,
+            computation: "main".into(),
+            called_computations: vec![],
+            trip_count: None,
+            executions,
+            executions_lower_bound: false,
+        }
+    }
+
+    #[test]
+    fn asynchronous_collectives_count_their_results_per_run() {
+        let u32s = HloShape {
+            element_type: Some(pjrt::ElementType::U32),
+            primitive_type: 8,
+            dims: vec![],
+            tuple: vec![],
+        };
+        let hlo = HloSummary {
+            instructions: vec![
+                // (operand f32[8], result f32[64]), run 3 times: 3 x 256 B.
+                inst("all-gather-start", tuple(vec![f32s(8), f32s(64)]), 3),
+                inst("all-gather-done", f32s(64), 3),
+                inst("all-gather", f32s(16), 1),
+                // (operand, result, two context scalars): the result only.
+                inst(
+                    "collective-permute-start",
+                    tuple(vec![f32s(10), f32s(10), u32s.clone(), u32s]),
+                    2,
+                ),
+                // Several results of one all-reduce: all of them.
+                inst("all-reduce-start", tuple(vec![f32s(4), f32s(6)]), 1),
+            ],
+            ..HloSummary::default()
+        };
+        let by_kind = |k: &str| {
+            super::collectives(&hlo)
+                .into_iter()
+                .find(|c| c.kind == k)
+                .unwrap()
+        };
+        let ag = by_kind("all-gather");
+        assert_eq!((ag.count, ag.instructions, ag.bytes), (4, 2, 3 * 256 + 64));
+        let cp = by_kind("collective-permute");
+        assert_eq!((cp.count, cp.bytes), (2, 2 * 40));
+        let ar = by_kind("all-reduce");
+        assert_eq!((ar.count, ar.bytes), (1, 40));
+    }
 }
