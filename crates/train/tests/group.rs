@@ -126,20 +126,6 @@ fn in_group(cfg: &TrainConfig, size: usize) -> Vec<train::RunSummary> {
     })
 }
 
-fn assert_close(a: &[(u64, f32)], b: &[(u64, f32)], what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}");
-    for (x, y) in a.iter().zip(b) {
-        let rel = ((x.1 - y.1) / x.1).abs();
-        assert!(
-            x.0 == y.0 && rel < 1e-5,
-            "{what}: step {} {} vs {} ({rel:e})",
-            x.0,
-            x.1,
-            y.1
-        );
-    }
-}
-
 #[test]
 fn two_and_three_processes_train_like_one() {
     let one_dir = tempfile::tempdir().unwrap();
@@ -151,7 +137,12 @@ fn two_and_three_processes_train_like_one() {
             // Every process applied the same update: identical losses.
             assert_eq!(r.losses, runs[0].losses);
         }
-        assert_close(&one.losses, &runs[0].losses, &format!("{size} processes"));
+        common::assert_losses_close(
+            &format!("{size} processes"),
+            &one.losses,
+            &runs[0].losses,
+            1e-5,
+        );
     }
 }
 
@@ -167,5 +158,5 @@ fn group_checkpoints_commit_once_and_restore_in_one_process() {
     // One process resumes the group's step-2 checkpoint and trains like it.
     std::fs::remove_dir_all(root.join("step_00000004")).unwrap();
     let single = train::train(&cfg, false).unwrap();
-    assert_close(&runs[0].losses[2..], &single.losses, "resumed alone");
+    common::assert_losses_close("resumed alone", &runs[0].losses[2..], &single.losses, 1e-5);
 }

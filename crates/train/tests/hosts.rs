@@ -22,21 +22,6 @@ fn cfg_on(dir: &Path, data: &Path, mesh: &[&str], sets: &[&str]) -> TrainConfig 
     TrainConfig::from_toml(&text, "test", &all).unwrap()
 }
 
-fn assert_close(a: &[(u64, f32)], b: &[(u64, f32)], tol: f32, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: {a:?} vs {b:?}");
-    for (x, y) in a.iter().zip(b) {
-        assert_eq!(x.0, y.0, "{what}");
-        let rel = ((x.1 - y.1) / x.1).abs();
-        assert!(
-            rel < tol,
-            "{what} step {}: {} vs {} (rel {rel:e})",
-            x.0,
-            x.1,
-            y.1
-        );
-    }
-}
-
 #[test]
 fn four_emulated_hosts_follow_the_single_process_trajectory() {
     let d = tempfile::tempdir().unwrap();
@@ -47,7 +32,7 @@ fn four_emulated_hosts_follow_the_single_process_trajectory() {
         false,
     )
     .unwrap();
-    assert_close(&one.losses, &four.losses, 2e-5, "4 hosts x 2 devices");
+    common::assert_losses_close("4 hosts x 2 devices", &one.losses, &four.losses, 2e-5);
     // Each host loads only the rows its devices hold: with data=2, fsdp=4
     // each partition holds one row of the 8, each host two.
     assert_eq!(four.rows_per_host.len(), 4);
@@ -90,11 +75,11 @@ fn a_checkpoint_of_four_hosts_has_a_part_each_and_restores_onto_one_and_two() {
             false,
         )
         .unwrap();
-        assert_close(
+        common::assert_losses_close(
+            &format!("restored onto {hosts} host(s)"),
             &straight.losses[3..],
             &resumed.losses,
             2e-5,
-            &format!("restored onto {hosts} host(s)"),
         );
     }
 }

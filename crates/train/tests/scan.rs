@@ -13,37 +13,6 @@ use train::step::{Plan, StepShape, build_step};
 
 mod common;
 
-/// Trains the tiny model in `dir/run` with extra `--set`s; returns the
-/// losses and the exported final parameters.
-fn run(dir: &Path, kv_heads: usize, sets: &[&str]) -> (Vec<(u64, f32)>, Vec<Vec<f32>>) {
-    let data = common::tokens_file(dir, 64, 16, 64);
-    let text = common::config(dir, &data, kv_heads, "");
-    let mut all: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    all.push("train.export_final=true".into());
-    let cfg = TrainConfig::from_toml(&text, "test", &all).unwrap();
-    let summary = train::train(&cfg, false).unwrap();
-    let ck = gemma::hf::load(&cfg.train.run_dir.join("final")).unwrap();
-    (
-        summary.losses,
-        ck.params.into_iter().map(|t| t.data).collect(),
-    )
-}
-
-fn assert_losses_close(what: &str, got: &[(u64, f32)], want: &[(u64, f32)], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}");
-    for (a, b) in got.iter().zip(want) {
-        assert_eq!(a.0, b.0, "{what}");
-        let rel = ((a.1 - b.1) / b.1).abs();
-        assert!(
-            rel < tol,
-            "{what} step {}: {} vs {} (rel {rel:e})",
-            a.0,
-            a.1,
-            b.1
-        );
-    }
-}
-
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -57,9 +26,11 @@ fn scanned_training_equals_unrolled() {
     for (kv_heads, remat) in [(1, "none"), (4, "full")] {
         let remat = format!("model.remat=\"{remat}\"");
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (lu, pu) = run(a.path(), kv_heads, &["model.scan_layers=false", &remat]);
-        let (ls, ps) = run(b.path(), kv_heads, &["model.scan_layers=true", &remat]);
-        assert_losses_close(&format!("kv_heads {kv_heads} {remat}"), &ls, &lu, 1e-5);
+        let (lu, pu, _) =
+            common::train_exported(a.path(), kv_heads, &["model.scan_layers=false", &remat]);
+        let (ls, ps, _) =
+            common::train_exported(b.path(), kv_heads, &["model.scan_layers=true", &remat]);
+        common::assert_losses_close(&format!("kv_heads {kv_heads} {remat}"), &lu, &ls, 1e-5);
         let d = max_diff(&ps, &pu);
         assert!(
             d < 1e-5,
@@ -71,7 +42,7 @@ fn scanned_training_equals_unrolled() {
 #[test]
 fn scanned_on_8_devices_equals_unrolled_on_one() {
     let base = tempfile::tempdir().unwrap();
-    let (lu, pu) = run(base.path(), 4, &["model.scan_layers=false"]);
+    let (lu, pu, _) = common::train_exported(base.path(), 4, &["model.scan_layers=false"]);
     for mesh in [
         &["mesh.fsdp=4", "mesh.tensor=2"][..],
         // The stacked layer axis sharded over fsdp because a rule asks.
@@ -85,8 +56,8 @@ fn scanned_on_8_devices_equals_unrolled_on_one() {
         let dir = tempfile::tempdir().unwrap();
         let mut sets = vec!["runtime.device_count=8", "model.scan_layers=true"];
         sets.extend(mesh);
-        let (ls, ps) = run(dir.path(), 4, &sets);
-        assert_losses_close(&format!("{mesh:?}"), &ls, &lu, 1e-5);
+        let (ls, ps, _) = common::train_exported(dir.path(), 4, &sets);
+        common::assert_losses_close(&format!("{mesh:?}"), &lu, &ls, 1e-5);
         let d = max_diff(&ps, &pu);
         assert!(d < 1e-5, "{mesh:?}: parameters differ by {d:e}");
     }
@@ -212,5 +183,5 @@ fn a_checkpoint_written_before_scan_layers_restores() {
     assert_eq!(unrolled, old[2..], "unrolled resume");
     // Scanned, it continues the same run up to rounding.
     let scanned = resume_old(b.path(), true);
-    assert_losses_close("scanned resume", &scanned, &old[2..], 1e-5);
+    common::assert_losses_close("scanned resume", &old[2..], &scanned, 1e-5);
 }

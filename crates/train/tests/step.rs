@@ -3,32 +3,11 @@
 //! gradients of the parity-tested forward; accumulation equals one big
 //! batch; training lowers the loss.
 
-use std::path::Path;
-
 use gemma::{ComputeOptions, Gemma, Tokens, Unconstrained, param_specs, token_loss};
 use hlo::{Builder, TensorType};
 use train::TrainConfig;
 
 mod common;
-
-fn run(
-    dir: &Path,
-    kv_heads: usize,
-    sets: &[&str],
-) -> (Vec<(u64, f32)>, Vec<Vec<f32>>, TrainConfig) {
-    let data = common::tokens_file(dir, 64, 16, 64);
-    let text = common::config(dir, &data, kv_heads, "");
-    let mut sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    sets.push("train.export_final=true".into());
-    let cfg = TrainConfig::from_toml(&text, "test", &sets).unwrap();
-    let summary = train::train(&cfg, false).unwrap();
-    let ck = gemma::hf::load(&cfg.train.run_dir.join("final")).unwrap();
-    (
-        summary.losses,
-        ck.params.into_iter().map(|t| t.data).collect(),
-        cfg,
-    )
-}
 
 /// Loss and gradients of batch `index`, from a plain grad program.
 fn reference_grads(cfg: &TrainConfig, params: &[Vec<f32>], index: usize) -> (f32, Vec<Vec<f32>>) {
@@ -108,7 +87,7 @@ fn two_steps_equal_host_adamw_on_reference_gradients() {
         "optimizer.clip_grad_norm=0.05",
         "optimizer.weight_decay=0.5",
     ];
-    let (losses, after, cfg) = run(dir.path(), 1, &sets);
+    let (losses, after, cfg) = common::train_exported(dir.path(), 1, &sets);
     let model_cfg = cfg.model.resolve().unwrap();
     let specs = param_specs(&model_cfg);
     let o = cfg.optimizer.clone();
@@ -150,8 +129,8 @@ fn two_steps_equal_host_adamw_on_reference_gradients() {
 fn accumulation_equals_one_large_batch() {
     let d1 = tempfile::tempdir().unwrap();
     let d2 = tempfile::tempdir().unwrap();
-    let (l1, p1, _) = run(d1.path(), 2, &["train.steps=3"]);
-    let (l2, p2, _) = run(
+    let (l1, p1, _) = common::train_exported(d1.path(), 2, &["train.steps=3"]);
+    let (l2, p2, _) = common::train_exported(
         d2.path(),
         2,
         &["train.steps=3", "optimizer.accumulation_steps=4"],
@@ -177,7 +156,8 @@ fn accumulation_equals_one_large_batch() {
 #[test]
 fn training_lowers_the_loss_and_writes_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let (losses, _, cfg) = run(dir.path(), 1, &["train.steps=12", "model.remat=\"full\""]);
+    let (losses, _, cfg) =
+        common::train_exported(dir.path(), 1, &["train.steps=12", "model.remat=\"full\""]);
     let (first, last) = (losses[0].1, losses.last().unwrap().1);
     assert!(last < first - 0.5, "loss {first} -> {last}");
     let metrics = std::fs::read_to_string(cfg.train.run_dir.join("metrics.jsonl")).unwrap();
@@ -225,8 +205,9 @@ fn training_lowers_the_loss_and_writes_metrics() {
 fn launching_the_next_step_early_changes_nothing() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let sets = ["train.steps=7", "train.checkpoint_every=3"];
-    let (la, pa, ca) = run(a.path(), 1, &sets);
-    let (lb, pb, cb) = run(b.path(), 1, &[sets[0], sets[1], "train.async_steps=false"]);
+    let (la, pa, ca) = common::train_exported(a.path(), 1, &sets);
+    let (lb, pb, cb) =
+        common::train_exported(b.path(), 1, &[sets[0], sets[1], "train.async_steps=false"]);
     assert_eq!(la, lb);
     assert_eq!(pa, pb);
     let lines = |c: &TrainConfig| -> Vec<serde_json::Value> {

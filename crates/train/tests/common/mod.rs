@@ -181,3 +181,42 @@ pub fn final_params_max_diff(a: &Path, b: &Path) -> f32 {
         .flat_map(|(x, y)| x.data.iter().zip(&y.data).map(|(a, b)| (a - b).abs()))
         .fold(0f32, f32::max)
 }
+
+/// Trains the tiny model (`kv_heads`, [`config`]) in `dir/run` with extra
+/// `--set`s and the final export on; returns the losses, the exported
+/// parameters and the config.
+pub fn train_exported(
+    dir: &Path,
+    kv_heads: usize,
+    sets: &[&str],
+) -> (Vec<(u64, f32)>, Vec<Vec<f32>>, train::TrainConfig) {
+    let data = tokens_file(dir, 64, 16, 64);
+    let text = config(dir, &data, kv_heads, "");
+    let mut sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    sets.push("train.export_final=true".into());
+    let cfg = train::TrainConfig::from_toml(&text, "test", &sets).unwrap();
+    let summary = train::train(&cfg, false).unwrap();
+    let ck = gemma::hf::load(&cfg.train.run_dir.join("final")).unwrap();
+    (
+        summary.losses,
+        ck.params.into_iter().map(|t| t.data).collect(),
+        cfg,
+    )
+}
+
+/// Asserts two loss curves have the same steps, and losses within `tol`
+/// relative to `a`'s.
+pub fn assert_losses_close(what: &str, a: &[(u64, f32)], b: &[(u64, f32)], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: {a:?} vs {b:?}");
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.0, y.0, "{what}");
+        let rel = ((x.1 - y.1) / x.1).abs();
+        assert!(
+            rel < tol,
+            "{what} step {}: {} vs {} (rel {rel:e})",
+            x.0,
+            x.1,
+            y.1
+        );
+    }
+}
