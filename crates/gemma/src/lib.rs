@@ -28,4 +28,7 @@ pub use model::{
     Attend, ComputeOptions, Constrain, Gemma, MaskedAttention, Matmuls, Tokens, Unconstrained,
     token_log_probs, token_loss,
 };
-pub use params::{Axis, ParamSpec, declare_parameters, param_specs, stacked_layer_specs};
+pub use params::{
+    Axis, Layout, ParamSpec, declare_parameters, from_layout, param_specs, param_specs_in,
+    stacked_layer_specs, stacked_name, to_layout,
+};

@@ -6,7 +6,7 @@ use std::cell::OnceCell;
 
 use hlo::{Builder, DType, RematPolicy, TensorType, Value};
 
-use crate::{Error, GemmaConfig, ParamSpec, Result};
+use crate::{Error, GemmaConfig, Layout, ParamSpec, Result};
 
 /// Decides how an activation is sharded, from the logical axes the model
 /// names (`batch`, `seq`, `act_embed`). The model never sees the mesh.
@@ -106,12 +106,13 @@ impl Default for ComputeOptions {
     }
 }
 
-/// The model: a config and its parameter values, in [`crate::param_specs`]
-/// order. A model builds into one program (its stacked layer weights, under
+/// The model: a config and its parameter values, in
+/// [`crate::param_specs_in`] order for their [`Layout`]. A model builds into one program (its stacked layer weights, under
 /// [`ComputeOptions::scan_layers`], are built once and reused).
 pub struct Gemma<'a> {
     pub(crate) cfg: &'a GemmaConfig,
     pub(crate) params: &'a [Value],
+    pub(crate) layout: Layout,
     pub(crate) opts: ComputeOptions,
     /// The layer weights stacked per layer, once built.
     pub(crate) stacked: OnceCell<Vec<Value>>,
@@ -161,22 +162,27 @@ impl Layer {
 }
 
 impl<'a> Gemma<'a> {
-    /// Binds a config to parameter values (checked against its count).
+    /// Binds a config to parameter values in [`crate::param_specs`] order
+    /// (checked against its count).
     pub fn new(cfg: &'a GemmaConfig, params: &'a [Value], opts: ComputeOptions) -> Result<Self> {
-        let want = crate::param_specs(cfg).len();
-        if params.len() != want {
-            return Err(crate::Error::config(
-                "layers",
-                cfg.layers,
-                format!(
-                    "{} parameter values given, the model has {want}",
-                    params.len()
-                ),
-            ));
-        }
+        Self::with_layout(cfg, params, Layout::PerLayer, opts)
+    }
+
+    /// Binds a config to parameter values stored as `layout` says
+    /// ([`crate::param_specs_in`] order, checked against its count).
+    /// Stacked weights feed a scanned model as they are, and an unrolled
+    /// one slice by slice.
+    pub fn with_layout(
+        cfg: &'a GemmaConfig,
+        params: &'a [Value],
+        layout: Layout,
+        opts: ComputeOptions,
+    ) -> Result<Self> {
+        crate::params::check_count(cfg, layout, params.len())?;
         Ok(Gemma {
             cfg,
             params,
+            layout,
             opts,
             stacked: OnceCell::new(),
         })
@@ -193,20 +199,39 @@ impl<'a> Gemma<'a> {
     }
 
     pub(crate) fn per_layer(&self) -> usize {
-        if self.cfg.post_norms { 11 } else { 9 }
+        crate::params::per_layer(self.cfg)
     }
 
     /// The final norm's weight (after the layers; a reward model's `score`
     /// head follows it).
     pub(crate) fn final_norm(&self) -> Value {
-        self.params[1 + self.cfg.layers * self.per_layer()]
+        let stored_layers = match self.layout {
+            Layout::PerLayer => self.cfg.layers,
+            Layout::Stacked => 1,
+        };
+        self.params[1 + stored_layers * self.per_layer()]
     }
 
-    fn layer(&self, i: usize) -> Layer {
-        Layer::new(
-            &self.params[1 + i * self.per_layer()..],
-            self.cfg.post_norms,
-        )
+    /// Layer `i`'s weights: its own tensors, or slice `i` of each stacked one.
+    fn layer(&self, b: &mut Builder, i: usize) -> hlo::Result<Layer> {
+        let n = self.per_layer();
+        let post = self.cfg.post_norms;
+        match self.layout {
+            Layout::PerLayer => Ok(Layer::new(&self.params[1 + i * n..], post)),
+            Layout::Stacked => {
+                let ws = b.scope(&format!("model.layers.{i}.unstack"), |b| {
+                    self.params[1..1 + n]
+                        .iter()
+                        .map(|&w| {
+                            let s = b.slice_axis(w, 0, i as i64, 1)?;
+                            let dims = b.dims(s)[1..].to_vec();
+                            b.reshape(s, &dims)
+                        })
+                        .collect::<hlo::Result<Vec<_>>>()
+                })?;
+                Ok(Layer::new(&ws, post))
+            }
+        }
     }
 
     /// Logits `[B, T, V]` in the compute dtype.
@@ -256,7 +281,7 @@ impl<'a> Gemma<'a> {
         c: &dyn Constrain,
     ) -> Result<Value> {
         for i in 0..self.cfg.layers {
-            let layer = self.layer(i);
+            let layer = self.layer(b, i)?;
             x = b.scope(&format!("model.layers.{i}"), |b| {
                 b.remat(self.opts.remat, |b| {
                     self.decoder_layer(b, i, &layer, x, positions, &mut *attend)

@@ -163,6 +163,134 @@ pub fn stacked_layer_specs(c: &GemmaConfig) -> Vec<ParamSpec> {
         .collect()
 }
 
+/// How the decoder layers' tensors are stored: what a program's parameter
+/// inputs, a training state and a checkpoint hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// One tensor per layer and tensor, `model.layers.{i}.*` as Hugging
+    /// Face stores them ([`param_specs`]).
+    #[default]
+    PerLayer,
+    /// One tensor per tensor of a layer, stacked over the layers
+    /// (`model.layers.*.*`, `[layers, ...]`, [`stacked_layer_specs`]): what
+    /// a scanned model reads without stacking, so that nothing in a step
+    /// (the stacking, its gradient, the optimizer update) grows with depth.
+    Stacked,
+}
+
+/// Every stored tensor of the model in `layout`, in a fixed order:
+/// embedding, the layer tensors (each layer's in turn, or each stacked one),
+/// the final norm, then (reward models) the `score` head.
+///
+/// ```
+/// use gemma::{GemmaConfig, Layout, param_specs_in};
+/// let c = GemmaConfig::tiny();
+/// let per_layer = param_specs_in(&c, Layout::PerLayer);
+/// let stacked = param_specs_in(&c, Layout::Stacked);
+/// assert_eq!(per_layer.len() - 2, c.layers * (stacked.len() - 2));
+/// assert_eq!(stacked[2].name, "model.layers.*.self_attn.q_proj.weight");
+/// ```
+pub fn param_specs_in(c: &GemmaConfig, layout: Layout) -> Vec<ParamSpec> {
+    let mut specs = param_specs(c);
+    if layout == Layout::Stacked {
+        let n = specs.len() - 1 - c.layers * per_layer(c);
+        let tail = specs.split_off(specs.len() - n);
+        specs.truncate(1);
+        specs.extend(stacked_layer_specs(c));
+        specs.extend(tail);
+    }
+    specs
+}
+
+/// Tensors per decoder layer.
+pub(crate) fn per_layer(c: &GemmaConfig) -> usize {
+    if c.post_norms { 11 } else { 9 }
+}
+
+/// The stacked name and layer of a per-layer tensor name:
+/// `model.layers.3.mlp.up_proj.weight` gives
+/// `("model.layers.*.mlp.up_proj.weight", 3)`; any other name, `None`.
+///
+/// ```
+/// assert_eq!(
+///     gemma::stacked_name("model.layers.12.mlp.up_proj.weight"),
+///     Some(("model.layers.*.mlp.up_proj.weight".to_string(), 12))
+/// );
+/// assert_eq!(gemma::stacked_name("model.layers.*.mlp.up_proj.weight"), None);
+/// assert_eq!(gemma::stacked_name("model.norm.weight"), None);
+/// ```
+pub fn stacked_name(name: &str) -> Option<(String, usize)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (index, tensor) = rest.split_once('.')?;
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((format!("model.layers.*.{tensor}"), index.parse().ok()?))
+}
+
+/// Values in [`param_specs`] order (one per per-layer tensor) laid out as
+/// [`param_specs_in`]`(c, layout)` says: for [`Layout::Stacked`], each
+/// layer tensor's layers concatenated (row-major, layer first).
+pub fn to_layout<T: Clone>(
+    c: &GemmaConfig,
+    layout: Layout,
+    values: Vec<Vec<T>>,
+) -> crate::Result<Vec<Vec<T>>> {
+    check_count(c, Layout::PerLayer, values.len())?;
+    if layout == Layout::PerLayer {
+        return Ok(values);
+    }
+    let (n, layers) = (per_layer(c), c.layers);
+    let mut it = values.into_iter();
+    let mut out: Vec<Vec<T>> = it.by_ref().take(1).collect();
+    let per: Vec<Vec<T>> = it.by_ref().take(layers * n).collect();
+    out.extend((0..n).map(|j| {
+        (0..layers)
+            .flat_map(|i| per[i * n + j].iter().cloned())
+            .collect()
+    }));
+    out.extend(it);
+    Ok(out)
+}
+
+/// The inverse of [`to_layout`]: values laid out as `layout` back in
+/// [`param_specs`] order.
+pub fn from_layout<T: Clone>(
+    c: &GemmaConfig,
+    layout: Layout,
+    values: Vec<Vec<T>>,
+) -> crate::Result<Vec<Vec<T>>> {
+    check_count(c, layout, values.len())?;
+    if layout == Layout::PerLayer {
+        return Ok(values);
+    }
+    let (n, layers) = (per_layer(c), c.layers);
+    let mut it = values.into_iter();
+    let mut out: Vec<Vec<T>> = it.by_ref().take(1).collect();
+    let stacked: Vec<Vec<T>> = it.by_ref().take(n).collect();
+    for i in 0..layers {
+        for s in &stacked {
+            let len = s.len() / layers;
+            out.push(s[i * len..(i + 1) * len].to_vec());
+        }
+    }
+    out.extend(it);
+    Ok(out)
+}
+
+/// `count` values are one per tensor of [`param_specs_in`]`(c, layout)`.
+pub(crate) fn check_count(c: &GemmaConfig, layout: Layout, count: usize) -> crate::Result<()> {
+    let want = param_specs_in(c, layout).len();
+    if count == want {
+        return Ok(());
+    }
+    Err(crate::Error::config(
+        "layers",
+        c.layers,
+        format!("{count} parameter values given, the model stored {layout:?} has {want}"),
+    ))
+}
+
 /// Declares every parameter as an unsharded f32 program input, in
 /// [`param_specs`] order (single-device programs: eval, tests).
 pub fn declare_parameters(b: &mut hlo::Builder, c: &GemmaConfig) -> Vec<hlo::Value> {

@@ -3,19 +3,29 @@
 
 use hlo::{Builder, Value};
 
-use crate::Result;
 use crate::model::{Constrain, Gemma, Layer, MaskedAttention, attention_mask};
+use crate::{Layout, Result};
 
 impl Gemma<'_> {
     /// Each layer tensor stacked over the layers, `[layers, ...]` in
-    /// [`crate::stacked_layer_specs`] order, sharded as `c` says; built the
-    /// first time and reused (every micro-batch's forward shares them).
+    /// [`crate::stacked_layer_specs`] order, sharded as `c` says: the
+    /// stored ones ([`Layout::Stacked`]), or built the first time and reused (every micro-batch's forward shares them).
     pub(crate) fn stacked(&self, b: &mut Builder, c: &dyn Constrain) -> Result<Vec<Value>> {
         if let Some(s) = self.stacked.get() {
             return Ok(s.clone());
         }
         let (n, layers) = (self.per_layer(), self.cfg.layers);
         let specs = crate::stacked_layer_specs(self.cfg);
+        if self.layout == Layout::Stacked {
+            let stored = b.scope("model.layers.stacked", |b| {
+                specs
+                    .iter()
+                    .zip(&self.params[1..1 + n])
+                    .map(|(spec, &w)| c.constrain_param(b, w, spec))
+                    .collect::<hlo::Result<Vec<_>>>()
+            })?;
+            return Ok(self.stacked.get_or_init(|| stored).clone());
+        }
         let stacked = b.scope("model.layers.stack", |b| {
             specs
                 .iter()

@@ -9,23 +9,33 @@ mod common;
 
 use std::path::PathBuf;
 
-use gemma::{ComputeOptions, Gemma, GemmaConfig, Tokens, Unconstrained, param_specs, token_loss};
+use gemma::{
+    ComputeOptions, Gemma, GemmaConfig, Layout, Tokens, Unconstrained, param_specs, param_specs_in,
+    token_loss,
+};
 use hlo::{Builder, Program, RematPolicy, TensorType};
 
 const B: i64 = 2;
 const T: i64 = 8;
 
 /// Forward, mean loss and the gradient of every parameter, as one program
-/// with outputs `[logits, loss, grads...]`.
-fn program(cfg: &GemmaConfig, opts: ComputeOptions) -> Program {
+/// with outputs `[logits, loss, grads...]`, the parameters (and their
+/// gradients) stored as `layout` says.
+fn program(cfg: &GemmaConfig, opts: ComputeOptions, layout: Layout) -> Program {
     let mut b = Builder::new("scan_test");
-    let params = gemma::declare_parameters(&mut b, cfg);
+    let params: Vec<_> = param_specs_in(cfg, layout)
+        .iter()
+        .map(|s| {
+            let dims: Vec<i64> = s.shape.iter().map(|&d| d as i64).collect();
+            b.parameter(&s.name, TensorType::f32(dims))
+        })
+        .collect();
     let ids = b.parameter("ids", TensorType::i32([B, T]));
     let positions = b.parameter("positions", TensorType::i32([B, T]));
     let segment_ids = b.parameter("segment_ids", TensorType::i32([B, T]));
     let targets = b.parameter("targets", TensorType::i32([B, T]));
     let mask = b.parameter("mask", TensorType::f32([B, T]));
-    let model = Gemma::new(cfg, &params, opts).unwrap();
+    let model = Gemma::with_layout(cfg, &params, layout, opts).unwrap();
     let t = Tokens {
         ids,
         positions,
@@ -40,9 +50,10 @@ fn program(cfg: &GemmaConfig, opts: ComputeOptions) -> Program {
     b.build(&outs).unwrap()
 }
 
-/// Runs the program on `ids` and returns every output on the host. `docs`:
-/// two documents in the second row, so that the per-segment mask matters
-/// (the goldens have one document per row).
+/// Runs the program on `ids` and returns every output on the host, the
+/// gradients in [`param_specs`] order. `docs`: two documents in the second
+/// row, so that the per-segment mask matters (the goldens have one
+/// document per row).
 fn run(
     cfg: &GemmaConfig,
     opts: ComputeOptions,
@@ -50,13 +61,26 @@ fn run(
     ids: &[i32],
     docs: bool,
 ) -> Vec<Vec<f32>> {
-    let p = program(cfg, opts);
+    run_stored(cfg, opts, Layout::PerLayer, params, ids, docs)
+}
+
+/// [`run`] with the parameters stored as `layout` says.
+fn run_stored(
+    cfg: &GemmaConfig,
+    opts: ComputeOptions,
+    layout: Layout,
+    params: &[Vec<f32>],
+    ids: &[i32],
+    docs: bool,
+) -> Vec<Vec<f32>> {
+    let p = program(cfg, opts, layout);
     let client = pjrt::cpu_client(1).unwrap();
     let exe = client
         .compile(&p.to_mlir(), &pjrt::CompileOptions::single())
         .unwrap();
     let mut bufs = Vec::new();
-    for (s, data) in param_specs(cfg).iter().zip(params) {
+    let stored = gemma::to_layout(cfg, layout, params.to_vec()).unwrap();
+    for (s, data) in param_specs_in(cfg, layout).iter().zip(&stored) {
         let dims: Vec<i64> = s.shape.iter().map(|&d| d as i64).collect();
         bufs.push(client.buffer_from_host(data, &dims, 0).unwrap());
     }
@@ -76,7 +100,10 @@ fn run(
     }
     bufs.push(client.buffer_from_host(&msk, &[B, T], 0).unwrap());
     let out = exe.execute(&[bufs.iter().collect()]).unwrap();
-    out[0].iter().map(|o| o.to_host::<f32>().unwrap()).collect()
+    let mut out: Vec<Vec<f32>> = out[0].iter().map(|o| o.to_host::<f32>().unwrap()).collect();
+    let grads = gemma::from_layout(cfg, layout, out.split_off(2)).unwrap();
+    out.extend(grads);
+    out
 }
 
 /// max |a - b| relative to max |b|.
@@ -207,7 +234,7 @@ fn scanned_program_has_one_loop_for_the_layers_and_one_for_their_gradient() {
     let with_layers = |layers: usize, remat, scan| {
         let mut c = GemmaConfig::tiny();
         c.layers = layers;
-        program(&c, opts(remat, scan)).to_mlir()
+        program(&c, opts(remat, scan), Layout::PerLayer).to_mlir()
     };
     let dots = |s: &str| s.matches("stablehlo.dot_general").count();
     for remat in [
@@ -224,4 +251,80 @@ fn scanned_program_has_one_loop_for_the_layers_and_one_for_their_gradient() {
         assert_eq!(u6.matches("stablehlo.while").count(), 0);
         assert!(dots(&u6) > dots(&u2) + 4 * 7, "{remat:?}");
     }
+}
+
+/// Weights stored stacked feed the scanned model as they are and the
+/// unrolled one slice by slice: both compute the logits, loss and
+/// gradients transformers does.
+#[test]
+fn stacked_weights_match_transformers_scanned_and_unrolled() {
+    for name in ["multi_query", "wide_heads"] {
+        let Golden {
+            cfg,
+            params,
+            ids,
+            want,
+        } = golden_outputs(name);
+        let names: Vec<String> = param_specs(&cfg).into_iter().map(|s| s.name).collect();
+        for scan in [true, false] {
+            let what = format!("{name}, stacked, scan_layers = {scan}");
+            let o = opts(RematPolicy::None, scan);
+            let got = run_stored(&cfg, o, Layout::Stacked, &params, &ids, false);
+            assert_close(&what, &names, &got[..2], &want[..2], 1e-6);
+            assert_close(&what, &names, &got, &want, 5e-6);
+        }
+    }
+}
+
+/// With stacked weights the scanned program holds no per-layer copy of
+/// anything: it is the same size for 2 layers and for 6.
+#[test]
+fn a_stacked_scanned_program_does_not_grow_with_depth() {
+    let mlir = |layers: usize| {
+        let mut c = GemmaConfig::tiny();
+        c.layers = layers;
+        let o = opts(RematPolicy::Full, true);
+        program(&c, o, Layout::Stacked).to_mlir()
+    };
+    let (two, six) = (mlir(2), mlir(6));
+    let ops = |s: &str| s.matches(" = stablehlo.").count();
+    assert_eq!(ops(&two), ops(&six));
+    let per_layer = {
+        let mut c = GemmaConfig::tiny();
+        c.layers = 6;
+        program(&c, opts(RematPolicy::Full, true), Layout::PerLayer).to_mlir()
+    };
+    assert!(
+        ops(&per_layer) > ops(&six) + 2 * 9 * 6,
+        "{} vs {}",
+        ops(&per_layer),
+        ops(&six)
+    );
+}
+
+#[test]
+fn layouts_convert_both_ways_and_refuse_a_wrong_count() {
+    let mut c = GemmaConfig::tiny();
+    c.layers = 3;
+    c.post_norms = true;
+    let values: Vec<Vec<u32>> = param_specs(&c)
+        .iter()
+        .enumerate()
+        .map(|(i, s)| vec![i as u32; s.numel()])
+        .collect();
+    let stacked = gemma::to_layout(&c, Layout::Stacked, values.clone()).unwrap();
+    let specs = param_specs_in(&c, Layout::Stacked);
+    assert_eq!(stacked.len(), specs.len());
+    for (s, v) in specs.iter().zip(&stacked) {
+        assert_eq!(s.numel(), v.len(), "{}", s.name);
+    }
+    // Layer 1's q_proj (index 1 + 11 + 1) is the second third of the stacked one.
+    let q = &stacked[2];
+    assert_eq!(q[q.len() / 3], 13);
+    assert_eq!(
+        gemma::from_layout(&c, Layout::Stacked, stacked).unwrap(),
+        values
+    );
+    let e = gemma::to_layout(&c, Layout::Stacked, values[1..].to_vec()).unwrap_err();
+    assert!(e.to_string().contains("parameter values"), "{e}");
 }
