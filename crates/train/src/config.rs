@@ -784,6 +784,19 @@ impl TrainConfig {
         }
     }
 
+    /// How the parameters and moments are stored on the devices and in
+    /// checkpoints: stacked over the layers when the layers are scanned
+    /// (nothing in the step then grows with depth), per layer otherwise.
+    /// RL keeps them per layer: its sampler reads the policy's state as
+    /// generation weights, which are per layer.
+    pub fn state_layout(&self) -> gemma::Layout {
+        if self.scan_layers() && self.train.objective != crate::objective::Objective::Rl {
+            gemma::Layout::Stacked
+        } else {
+            gemma::Layout::PerLayer
+        }
+    }
+
     /// Compute dtype and remat policy.
     pub fn compute_options(&self) -> Result<gemma::ComputeOptions> {
         let dtype = match self.model.dtype.as_str() {

@@ -28,6 +28,7 @@ pub(crate) fn initial(
 ) -> Result<PerPartition<DeviceState>> {
     let model = cfg.model.resolve()?;
     let values = crate::init::init_params(&model, &cfg.model.init, cfg.model.seed)?;
+    let values = gemma::to_layout(&model, plan.layout(), values)?;
     let mut state = empty(at);
     for group in 0..GROUPS.len() {
         for (i, slot) in params.iter().enumerate() {
@@ -61,29 +62,38 @@ pub(crate) fn restore(
     at: &Placement,
     params: &[Slot],
 ) -> Result<(PerPartition<DeviceState>, Vec<u64>)> {
-    let expected = GROUPS.len() * params.len();
-    if ckpt.manifest.tensors.len() != expected {
-        return Err(ckpt_error(
-            ckpt,
-            format!(
-                "holds {} tensors, this model has {expected} (parameters and two moments)",
-                ckpt.manifest.tensors.len()
-            ),
-        ));
+    // Every stored tensor is one of this model's, in either layout.
+    let names: std::collections::BTreeSet<String> = GROUPS
+        .iter()
+        .flat_map(|g| params.iter().map(move |s| format!("{g}/{}", s.name)))
+        .collect();
+    for t in &ckpt.manifest.tensors {
+        if !names.contains(&t.name) && !in_other_layout(&t.name, &t.shape, &names) {
+            return Err(ckpt_error(
+                ckpt,
+                format!(
+                    "holds tensor {}, which this model has not (parameters and two moments of {} tensors)",
+                    t.name,
+                    params.len()
+                ),
+            ));
+        }
     }
-    for group in GROUPS {
-        for slot in params {
-            let name = format!("{group}/{}", slot.name);
-            let record = ckpt.record(&name)?;
-            if record.shape != slot.shape {
-                return Err(ckpt_error(
-                    ckpt,
-                    format!(
-                        "tensor {name} has shape {:?}, this model's is {:?}",
-                        record.shape, slot.shape
-                    ),
-                ));
-            }
+    for name in &names {
+        let shape = ckpt.shape(name)?;
+        // invariant: `names` are made from the slots, in group order.
+        let slot = params
+            .iter()
+            .find(|s| name.ends_with(&format!("/{}", s.name)))
+            .expect("a slot per name");
+        if shape != slot.shape {
+            return Err(ckpt_error(
+                ckpt,
+                format!(
+                    "tensor {name} has shape {shape:?}, this model's is {:?}",
+                    slot.shape
+                ),
+            ));
         }
     }
     let mut state = empty(at);
@@ -114,6 +124,28 @@ pub(crate) fn restore(
     }
     push_counter(client, at, &mut state, ckpt.step())?;
     Ok((state, bytes_read))
+}
+
+/// Whether stored tensor `name` of shape `shape` is one of `names` in the
+/// other layout: a layer's tensor of a stacked one, or a stacked one of as
+/// many layers' as `names` has.
+fn in_other_layout(
+    name: &str,
+    shape: &[usize],
+    names: &std::collections::BTreeSet<String>,
+) -> bool {
+    let (group, param) = name.split_once('/').unwrap_or(("", name));
+    match gemma::stacked_name(param) {
+        Some((stacked, _)) => names.contains(&format!("{group}/{stacked}")),
+        None => {
+            let (Some(t), Some(&layers)) = (param.strip_prefix("model.layers.*."), shape.first())
+            else {
+                return false;
+            };
+            let layer = |i: usize| names.contains(&format!("{group}/model.layers.{i}.{t}"));
+            layers > 0 && layer(layers - 1) && !layer(layers)
+        }
+    }
 }
 
 fn ckpt_error(ckpt: &Checkpoint, message: String) -> Error {
@@ -302,8 +334,10 @@ fn layout(
     (snap, sources)
 }
 
-/// The parameters as host arrays, in `params` order (every partition local).
+/// The parameters as host arrays, in [`gemma::param_specs`] order whatever
+/// their layout (every partition local).
 pub(crate) fn gather_params(
+    model: &gemma::GemmaConfig,
     plan: &Plan,
     params: &[Slot],
     state: &PerPartition<DeviceState>,
@@ -316,9 +350,10 @@ pub(crate) fn gather_params(
                 .expect("gathered only when every partition is local")
         })
         .collect();
-    params
+    let stored = params
         .iter()
         .enumerate()
         .map(|(i, slot)| get(plan, slot, &local.iter().map(|s| &s[i]).collect::<Vec<_>>()))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(gemma::from_layout(model, plan.layout(), stored)?)
 }

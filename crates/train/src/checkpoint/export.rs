@@ -17,11 +17,11 @@ impl Checkpoint {
             .iter()
             .map(|s| {
                 let name = format!("params/{}", s.name);
-                let record = self.record(&name)?;
-                if record.shape != s.shape {
+                let shape = self.shape(&name)?;
+                if shape != s.shape {
                     return Err(self.bad(format!(
-                        "tensor {name} has shape {:?}, its config's model has {:?}",
-                        record.shape, s.shape
+                        "tensor {name} has shape {shape:?}, its config's model has {:?}",
+                        s.shape
                     )));
                 }
                 Ok(HostTensor {

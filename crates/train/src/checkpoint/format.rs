@@ -78,7 +78,7 @@ pub(crate) struct Part {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// `meshtrain-checkpoint/2`.
+    /// `meshtrain-checkpoint/3` (`/2` before stacked tensors).
     pub format: String,
     /// Optimizer steps done (the step counter of the program).
     pub step: u64,

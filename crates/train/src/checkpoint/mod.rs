@@ -14,7 +14,8 @@
 //!     shards/p00000-d00003-007.safetensors
 //!                               pieces device (partition) 3 of process 0 owns:
 //!                               `params/<hf name>`, `m/<hf name>`, `v/<hf name>`, each a
-//!                               box of the global tensor; files of at most 64 MiB (unless
+//!                               box of the global tensor (a scanned run stores each layer
+//!                               tensor stacked: `params/model.layers.*.<tensor>`); files of at most 64 MiB (unless
 //!                               one box is larger)
 //!     shards/p00000-whole-000.safetensors
 //!                               tensors stored whole (replicated, e.g. norms), which
@@ -78,5 +79,11 @@ const PARTIAL: &str = ".partial";
 const MARKER: &str = "COMMITTED";
 /// The manifest.
 const MANIFEST: &str = "manifest.json";
-/// The format written in manifests.
-const FORMAT: &str = "meshtrain-checkpoint/2";
+/// The format written in manifests: since version 3 the parameters and
+/// moments may be stored stacked over the layers
+/// (`params/model.layers.*.<tensor>`, `[layers, ...]`, when the layers
+/// are scanned, [`gemma::Layout::Stacked`]); either layout restores into
+/// either.
+const FORMAT: &str = "meshtrain-checkpoint/3";
+/// The format before stacked tensors: still read.
+const FORMAT_PER_LAYER: &str = "meshtrain-checkpoint/2";

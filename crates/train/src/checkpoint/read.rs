@@ -11,7 +11,7 @@ use memmap2::Mmap;
 use safetensors::SafeTensors;
 
 use super::format::{Manifest, PieceRecord, TensorRecord, parallel, sha256};
-use super::{FORMAT, MANIFEST, MARKER, PARTIAL, parse_dir_name};
+use super::{FORMAT, FORMAT_PER_LAYER, MANIFEST, MARKER, PARTIAL, parse_dir_name};
 use crate::{Error, Result, TrainConfig};
 
 /// Checkpoint directories under `root` named `step_N` (complete-looking;
@@ -144,9 +144,12 @@ impl Checkpoint {
         let format = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| v["format"].as_str().map(str::to_owned));
-        if format.as_deref().is_some_and(|f| f != FORMAT) {
+        if format
+            .as_deref()
+            .is_some_and(|f| f != FORMAT && f != FORMAT_PER_LAYER)
+        {
             return Err(bad(format!(
-                "format {format:?}, this meshtrain reads {FORMAT:?} (checkpoints of \
+                "format {format:?}, this meshtrain reads {FORMAT:?} and {FORMAT_PER_LAYER:?} (checkpoints of \
                  meshtrain-checkpoint/1 kept one data-loader state for the whole batch; their \
                  parameters can be exported with an older meshtrain and used as model.init)"
             )));
@@ -244,28 +247,101 @@ impl Checkpoint {
         TrainConfig::from_toml(&text, &path.display().to_string(), &[])
     }
 
-    /// The record of tensor `name`, or an error naming it.
+    /// The record of tensor `name` as stored, or an error naming it.
     pub fn record(&self, name: &str) -> Result<&TensorRecord> {
-        self.manifest
-            .tensors
-            .iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| Error::Checkpoint {
-                path: self.dir.clone(),
-                message: format!("has no tensor {name}"),
-            })
+        self.find(name).ok_or_else(|| Error::Checkpoint {
+            path: self.dir.clone(),
+            message: format!("has no tensor {name}"),
+        })
+    }
+
+    fn find(&self, name: &str) -> Option<&TensorRecord> {
+        self.manifest.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Where tensor `name` (`<group>/<parameter name>`) is, in either
+    /// layout ([`gemma::Layout`]): stored under its name; a layer's tensor
+    /// as a slice of the stacked one (`model.layers.3.x` in
+    /// `model.layers.*.x`); or a stacked one as the layers' own tensors.
+    fn locate(&self, name: &str) -> Result<Located<'_>> {
+        if let Some(t) = self.find(name) {
+            return Ok(Located::Stored(t));
+        }
+        let (group, param) = name.split_once('/').unwrap_or(("", name));
+        if let Some((stacked, layer)) = gemma::stacked_name(param) {
+            if let Some(t) = self.find(&format!("{group}/{stacked}")) {
+                if t.shape.first().is_some_and(|&l| layer < l) {
+                    return Ok(Located::Slice(t, layer));
+                }
+            }
+        } else if let Some(tensor) = param.strip_prefix("model.layers.*.") {
+            let layers: Vec<&TensorRecord> = (0..)
+                .map_while(|i| self.find(&format!("{group}/model.layers.{i}.{tensor}")))
+                .collect();
+            if let Some(first) = layers.first() {
+                if let Some(t) = layers.iter().find(|t| t.shape != first.shape) {
+                    return Err(self.bad(format!(
+                        "the layers' tensors of {name} differ in shape: {} is {:?}, {} is {:?}",
+                        first.name, first.shape, t.name, t.shape
+                    )));
+                }
+                return Ok(Located::Layers(layers));
+            }
+        }
+        self.record(name).map(Located::Stored)
+    }
+
+    /// The global shape of tensor `name` in either layout (see
+    /// [`Checkpoint::read_box`]).
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(match self.locate(name)? {
+            Located::Stored(t) => t.shape.clone(),
+            Located::Slice(t, _) => t.shape[1..].to_vec(),
+            Located::Layers(l) => [vec![l.len()], l[0].shape.clone()].concat(),
+        })
     }
 
     /// Assembles global tensor `name` (row-major f32) from its pieces.
     pub fn tensor(&self, name: &str) -> Result<Vec<f32>> {
-        let shape = self.record(name)?.shape.clone();
+        let shape = self.shape(name)?;
         self.read_box(name, &shape.iter().map(|&d| 0..d).collect::<Vec<_>>())
     }
 
     /// The box `ranges` of tensor `name` (row-major f32), read from the
-    /// pieces that overlap it only.
+    /// pieces that overlap it only. A checkpoint stored in one layout reads
+    /// in the other: `params/model.layers.2.mlp.up_proj.weight` from a
+    /// stacked `params/model.layers.*.mlp.up_proj.weight` (its slice 2),
+    /// and the stacked one from the layers' own tensors.
     pub fn read_box(&self, name: &str, ranges: &[Range<usize>]) -> Result<Vec<f32>> {
-        let t = self.record(name)?;
+        match self.locate(name)? {
+            Located::Stored(t) => self.read_stored(t, ranges),
+            Located::Slice(t, layer) => {
+                let mut r = vec![layer..layer + 1];
+                r.extend(ranges.iter().cloned());
+                self.read_stored(t, &r)
+            }
+            Located::Layers(layers) => {
+                let Some((outer, inner)) = ranges.split_first() else {
+                    return Err(self.bad(format!("tensor {name} has no box {ranges:?}")));
+                };
+                if outer.end > layers.len() {
+                    return Err(self.bad(format!(
+                        "tensor {name} has {} layers, no box {ranges:?}",
+                        layers.len()
+                    )));
+                }
+                let mut out = Vec::new();
+                for t in &layers[outer.clone()] {
+                    out.extend(self.read_stored(t, inner)?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// The box `ranges` of stored tensor `t`.
+    fn read_stored(&self, t: &TensorRecord, ranges: &[Range<usize>]) -> Result<Vec<f32>> {
+        let name = &t.name;
         if ranges.len() != t.shape.len() || ranges.iter().zip(&t.shape).any(|(r, &d)| r.end > d) {
             return Err(self.bad(format!(
                 "tensor {name} of shape {:?} has no box {ranges:?}",
@@ -377,4 +453,14 @@ impl Checkpoint {
 
 fn boxed(start: &[usize], shape: &[usize]) -> Vec<Range<usize>> {
     start.iter().zip(shape).map(|(&s, &n)| s..s + n).collect()
+}
+
+/// Where a tensor is ([`Checkpoint::locate`]).
+enum Located<'a> {
+    /// Stored under its own name.
+    Stored(&'a TensorRecord),
+    /// Slice `.1` of a stacked tensor.
+    Slice(&'a TensorRecord, usize),
+    /// The layers' own tensors, to stack.
+    Layers(Vec<&'a TensorRecord>),
 }

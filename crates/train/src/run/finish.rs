@@ -47,7 +47,7 @@ pub(super) fn finish(job: &Job, done: &Done) -> Result<()> {
     }
     let out = run_dir.join("final");
     if job.at.all_local() && !job.mode.is_spmd() {
-        let values = state::gather_params(&job.plan, &job.params, &job.state)?;
+        let values = state::gather_params(&job.model, &job.plan, &job.params, &job.state)?;
         let tensors = gemma::param_specs(&job.model)
             .iter()
             .zip(values)

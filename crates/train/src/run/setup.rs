@@ -69,7 +69,7 @@ impl<'g> Job<'g> {
         };
         let what = format!("the {} plugin", client.platform_name());
         let cfg = &cfg.with_device_count(client.global_devices().len(), &what, "the job config")?;
-        let (model, plan) = model_and_plan(cfg)?;
+        let (model, plan) = crate::step::model_and_plan(cfg)?;
         let lead = mode.rank() == 0;
         let run_dir = cfg.train.run_dir.clone();
         std::fs::create_dir_all(&run_dir).map_err(|e| Error::io("creating", &run_dir, e))?;
@@ -88,7 +88,8 @@ impl<'g> Job<'g> {
         if stepper.frozen_count() > 0 {
             // The reference of DPO and RL: the policy at model.init, frozen
             // (also on resume); then RL's reward model.
-            let mut frozen = crate::init_params(&model, &cfg.model.init, cfg.model.seed)?;
+            let init = crate::init_params(&model, &cfg.model.init, cfg.model.seed)?;
+            let mut frozen = gemma::to_layout(&model, plan.layout(), init)?;
             if cfg.train.objective == crate::objective::Objective::Rl {
                 frozen.extend(crate::rl::reward_params(cfg)?);
             }
@@ -257,17 +258,6 @@ fn open_feed(
             Ok(HostFeed { host, rows, loader })
         })
         .collect()
-}
-
-/// The model and sharding plan of `cfg`.
-pub(crate) fn model_and_plan(cfg: &TrainConfig) -> Result<(gemma::GemmaConfig, Plan)> {
-    let model = cfg.model.resolve()?;
-    let plan = Plan::new(
-        &model,
-        cfg.resolved_mesh()?,
-        mesh::Rules::with_overrides(&cfg.mesh.rules)?,
-    );
-    Ok((model, plan))
 }
 
 /// The checkpoint `train.resume` asks for, checked against the model. It

@@ -13,7 +13,9 @@
 //! non-differentiated parameter set in the same program, so one dispatch
 //! runs both forwards and XLA keeps no activations of the reference.
 
-use gemma::{Axis, Constrain, Gemma, GemmaConfig, ParamSpec, Tokens, param_specs, token_loss};
+use gemma::{
+    Axis, Constrain, Gemma, GemmaConfig, Layout, ParamSpec, Tokens, param_specs_in, token_loss,
+};
 use hlo::{Builder, DType, Sharding, TensorType, Value};
 use mesh::{Mesh, Rules};
 
@@ -51,16 +53,29 @@ pub struct Plan {
     /// Logical -> mesh axis rules.
     pub rules: Rules,
     cfg: GemmaConfig,
+    layout: Layout,
 }
 
 impl Plan {
-    /// A plan for `cfg` on `mesh`.
+    /// A plan for `cfg` on `mesh`, its state stored per layer.
     pub fn new(cfg: &GemmaConfig, mesh: Mesh, rules: Rules) -> Plan {
         Plan {
             mesh,
             rules,
             cfg: cfg.clone(),
+            layout: Layout::PerLayer,
         }
+    }
+
+    /// The plan with the parameters and moments stored as `layout` says
+    /// (the step's slots, the state on the devices, its checkpoints).
+    pub fn with_layout(self, layout: Layout) -> Plan {
+        Plan { layout, ..self }
+    }
+
+    /// How the parameters and moments are stored.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// Mesh axes of each dimension of a parameter.
@@ -226,6 +241,7 @@ pub fn build_step_with(
     };
     let reward_slots = match rl {
         Some(rl) => {
+            // The reward model is read as stored for generation: per layer.
             let reward_plan = Plan::new(&rl.reward, plan.mesh, plan.rules.clone());
             param_slots(&rl.reward, &reward_plan)
         }
@@ -263,7 +279,18 @@ pub fn build_step_with(
         let (loss, grads) = loss_and_grads(&mut b, cfg, compute, plan, &p, &inputs, count, shape)?;
         (loss, grads, vec![])
     };
-    let u = update::adamw(&mut b, opt, cfg, &p, &m, &v, step, grads, shape.total_steps)?;
+    let u = update::adamw(
+        &mut b,
+        opt,
+        cfg,
+        plan.layout,
+        &p,
+        &m,
+        &v,
+        step,
+        grads,
+        shape.total_steps,
+    )?;
 
     let n = params.len();
     let mut outputs = Vec::with_capacity(3 * n + 4);
@@ -285,9 +312,9 @@ pub fn build_step_with(
     })
 }
 
-/// One slot per parameter, sharded as the plan says.
+/// One slot per stored parameter, laid out and sharded as the plan says.
 fn param_slots(cfg: &GemmaConfig, plan: &Plan) -> Vec<Slot> {
-    param_specs(cfg)
+    param_specs_in(cfg, plan.layout)
         .iter()
         .map(|s| Slot {
             name: s.name.clone(),
@@ -370,7 +397,7 @@ fn loss_and_grads(
     let zeros = zeros_for(b, 1, p);
     let sums = accumulate(b, shape, inputs, &consts, &zeros, |b, x, c| {
         let (params, count) = (&c[..n], c[n]);
-        let model = Gemma::new(cfg, params, compute)?;
+        let model = Gemma::with_layout(cfg, params, plan.layout, compute)?;
         let logits = model.forward(b, &micro_tokens(x), plan)?;
         let (sum, _) = token_loss(b, logits, x[1], x[2])?;
         let l = b.div(sum, count)?;
@@ -476,13 +503,20 @@ pub fn slots_for(cfg: &crate::TrainConfig) -> Result<(Plan, Vec<Slot>, Vec<Slot>
     Ok((plan, params, batch))
 }
 
-fn shape_for(cfg: &crate::TrainConfig) -> Result<(GemmaConfig, Plan, StepShape)> {
+/// The model and sharding plan of `cfg`.
+pub(crate) fn model_and_plan(cfg: &crate::TrainConfig) -> Result<(gemma::GemmaConfig, Plan)> {
     let model = cfg.model.resolve()?;
     let plan = Plan::new(
         &model,
         cfg.resolved_mesh()?,
         Rules::with_overrides(&cfg.mesh.rules)?,
-    );
+    )
+    .with_layout(cfg.state_layout());
+    Ok((model, plan))
+}
+
+fn shape_for(cfg: &crate::TrainConfig) -> Result<(GemmaConfig, Plan, StepShape)> {
+    let (model, plan) = model_and_plan(cfg)?;
     let a = cfg.optimizer.accumulation_steps;
     let shape = StepShape {
         accumulation: a,

@@ -34,7 +34,7 @@ pub(super) fn loss_and_grads(
     let zeros = super::zeros_for(b, 3, p);
     let sums = accumulate(b, shape, inputs, &consts, &zeros, |b, x, c| {
         let params = &c[..n];
-        let model = Gemma::new(cfg, params, compute)?;
+        let model = Gemma::with_layout(cfg, params, plan.layout(), compute)?;
         let tokens = super::micro_tokens(x);
         let (targets, mask) = (x[1], x[2]);
         // The per-pair margin whose −log σ is the loss.
@@ -44,7 +44,7 @@ pub(super) fn loss_and_grads(
                 b.sub(c, r)?
             }
             Objective::Dpo => {
-                let frozen = Gemma::new(cfg, &c[n..], compute)?;
+                let frozen = Gemma::with_layout(cfg, &c[n..], plan.layout(), compute)?;
                 let logits = model.forward(b, &tokens, plan)?;
                 let (c, r) = pair_log_probs(b, logits, targets, mask, tokens.segment_ids)?;
                 let ref_logits = b.scope("reference", |b| frozen.forward(b, &tokens, plan))?;

@@ -55,8 +55,8 @@ pub(super) fn loss_and_grads(
     let zeros = super::zeros_for(b, 4, p);
     let sums = accumulate(b, shape, inputs, &consts, &zeros, |b, x, c| {
         let params = &c[..n];
-        let model = Gemma::new(cfg, params, compute)?;
-        let frozen = Gemma::new(cfg, &c[n..n + r], compute)?;
+        let model = Gemma::with_layout(cfg, params, plan.layout(), compute)?;
+        let frozen = Gemma::with_layout(cfg, &c[n..n + r], plan.layout(), compute)?;
         let scorer = Gemma::new(&rl.reward, &c[n + r..], compute)?;
         let tokens = super::micro_tokens(x);
         let (targets, mask) = (x[1], x[2]);

@@ -73,7 +73,18 @@ pub fn build_split(
     let v = declare_all(&mut b, plan, &params, "v.")?;
     let step = declare(&mut b, plan, &step_slot(), "")?;
     let grads = declare_all(&mut b, plan, &params, "grad.")?;
-    let u = update::adamw(&mut b, opt, cfg, &p, &m, &v, step, grads, shape.total_steps)?;
+    let u = update::adamw(
+        &mut b,
+        opt,
+        cfg,
+        plan.layout(),
+        &p,
+        &m,
+        &v,
+        step,
+        grads,
+        shape.total_steps,
+    )?;
     let mut outputs = Vec::with_capacity(3 * params.len() + 3);
     outputs.extend(&u.params);
     outputs.extend(&u.m);

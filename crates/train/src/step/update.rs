@@ -2,7 +2,7 @@
 //! clipping, the learning rate from the step counter, AdamW with decoupled
 //! weight decay.
 
-use gemma::{GemmaConfig, param_specs};
+use gemma::{GemmaConfig, Layout, param_specs_in};
 use hlo::{Builder, DType, TensorType, Value};
 
 use crate::config::OptimizerConfig;
@@ -18,12 +18,14 @@ pub(super) struct Update {
     pub lr: Value,
 }
 
-/// Applies `grads` (of the mean loss) to `p`, `m`, `v` at counter `step`.
+/// Applies `grads` (of the mean loss) to `p`, `m`, `v` (stored as `layout`
+/// says) at counter `step`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn adamw(
     b: &mut Builder,
     opt: &OptimizerConfig,
     cfg: &GemmaConfig,
+    layout: Layout,
     p: &[Value],
     m: &[Value],
     v: &[Value],
@@ -31,7 +33,7 @@ pub(super) fn adamw(
     mut grads: Vec<Value>,
     total_steps: u64,
 ) -> hlo::Result<Update> {
-    let specs = param_specs(cfg);
+    let specs = param_specs_in(cfg, layout);
     b.scope("optimizer", |b| -> hlo::Result<Update> {
         // Global gradient norm over every parameter.
         let mut sq = b.scalar(0.0, DType::F32);
