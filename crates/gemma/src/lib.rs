@@ -21,6 +21,7 @@ mod model;
 mod params;
 mod reward;
 mod scan;
+mod weights;
 
 pub use config::GemmaConfig;
 pub use error::{Error, Result};

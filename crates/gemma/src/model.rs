@@ -6,6 +6,7 @@ use std::cell::OnceCell;
 
 use hlo::{Builder, DType, RematPolicy, TensorType, Value};
 
+use crate::weights::{Layer, Layers, Weights};
 use crate::{Error, GemmaConfig, Layout, ParamSpec, Result};
 
 /// Decides how an activation is sharded, from the logical axes the model
@@ -106,59 +107,16 @@ impl Default for ComputeOptions {
     }
 }
 
-/// The model: a config and its parameter values, in
-/// [`crate::param_specs_in`] order for their [`Layout`]. A model builds into one program (its stacked layer weights, under
+/// The model: a config and its weights, bound by name from parameter
+/// values in [`crate::param_specs_in`] order for their [`Layout`]. A model
+/// builds into one program (its stacked layer weights, under
 /// [`ComputeOptions::scan_layers`], are built once and reused).
 pub struct Gemma<'a> {
     pub(crate) cfg: &'a GemmaConfig,
-    pub(crate) params: &'a [Value],
-    pub(crate) layout: Layout,
+    pub(crate) weights: Weights,
     pub(crate) opts: ComputeOptions,
     /// The layer weights stacked per layer, once built.
     pub(crate) stacked: OnceCell<Vec<Value>>,
-}
-
-/// One layer's parameters.
-pub(crate) struct Layer {
-    input_norm: Value,
-    q: Value,
-    k: Value,
-    v: Value,
-    o: Value,
-    post_attn_out_norm: Option<Value>,
-    post_attention_norm: Value,
-    gate: Value,
-    up: Value,
-    down: Value,
-    post_mlp_out_norm: Option<Value>,
-}
-
-impl Layer {
-    /// A layer from its tensors in [`crate::param_specs`] order (`p` may
-    /// continue past them).
-    pub(crate) fn new(p: &[Value], post: bool) -> Layer {
-        let mut it = p.iter().copied();
-        // invariant: `Gemma::new` checked the parameter count against the
-        // config; a scan body gets one slice per stacked spec.
-        let mut next = || it.next().expect("parameter count checked in new");
-        let (input_norm, q, k, v, o) = (next(), next(), next(), next(), next());
-        let post_attn_out_norm = post.then(&mut next);
-        let (post_attention_norm, gate, up, down) = (next(), next(), next(), next());
-        let post_mlp_out_norm = post.then(&mut next);
-        Layer {
-            input_norm,
-            q,
-            k,
-            v,
-            o,
-            post_attn_out_norm,
-            post_attention_norm,
-            gate,
-            up,
-            down,
-            post_mlp_out_norm,
-        }
-    }
 }
 
 impl<'a> Gemma<'a> {
@@ -178,11 +136,9 @@ impl<'a> Gemma<'a> {
         layout: Layout,
         opts: ComputeOptions,
     ) -> Result<Self> {
-        crate::params::check_count(cfg, layout, params.len())?;
         Ok(Gemma {
             cfg,
-            params,
-            layout,
+            weights: Weights::bind(cfg, layout, params)?,
             opts,
             stacked: OnceCell::new(),
         })
@@ -198,39 +154,13 @@ impl<'a> Gemma<'a> {
         self.opts
     }
 
-    pub(crate) fn per_layer(&self) -> usize {
-        crate::params::per_layer(self.cfg)
-    }
-
-    /// The final norm's weight (after the layers; a reward model's `score`
-    /// head follows it).
-    pub(crate) fn final_norm(&self) -> Value {
-        let stored_layers = match self.layout {
-            Layout::PerLayer => self.cfg.layers,
-            Layout::Stacked => 1,
-        };
-        self.params[1 + stored_layers * self.per_layer()]
-    }
-
     /// Layer `i`'s weights: its own tensors, or slice `i` of each stacked one.
     fn layer(&self, b: &mut Builder, i: usize) -> hlo::Result<Layer> {
-        let n = self.per_layer();
-        let post = self.cfg.post_norms;
-        match self.layout {
-            Layout::PerLayer => Ok(Layer::new(&self.params[1 + i * n..], post)),
-            Layout::Stacked => {
-                let ws = b.scope(&format!("model.layers.{i}.unstack"), |b| {
-                    self.params[1..1 + n]
-                        .iter()
-                        .map(|&w| {
-                            let s = b.slice_axis(w, 0, i as i64, 1)?;
-                            let dims = b.dims(s)[1..].to_vec();
-                            b.reshape(s, &dims)
-                        })
-                        .collect::<hlo::Result<Vec<_>>>()
-                })?;
-                Ok(Layer::new(&ws, post))
-            }
+        match &self.weights.layers {
+            Layers::PerLayer(layers) => Ok(layers[i].clone()),
+            Layers::Stacked(stacked) => b.scope(&format!("model.layers.{i}.unstack"), |b| {
+                stacked.slice(b, i)
+            }),
         }
     }
 
@@ -259,7 +189,7 @@ impl<'a> Gemma<'a> {
     pub fn embed(&self, b: &mut Builder, ids: Value, c: &dyn Constrain) -> Result<Value> {
         token_dims(b, "ids", ids, None)?;
         let (cd, d) = (self.opts.dtype, self.cfg.d_model as f64);
-        let embed = self.params[0];
+        let embed = self.weights.embed;
         let x = b.scope("model.embed_tokens", |b| -> hlo::Result<Value> {
             let rows = b.take_rows(embed, ids)?; // [B, T, d]
             let rows = b.convert(rows, cd)?;
@@ -296,8 +226,8 @@ impl<'a> Gemma<'a> {
     /// `[B, T, V]` (`h E^T`) in the compute dtype.
     pub fn head(&self, b: &mut Builder, x: Value, c: &dyn Constrain) -> Result<Value> {
         let eps = self.cfg.norm_eps;
-        let embed = self.params[0];
-        let final_norm = self.final_norm();
+        let embed = self.weights.embed;
+        let final_norm = self.weights.final_norm;
         let h = b.scope("model.norm", |b| b.rms_norm(x, final_norm, eps))?;
         let logits = b.scope("lm_head", |b| self.dense(b, h, embed))?;
         Ok(c.constrain(b, logits, &["batch", "seq", "vocab"])?)

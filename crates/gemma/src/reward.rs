@@ -47,7 +47,7 @@ impl Gemma<'_> {
             ));
         }
         let h = self.backbone(b, t, c)?;
-        let (eps, norm) = (self.cfg.norm_eps, self.final_norm());
+        let (eps, norm) = (self.cfg.norm_eps, self.weights.final_norm);
         Ok(b.scope("score", |b| -> hlo::Result<Value> {
             let h = b.scope("model.norm", |b| b.rms_norm(h, norm, eps))?;
             b.convert(h, DType::F32)
@@ -56,8 +56,9 @@ impl Gemma<'_> {
 
     /// The score head on the states `h [B, T, d]` where `pick [B, T]` (one-hot per row) is 1.
     fn score_at(&self, b: &mut Builder, h: Value, pick: Value) -> Result<Value> {
-        // invariant: `Gemma::new` checked that a score-head config has its head.
-        let w = *self.params.last().expect("score head checked");
+        // invariant: `final_hidden` checked the config has a score head,
+        // and `Weights::bind` binds it for such a config.
+        let w = self.weights.score.expect("score head checked");
         Ok(b.scope("score", |b| -> hlo::Result<Value> {
             let [bs, tl, d] = [b.dims(h)[0], b.dims(h)[1], b.dims(h)[2]];
             let pick = b.broadcast_in_dim(pick, &[bs, tl, d], &[0, 1])?;

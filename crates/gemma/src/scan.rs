@@ -3,8 +3,9 @@
 
 use hlo::{Builder, Value};
 
-use crate::model::{Constrain, Gemma, Layer, MaskedAttention, attention_mask};
-use crate::{Layout, Result};
+use crate::Result;
+use crate::model::{Constrain, Gemma, MaskedAttention, attention_mask};
+use crate::weights::{Layer, Layers};
 
 impl Gemma<'_> {
     /// Each layer tensor stacked over the layers, `[layers, ...]` in
@@ -14,36 +15,35 @@ impl Gemma<'_> {
         if let Some(s) = self.stacked.get() {
             return Ok(s.clone());
         }
-        let (n, layers) = (self.per_layer(), self.cfg.layers);
         let specs = crate::stacked_layer_specs(self.cfg);
-        if self.layout == Layout::Stacked {
-            let stored = b.scope("model.layers.stacked", |b| {
+        let stacked = match &self.weights.layers {
+            Layers::Stacked(stored) => b.scope("model.layers.stacked", |b| {
                 specs
                     .iter()
-                    .zip(&self.params[1..1 + n])
-                    .map(|(spec, &w)| c.constrain_param(b, w, spec))
+                    .zip(stored.tensors())
+                    .map(|(spec, w)| c.constrain_param(b, w, spec))
                     .collect::<hlo::Result<Vec<_>>>()
-            })?;
-            return Ok(self.stacked.get_or_init(|| stored).clone());
-        }
-        let stacked = b.scope("model.layers.stack", |b| {
-            specs
-                .iter()
-                .enumerate()
-                .map(|(j, spec)| {
-                    let parts = (0..layers)
-                        .map(|i| {
-                            let w = self.params[1 + i * n + j];
-                            let mut dims = vec![1];
-                            dims.extend(b.dims(w));
-                            b.reshape(w, &dims)
-                        })
-                        .collect::<hlo::Result<Vec<_>>>()?;
-                    let s = b.concatenate(&parts, 0)?;
-                    c.constrain_param(b, s, spec)
-                })
-                .collect::<hlo::Result<Vec<_>>>()
-        })?;
+            })?,
+            Layers::PerLayer(layers) => b.scope("model.layers.stack", |b| {
+                let per: Vec<Vec<Value>> = layers.iter().map(Layer::tensors).collect();
+                specs
+                    .iter()
+                    .enumerate()
+                    .map(|(j, spec)| {
+                        let parts = per
+                            .iter()
+                            .map(|t| {
+                                let mut dims = vec![1];
+                                dims.extend(b.dims(t[j]));
+                                b.reshape(t[j], &dims)
+                            })
+                            .collect::<hlo::Result<Vec<_>>>()?;
+                        let s = b.concatenate(&parts, 0)?;
+                        c.constrain_param(b, s, spec)
+                    })
+                    .collect::<hlo::Result<Vec<_>>>()
+            })?,
+        };
         Ok(self.stacked.get_or_init(|| stacked).clone())
     }
 
@@ -69,7 +69,7 @@ impl Gemma<'_> {
                 &ws,
                 &[positions, segment_ids],
                 |b, carry, w, k| {
-                    let layer = Layer::new(w, post);
+                    let layer = Layer::from_tensors(w, post);
                     let mask = b.scope("attention_mask", |b| attention_mask(b, k[1]))?;
                     let mut attend = MaskedAttention(mask);
                     let y = b.remat(self.opts.remat, |b| {

@@ -18,6 +18,42 @@ pub(crate) struct StepOut {
     pub extra: Vec<(&'static str, f32)>,
 }
 
+impl StepOut {
+    /// From a program's scalar outputs and their names; `loss` when the
+    /// program returns none.
+    fn named(names: &[&'static str], values: &[f32], loss: Option<f32>) -> Result<StepOut> {
+        let get = |name: &str| {
+            names
+                .iter()
+                .position(|n| *n == name)
+                .map(|i| values[i])
+                .ok_or_else(|| {
+                    crate::Error::config(
+                        "step",
+                        "outputs",
+                        format!("the step program returns no {name:?} (it returns {names:?})"),
+                    )
+                })
+        };
+        let loss = match loss {
+            Some(l) => l,
+            None => get("loss")?,
+        };
+        let extra = names
+            .iter()
+            .zip(values)
+            .filter(|(n, _)| !["loss", "grad_norm", "learning_rate"].contains(n))
+            .map(|(n, v)| (*n, *v))
+            .collect();
+        Ok(StepOut {
+            loss,
+            grad_norm: get("grad_norm")?,
+            lr: get("learning_rate")?,
+            extra,
+        })
+    }
+}
+
 /// A launched step: the state is already the step's outputs (handles the
 /// devices are still filling); its scalars are read by [`Launched::finish`],
 /// so the host can prepare the next step meanwhile.
@@ -25,9 +61,9 @@ pub(crate) enum Launched {
     /// The fused step, still running.
     Running {
         running: pjrt::Running,
-        /// loss, grad_norm, learning_rate, then the objective's metrics.
+        /// The step's scalar outputs, named by `names`.
         scalars: Vec<Buffer>,
-        metrics: &'static [&'static str],
+        names: Vec<&'static str>,
     },
     /// A step whose numbers are known (the split step of a process group).
     Done(StepOut),
@@ -41,16 +77,10 @@ impl Launched {
             Launched::Running {
                 running,
                 scalars: bufs,
-                metrics,
+                names,
             } => {
                 running.wait()?;
-                let v = scalars(&bufs)?;
-                Ok(StepOut {
-                    loss: v[0],
-                    grad_norm: v[1],
-                    lr: v[2],
-                    extra: metrics.iter().copied().zip(v[3..].to_vec()).collect(),
-                })
+                StepOut::named(&names, &scalars(&bufs)?, None)
             }
         }
     }
@@ -68,8 +98,8 @@ pub(crate) enum Stepper<'g> {
     Fused {
         exe: Exe,
         batch: Vec<Slot>,
-        /// Names of the scalars after the learning rate.
-        metrics: &'static [&'static str],
+        /// Names of the scalar outputs after the state.
+        scalars: Vec<&'static str>,
         /// The frozen parameter sets, once set ([`Stepper::set_frozen`]):
         /// the reference policy (DPO, RL), then the reward model (RL).
         frozen: Option<Vec<PerPartition<Buffer>>>,
@@ -80,6 +110,8 @@ pub(crate) enum Stepper<'g> {
     Split {
         grads: Exe,
         apply: Exe,
+        /// Names of the update program's scalar outputs after the state.
+        apply_scalars: Vec<&'static str>,
         batch: Vec<Slot>,
         group: &'g dyn ProcessGroup,
     },
@@ -148,7 +180,7 @@ impl<'g> Stepper<'g> {
                     Stepper::Fused {
                         exe: fused,
                         batch: step.batch,
-                        metrics: step.metrics,
+                        scalars: step.scalars,
                         frozen: None,
                         frozen_slots,
                     },
@@ -165,6 +197,7 @@ impl<'g> Stepper<'g> {
                     Stepper::Split {
                         grads,
                         apply,
+                        apply_scalars: u.scalars,
                         batch: g.batch,
                         group,
                     },
@@ -253,12 +286,12 @@ impl<'g> Stepper<'g> {
         batch: &[(usize, &[usize], data::Batch)],
         s: u64,
     ) -> Result<Launched> {
-        let k = 3 * params.len() + 1;
+        let k = crate::step::state_len(params.len());
         match self {
             Stepper::Fused {
                 exe,
                 batch: slots,
-                metrics,
+                scalars: names,
                 frozen,
                 frozen_slots,
             } => {
@@ -276,19 +309,20 @@ impl<'g> Stepper<'g> {
                     None => unreachable!("set_frozen runs before the first step"),
                 };
                 let (mut outs, running) = launch(exe, state, k, &[frozen, &inputs])?;
-                let scalars: Vec<Buffer> = outs[0].drain(k..k + 3 + metrics.len()).collect();
+                let scalars: Vec<Buffer> = outs[0].drain(k..k + names.len()).collect();
                 for (i, o) in outs.iter_mut().enumerate() {
                     state[exe.partition_of[i]] = Some(o.drain(..k).collect());
                 }
                 Ok(Launched::Running {
                     running,
                     scalars,
-                    metrics,
+                    names: names.clone(),
                 })
             }
             Stepper::Split {
                 grads,
                 apply,
+                apply_scalars,
                 batch: slots,
                 group,
             } => {
@@ -329,16 +363,15 @@ impl<'g> Stepper<'g> {
                     offset += n;
                 }
                 let mut outs = execute(apply, state, k, &[&summed])?;
-                let scalars = scalars(&outs[0][k..k + 2])?;
+                let scalars = scalars(&outs[0][k..k + apply_scalars.len()])?;
                 for (i, o) in outs.iter_mut().enumerate() {
                     state[apply.partition_of[i]] = Some(o.drain(..k).collect());
                 }
-                Ok(Launched::Done(StepOut {
-                    loss,
-                    grad_norm: scalars[0],
-                    lr: scalars[1],
-                    extra: Vec::new(),
-                }))
+                Ok(Launched::Done(StepOut::named(
+                    apply_scalars,
+                    &scalars,
+                    Some(loss),
+                )?))
             }
         }
     }

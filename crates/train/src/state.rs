@@ -357,3 +357,30 @@ pub(crate) fn gather_params(
         .collect::<Result<Vec<_>>>()?;
     Ok(gemma::from_layout(model, plan.layout(), stored)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::in_other_layout;
+
+    #[test]
+    fn a_stored_tensor_matches_the_model_in_the_other_layout_only_at_its_depth() {
+        let names = |layers: usize| -> std::collections::BTreeSet<String> {
+            (0..layers)
+                .map(|i| format!("m/model.layers.{i}.mlp.up_proj.weight"))
+                .collect()
+        };
+        let stacked = "m/model.layers.*.mlp.up_proj.weight";
+        assert!(in_other_layout(stacked, &[2, 64, 32], &names(2)));
+        assert!(!in_other_layout(stacked, &[3, 64, 32], &names(2)));
+        assert!(!in_other_layout(stacked, &[1, 64, 32], &names(2)));
+        assert!(!in_other_layout(
+            "v/model.layers.*.mlp.up_proj.weight",
+            &[2],
+            &names(2)
+        ));
+        let per_layer = "m/model.layers.1.mlp.up_proj.weight";
+        let model: std::collections::BTreeSet<String> = [stacked.to_string()].into();
+        assert!(in_other_layout(per_layer, &[64, 32], &model));
+        assert!(!in_other_layout("m/model.norm.weight", &[32], &model));
+    }
+}

@@ -152,7 +152,17 @@ fn the_rl_loss_and_gradient_equal_a_host_computation() {
         loss,
     )
     .unwrap();
-    assert_eq!(step.metrics, ["reward_mean", "kl", "response_len"]);
+    assert_eq!(
+        step.scalars,
+        [
+            "loss",
+            "grad_norm",
+            "learning_rate",
+            "reward_mean",
+            "kl",
+            "response_len"
+        ]
+    );
     let client = pjrt::cpu_client(1).unwrap();
     let exe = client
         .compile(&step.program.to_mlir(), &pjrt::CompileOptions::single())

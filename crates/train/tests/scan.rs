@@ -211,8 +211,8 @@ fn a_scanned_run_stores_stacked_state_that_resumes_either_way() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::tokens_file(dir.path(), 64, 16, 64);
     let text = common::config(dir.path(), &data, 1, "");
-    let run = |run_dir: &Path, scan: bool, resume: &str| {
-        let sets = [
+    let train = |run_dir: &Path, scan: bool, resume: &str, more: &[&str]| {
+        let mut sets = vec![
             "train.steps=4".to_string(),
             "train.checkpoint_every=2".into(),
             "runtime.device_count=8".into(),
@@ -222,8 +222,12 @@ fn a_scanned_run_stores_stacked_state_that_resumes_either_way() {
             format!("train.run_dir={:?}", run_dir.display().to_string()),
             format!("train.resume={resume:?}"),
         ];
+        sets.extend(more.iter().map(|s| s.to_string()));
         let cfg = TrainConfig::from_toml(&text, "test", &sets).unwrap();
-        train::train(&cfg, false).unwrap().losses
+        train::train(&cfg, false)
+    };
+    let run = |run_dir: &Path, scan: bool, resume: &str| {
+        train(run_dir, scan, resume, &[]).unwrap().losses
     };
     let first = dir.path().join("scanned");
     let losses = run(&first, true, "none");
@@ -274,4 +278,19 @@ fn a_scanned_run_stores_stacked_state_that_resumes_either_way() {
         "{names:?}"
     );
     assert!(!names.iter().any(|n| n.contains('*')), "{names:?}");
+    // A model of another depth is refused in either layout, naming both
+    // shapes.
+    for (scan, other) in [(true, 3), (false, 3), (false, 1)] {
+        let set = format!("model.layers={other}");
+        let to = dir.path().join(format!("deeper_{scan}_{other}"));
+        let e = train(&to, scan, &resume, &[&set])
+            .err()
+            .unwrap()
+            .to_string();
+        let want = format!("layers: {other},");
+        assert!(
+            e.contains("another model shape") && e.contains(&want),
+            "{e}"
+        );
+    }
 }

@@ -269,10 +269,10 @@ impl Checkpoint {
         }
         let (group, param) = name.split_once('/').unwrap_or(("", name));
         if let Some((stacked, layer)) = gemma::stacked_name(param) {
-            if let Some(t) = self.find(&format!("{group}/{stacked}")) {
-                if t.shape.first().is_some_and(|&l| layer < l) {
-                    return Ok(Located::Slice(t, layer));
-                }
+            if let Some(t) = self.find(&format!("{group}/{stacked}"))
+                && t.shape.first().is_some_and(|&l| layer < l)
+            {
+                return Ok(Located::Slice(t, layer));
             }
         } else if let Some(tensor) = param.strip_prefix("model.layers.*.") {
             let layers: Vec<&TensorRecord> = (0..)
@@ -316,8 +316,9 @@ impl Checkpoint {
         match self.locate(name)? {
             Located::Stored(t) => self.read_stored(t, ranges),
             Located::Slice(t, layer) => {
-                let mut r = vec![layer..layer + 1];
-                r.extend(ranges.iter().cloned());
+                let r: Vec<Range<usize>> = std::iter::once(layer..layer + 1)
+                    .chain(ranges.iter().cloned())
+                    .collect();
                 self.read_stored(t, &r)
             }
             Located::Layers(layers) => {

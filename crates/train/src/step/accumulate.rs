@@ -11,9 +11,8 @@ use hlo::{Builder, Value};
 use super::StepShape;
 use crate::Result;
 
-/// One micro-batch's inputs: `tokens`, `targets`, `loss_mask`,
-/// `segment_ids`, `positions`, each `[micro_batch, seq_len]`.
-pub(super) type Micro<'a> = &'a [Value];
+/// One micro-batch's inputs, each `[micro_batch, seq_len]`.
+pub(super) type Micro = super::Batch;
 
 /// Sums `micro(b, inputs, consts)` over the micro-batches of `inputs`
 /// (the batch slots, `[accumulation, micro_batch, seq_len]` each): every
@@ -37,7 +36,7 @@ where
             .iter()
             .map(|&x| b.reshape(x, &[mb, t]))
             .collect::<hlo::Result<Vec<_>>>()?;
-        return b.scope("micro_batch.0", |b| micro(b, &slices, consts));
+        return b.scope("micro_batch.0", |b| micro(b, Micro::bind(&slices), consts));
     }
     let mut failed = None;
     let (sums, _) = b
@@ -47,7 +46,7 @@ where
             inputs,
             consts,
             |b, carry, xs, consts| {
-                let outs = match b.scope("micro_batch", |b| micro(b, xs, consts)) {
+                let outs = match b.scope("micro_batch", |b| micro(b, Micro::bind(xs), consts)) {
                     Ok(o) => o,
                     Err(e) => {
                         // The body's own error, kept whole for the caller.

@@ -3,11 +3,13 @@
 //! decay, and the learning-rate schedule from the step counter. Parameters,
 //! both moments and the step counter are donated to their updated outputs.
 //!
-//! Inputs: `params[P]`, `m[P]`, `v[P]`, `step` (i32), then the batch
-//! `tokens`, `targets`, `loss_mask`, `segment_ids`, `positions`, each
-//! `[accumulation, micro_batch, seq_len]`. Outputs: `params'[P]`, `m'[P]`,
-//! `v'[P]`, `step + 1`, `loss`, `grad_norm`, `learning_rate`. The
-//! preference objectives (`train.objective = "reward" | "dpo"`, see
+//! Inputs: the state, `params[P]`, `m[P]`, `v[P]`, `step` (i32,
+//! [`state_len`]), then the batch ([`StepProgram::batch`]: `tokens`,
+//! `targets`, `loss_mask`, `segment_ids`, `positions`), each
+//! `[accumulation, micro_batch, seq_len]`. Outputs: the updated state, then
+//! the scalars [`StepProgram::scalars`] names (`loss`, `grad_norm`,
+//! `learning_rate`, ...). The parameters are stored as the plan's
+//! [`gemma::Layout`] says. The preference objectives (`train.objective = "reward" | "dpo"`, see
 //! [`pairs`]) add their metrics after `learning_rate`; DPO reads the frozen
 //! reference parameters `ref[P]` between `step` and the batch: a second,
 //! non-differentiated parameter set in the same program, so one dispatch
@@ -156,8 +158,10 @@ pub struct StepProgram {
     pub params: Vec<Slot>,
     /// Batch slots: tokens, targets, loss_mask, segment_ids, positions.
     pub batch: Vec<Slot>,
-    /// Names of the scalars after `learning_rate` ([`Objective::metrics`]).
-    pub metrics: &'static [&'static str],
+    /// Names of the scalar outputs after the state ([`state_len`]), in
+    /// order: `loss`, `grad_norm`, `learning_rate`, then the objective's
+    /// [`Objective::metrics`].
+    pub scalars: Vec<&'static str>,
     /// Whether the reference parameters (`ref.<name>`, laid out like the
     /// parameters, read only) follow `step` in the inputs (DPO, RL).
     pub reference: bool,
@@ -272,7 +276,7 @@ pub fn build_step_with(
     } else {
         // Loss over all micro-batches, normalised by the step's total token count.
         let count = b.scope("loss_count", |b| -> hlo::Result<Value> {
-            let c = b.sum(inputs[2], &[0, 1, 2])?;
+            let c = b.sum(Batch::bind(&inputs).loss_mask, &[0, 1, 2])?;
             let one = b.scalar(1.0, DType::F32);
             b.max(c, one)
         })?;
@@ -292,13 +296,14 @@ pub fn build_step_with(
         shape.total_steps,
     )?;
 
-    let n = params.len();
-    let mut outputs = Vec::with_capacity(3 * n + 4);
-    outputs.extend(&u.params);
-    outputs.extend(&u.m);
-    outputs.extend(&u.v);
-    outputs.extend([u.next_step, loss, u.grad_norm, u.lr]);
-    outputs.extend(metrics);
+    let mut scalars = vec![
+        ("loss", loss),
+        ("grad_norm", u.grad_norm),
+        ("learning_rate", u.lr),
+    ];
+    scalars.extend(objective.metrics().iter().copied().zip(metrics));
+    let mut outputs = u.state();
+    outputs.extend(scalars.iter().map(|(_, v)| *v));
     let mut program = b.build(&outputs)?;
     shard_outputs(&mut program, plan, &params, 3)?;
     donate_state(&mut program, &p, &m, &v, step)?;
@@ -306,10 +311,17 @@ pub fn build_step_with(
         program,
         params,
         batch,
-        metrics: objective.metrics(),
+        scalars: scalars.into_iter().map(|(name, _)| name).collect(),
         reference: reference.is_some(),
         reward: reward_slots,
     })
+}
+
+/// How many buffers the training state is, for `params` parameters: the
+/// parameters, both AdamW moments laid out like them, the step counter.
+/// A step program takes them first and returns their update first.
+pub fn state_len(params: usize) -> usize {
+    3 * params + 1
 }
 
 /// One slot per stored parameter, laid out and sharded as the plan says.
@@ -325,28 +337,71 @@ fn param_slots(cfg: &GemmaConfig, plan: &Plan) -> Vec<Slot> {
         .collect()
 }
 
-/// tokens, targets, loss_mask, segment_ids, positions: `[A, micro_batch, T]`.
+/// The batch inputs of a step by name: each `[accumulation, micro_batch,
+/// seq_len]` as declared, or one micro-batch's `[micro_batch, seq_len]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Batch {
+    /// Input token ids (i32).
+    pub tokens: Value,
+    /// The next token of each position (i32).
+    pub targets: Value,
+    /// 1 where a position's loss counts (f32).
+    pub loss_mask: Value,
+    /// Document id per token, 0 for padding (i32).
+    pub segment_ids: Value,
+    /// Position of each token within its document (i32).
+    pub positions: Value,
+}
+
+impl Batch {
+    /// The inputs' names and types, in the order of the step's inputs
+    /// ([`StepProgram::batch`]).
+    const FIELDS: [(&'static str, DType); 5] = [
+        ("tokens", DType::I32),
+        ("targets", DType::I32),
+        ("loss_mask", DType::F32),
+        ("segment_ids", DType::I32),
+        ("positions", DType::I32),
+    ];
+
+    /// Values in [`Batch::FIELDS`] order.
+    fn bind(v: &[Value]) -> Batch {
+        let [tokens, targets, loss_mask, segment_ids, positions] = [v[0], v[1], v[2], v[3], v[4]];
+        Batch {
+            tokens,
+            targets,
+            loss_mask,
+            segment_ids,
+            positions,
+        }
+    }
+
+    /// What the model reads.
+    fn model_tokens(&self) -> Tokens {
+        Tokens {
+            ids: self.tokens,
+            positions: self.positions,
+            segment_ids: self.segment_ids,
+        }
+    }
+}
+
+/// The step's batch slots, [`Batch::FIELDS`]: `[A, micro_batch, T]` each.
 fn batch_slots(plan: &Plan, shape: StepShape) -> Vec<Slot> {
     let (a, mb, t) = (shape.accumulation, shape.micro_batch, shape.seq_len);
     let batch_axes = plan.rules.shard(
         &plan.mesh,
         &[("accum", 1), ("batch", mb as i64), ("seq", t as i64)],
     );
-    [
-        ("tokens", DType::I32),
-        ("targets", DType::I32),
-        ("loss_mask", DType::F32),
-        ("segment_ids", DType::I32),
-        ("positions", DType::I32),
-    ]
-    .iter()
-    .map(|(n, d)| Slot {
-        name: n.to_string(),
-        shape: vec![a, mb, t],
-        dtype: *d,
-        axes: batch_axes.clone(),
-    })
-    .collect()
+    Batch::FIELDS
+        .iter()
+        .map(|(n, d)| Slot {
+            name: n.to_string(),
+            shape: vec![a, mb, t],
+            dtype: *d,
+            axes: batch_axes.clone(),
+        })
+        .collect()
 }
 
 fn step_slot() -> Slot {
@@ -398,23 +453,14 @@ fn loss_and_grads(
     let sums = accumulate(b, shape, inputs, &consts, &zeros, |b, x, c| {
         let (params, count) = (&c[..n], c[n]);
         let model = Gemma::with_layout(cfg, params, plan.layout, compute)?;
-        let logits = model.forward(b, &micro_tokens(x), plan)?;
-        let (sum, _) = token_loss(b, logits, x[1], x[2])?;
+        let logits = model.forward(b, &x.model_tokens(), plan)?;
+        let (sum, _) = token_loss(b, logits, x.targets, x.loss_mask)?;
         let l = b.div(sum, count)?;
         let mut out = vec![l];
         out.extend(b.grad(l, params)?);
         Ok(out)
     })?;
     Ok((sums[0], sums[1..].to_vec()))
-}
-
-/// A micro-batch's model inputs (`tokens`, `segment_ids`, `positions`).
-fn micro_tokens(x: accumulate::Micro) -> Tokens {
-    Tokens {
-        ids: x[0],
-        positions: x[4],
-        segment_ids: x[3],
-    }
 }
 
 /// Zeros for `scalars` scalar sums (f32), then one like each of `p`.

@@ -35,8 +35,8 @@ pub(super) fn loss_and_grads(
     let sums = accumulate(b, shape, inputs, &consts, &zeros, |b, x, c| {
         let params = &c[..n];
         let model = Gemma::with_layout(cfg, params, plan.layout(), compute)?;
-        let tokens = super::micro_tokens(x);
-        let (targets, mask) = (x[1], x[2]);
+        let tokens = x.model_tokens();
+        let (targets, mask) = (x.targets, x.loss_mask);
         // The per-pair margin whose −log σ is the loss.
         let margin = match objective {
             Objective::Reward => {

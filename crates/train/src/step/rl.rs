@@ -58,8 +58,8 @@ pub(super) fn loss_and_grads(
         let model = Gemma::with_layout(cfg, params, plan.layout(), compute)?;
         let frozen = Gemma::with_layout(cfg, &c[n..n + r], plan.layout(), compute)?;
         let scorer = Gemma::new(&rl.reward, &c[n + r..], compute)?;
-        let tokens = super::micro_tokens(x);
-        let (targets, mask) = (x[1], x[2]);
+        let tokens = x.model_tokens();
+        let (targets, mask) = (x.targets, x.loss_mask);
         let logits = model.forward(b, &tokens, plan)?;
         let log_pi = response_log_prob(b, logits, targets, mask)?;
         let ref_logits = b.scope("reference", |b| frozen.forward(b, &tokens, plan))?;

@@ -36,6 +36,8 @@ pub struct GradProgram {
 pub struct ApplyProgram {
     /// The program.
     pub program: hlo::Program,
+    /// Names of the scalar outputs after the state.
+    pub scalars: Vec<&'static str>,
 }
 
 /// Builds both programs; `shape.micro_batch` is this process's rows.
@@ -85,11 +87,8 @@ pub fn build_split(
         grads,
         shape.total_steps,
     )?;
-    let mut outputs = Vec::with_capacity(3 * params.len() + 3);
-    outputs.extend(&u.params);
-    outputs.extend(&u.m);
-    outputs.extend(&u.v);
-    outputs.extend([u.next_step, u.grad_norm, u.lr]);
+    let mut outputs = u.state();
+    outputs.extend([u.grad_norm, u.lr]);
     let mut apply = b.build(&outputs)?;
     shard_outputs(&mut apply, plan, &params, 3)?;
     donate_state(&mut apply, &p, &m, &v, step)?;
@@ -100,6 +99,9 @@ pub fn build_split(
             params,
             batch,
         },
-        ApplyProgram { program: apply },
+        ApplyProgram {
+            program: apply,
+            scalars: vec!["grad_norm", "learning_rate"],
+        },
     ))
 }

@@ -18,6 +18,19 @@ pub(super) struct Update {
     pub lr: Value,
 }
 
+impl Update {
+    /// The updated state, as [`super::state_len`] lays it out: parameters,
+    /// `m`, `v`, the step counter.
+    pub fn state(&self) -> Vec<Value> {
+        let mut out = Vec::with_capacity(super::state_len(self.params.len()));
+        out.extend(&self.params);
+        out.extend(&self.m);
+        out.extend(&self.v);
+        out.push(self.next_step);
+        out
+    }
+}
+
 /// Applies `grads` (of the mean loss) to `p`, `m`, `v` (stored as `layout`
 /// says) at counter `step`.
 #[allow(clippy::too_many_arguments)]
