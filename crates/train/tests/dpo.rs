@@ -143,11 +143,18 @@ fn dpo_loss_equals_the_host_computation() {
 }
 
 #[test]
-fn dpo_on_8_devices_equals_one_device() {
+fn dpo_on_8_devices_scanned_equals_one_device_unrolled() {
     let one = tempfile::tempdir().unwrap();
     let eight = tempfile::tempdir().unwrap();
     let a = train::train(&config(one.path(), &[]), false).unwrap();
-    let sharded = ["runtime.device_count=8", "mesh.fsdp=4", "mesh.tensor=2"];
+    // Sharded and scanned: the policy and its frozen reference stored
+    // stacked over the layers.
+    let sharded = [
+        "runtime.device_count=8",
+        "mesh.fsdp=4",
+        "mesh.tensor=2",
+        "model.scan_layers=true",
+    ];
     let b = train::train(&config(eight.path(), &sharded), false).unwrap();
     for ((s, x), (_, y)) in a.losses.iter().zip(&b.losses) {
         assert!((x - y).abs() < 1e-5, "step {s}: {x} on 1 device, {y} on 8");

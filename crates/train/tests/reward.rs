@@ -202,7 +202,7 @@ fn five_bradley_terry_steps_equal_the_host_adamw_reference() {
 }
 
 #[test]
-fn reward_training_on_8_devices_equals_one_device() {
+fn reward_training_on_8_devices_scanned_equals_one_device_unrolled() {
     let one = tempfile::tempdir().unwrap();
     let eight = tempfile::tempdir().unwrap();
     let steps = [
@@ -217,6 +217,8 @@ fn reward_training_on_8_devices_equals_one_device() {
         "mesh.data=2",
         "mesh.fsdp=2",
         "mesh.tensor=2",
+        // The reward model stored stacked over its layers.
+        "model.scan_layers=true",
     ]);
     let b = train::train(&config(eight.path(), &sharded), false).unwrap();
     for ((s, x), (_, y)) in a.losses.iter().zip(&b.losses) {
