@@ -10,7 +10,7 @@
 //! it would alone. The cache holds keys `[B, KV, hd, L]` (transposed) and
 //! values `[B, KV, L, hd]` per layer in the compute dtype, the layouts in
 //! which attention's two contractions read them in place
-//! ([`hlo::Builder::attention_cached`]); a decode step writes one slot and attends to
+//! ([`crate::blocks::attention_cached`]); a decode step writes one slot and attends to
 //! all `L` (masked), so its cost is fixed for a bucket: the weights once,
 //! plus attention's term linear in `L`.
 //!
@@ -39,6 +39,8 @@
 //! ```
 
 use hlo::{Builder, DType, TensorType, Value};
+
+use crate::blocks;
 
 use crate::model::Attend;
 use crate::{Constrain, Gemma, Result};
@@ -104,7 +106,7 @@ impl Attend for CacheAttention<'_> {
         self.cache.k[layer] = ck;
         self.cache.v[layer] = cv;
         match (self.own, self.kernel) {
-            (true, _) => b.attention(q, k, v, self.mask),
+            (true, _) => blocks::attention(b, q, k, v, self.mask),
             (false, Some(target)) => {
                 let (dims, dtype) = (b.dims(q).to_vec(), b.dtype(q));
                 let q3 = b.reshape(q, &[dims[0], dims[1] * dims[2], dims[3]])?;
@@ -112,7 +114,7 @@ impl Attend for CacheAttention<'_> {
                 let o = b.custom_call(target, &[q3, ck, cv, self.pad, self.slot], ty)?;
                 b.reshape(o, &dims)
             }
-            (false, None) => b.attention_cached(q, ck, cv, self.mask),
+            (false, None) => blocks::attention_cached(b, q, ck, cv, self.mask),
         }
     }
 }
@@ -191,7 +193,7 @@ pub fn prefill(
 /// `attention`: the custom-call target that computes each layer's
 /// attention instead of XLA's operations. It takes `q [B, H, hd]`, the
 /// layer's updated key and value caches, `pad` and `slot`, and returns
-/// `[B, H, hd]` in the compute dtype: what [`hlo::Builder::attention_cached`]
+/// `[B, H, hd]` in the compute dtype: what [`crate::blocks::attention_cached`]
 /// computes with the mask "slots `pad[b]..=slot`".
 pub fn decode_step(
     b: &mut Builder,

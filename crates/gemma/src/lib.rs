@@ -13,6 +13,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod blocks;
 mod config;
 pub mod decode;
 mod error;

@@ -6,6 +6,8 @@ use std::cell::OnceCell;
 
 use hlo::{Builder, DType, RematPolicy, TensorType, Value};
 
+use crate::blocks;
+
 use crate::weights::{Layer, Layers, Weights};
 use crate::{Error, GemmaConfig, Layout, ParamSpec, Result};
 
@@ -228,7 +230,7 @@ impl<'a> Gemma<'a> {
         let eps = self.cfg.norm_eps;
         let embed = self.weights.embed;
         let final_norm = self.weights.final_norm;
-        let h = b.scope("model.norm", |b| b.rms_norm(x, final_norm, eps))?;
+        let h = b.scope("model.norm", |b| blocks::rms_norm(b, x, final_norm, eps))?;
         let logits = b.scope("lm_head", |b| self.dense(b, h, embed))?;
         Ok(c.constrain(b, logits, &["batch", "seq", "vocab"])?)
     }
@@ -244,20 +246,22 @@ impl<'a> Gemma<'a> {
         attend: &mut dyn Attend,
     ) -> hlo::Result<Value> {
         let eps = self.cfg.norm_eps;
-        let n = b.scope("input_layernorm", |b| b.rms_norm(x, l.input_norm, eps))?;
+        let n = b.scope("input_layernorm", |b| {
+            blocks::rms_norm(b, x, l.input_norm, eps)
+        })?;
         let mut a = b.scope("self_attn", |b| {
             self.attention(b, index, l, n, positions, attend)
         })?;
         if let Some(w) = l.post_attn_out_norm {
-            a = b.scope("post_attn_output_norm", |b| b.rms_norm(a, w, eps))?;
+            a = b.scope("post_attn_output_norm", |b| blocks::rms_norm(b, a, w, eps))?;
         }
         let x = b.add(x, a)?;
         let n = b.scope("post_attention_layernorm", |b| {
-            b.rms_norm(x, l.post_attention_norm, eps)
+            blocks::rms_norm(b, x, l.post_attention_norm, eps)
         })?;
         let mut m = b.scope("mlp", |b| self.mlp(b, l, n))?;
         if let Some(w) = l.post_mlp_out_norm {
-            m = b.scope("post_mlp_output_norm", |b| b.rms_norm(m, w, eps))?;
+            m = b.scope("post_mlp_output_norm", |b| blocks::rms_norm(b, m, w, eps))?;
         }
         b.add(x, m)
     }
@@ -282,8 +286,8 @@ impl<'a> Gemma<'a> {
         let q = b.scope("q_proj", |b| proj(b, l.q, h))?;
         let k = b.scope("k_proj", |b| proj(b, l.k, kv))?;
         let v = b.scope("v_proj", |b| proj(b, l.v, kv))?;
-        let q = b.scope("rotary", |b| b.rope(q, positions, cfg.rope_theta))?;
-        let k = b.scope("rotary", |b| b.rope(k, positions, cfg.rope_theta))?;
+        let q = b.scope("rotary", |b| blocks::rope(b, q, positions, cfg.rope_theta))?;
+        let k = b.scope("rotary", |b| blocks::rope(b, k, positions, cfg.rope_theta))?;
         let o = b.scope("attention", |b| attend.attend(b, index, q, k, v))?; // [B, T, H, hd]
         let o = b.reshape(o, &[bs, t, h * hd])?;
         b.scope("o_proj", |b| self.dense(b, o, l.o))
@@ -362,7 +366,7 @@ impl Attend for MaskedAttention {
         k: Value,
         v: Value,
     ) -> hlo::Result<Value> {
-        b.attention(q, k, v, self.0)
+        blocks::attention(b, q, k, v, self.0)
     }
 }
 

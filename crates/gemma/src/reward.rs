@@ -10,6 +10,8 @@
 
 use hlo::{Builder, DType, TensorType, Value};
 
+use crate::blocks;
+
 use crate::{Constrain, Error, Gemma, Result, Tokens};
 
 impl Gemma<'_> {
@@ -49,7 +51,7 @@ impl Gemma<'_> {
         let h = self.backbone(b, t, c)?;
         let (eps, norm) = (self.cfg.norm_eps, self.weights.final_norm);
         Ok(b.scope("score", |b| -> hlo::Result<Value> {
-            let h = b.scope("model.norm", |b| b.rms_norm(h, norm, eps))?;
+            let h = b.scope("model.norm", |b| blocks::rms_norm(b, h, norm, eps))?;
             b.convert(h, DType::F32)
         })?)
     }

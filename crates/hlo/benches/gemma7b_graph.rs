@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
+#[path = "../tests/common/blocks.rs"]
+mod blocks;
 #[path = "../tests/common/gemma_like.rs"]
 mod gemma_like;
 

@@ -5,6 +5,8 @@
 //!
 //! `cargo run --release -p meshtrain-hlo --example compile_gemma7b [-- --unrolled]`
 
+#[path = "../tests/common/blocks.rs"]
+mod blocks;
 #[path = "../tests/common/gemma_like.rs"]
 mod gemma_like;
 

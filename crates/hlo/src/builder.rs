@@ -221,7 +221,7 @@ impl Builder {
     }
 
     /// Checks that `v` is a tensor value of this builder.
-    pub(crate) fn check(&self, op: &'static str, v: Value) -> Result<&TensorType> {
+    pub fn check(&self, op: &'static str, v: Value) -> Result<&TensorType> {
         if v.owner != self.id {
             return Err(Error::Invalid {
                 op,

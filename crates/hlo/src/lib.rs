@@ -11,8 +11,9 @@
 //! The crate knows nothing about any model. Raw StableHLO ops (`add`,
 //! `dot_general`, `reduce`...) are strict about shapes; the convenience
 //! layer in [`nn`] (`add_bcast`, `mul_scalar`, `matmul`, `softmax`,
-//! `rms_norm`, `rope`, `causal_attention`, `cross_entropy`...) broadcasts
-//! and reads like the math.
+//! `gelu_tanh`, `cross_entropy`...) broadcasts and reads like the math. A
+//! model's own blocks (Gemma's RMSNorm, RoPE and attention) are written on
+//! these in the model's crate.
 //!
 //! Build, differentiate, shard, emit, and run on two CPU devices:
 //!
@@ -61,9 +62,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The convenience layer ([`nn`]) covers what a transformer step needs:
-//! [`Builder::rms_norm`], [`Builder::rope`], [`Builder::causal_attention`]
-//! (multi-query and grouped heads), [`Builder::gelu_tanh`],
+//! The convenience layer ([`nn`]) covers the generic part of a transformer
+//! step: [`Builder::gelu_tanh`],
 //! [`Builder::cross_entropy`] with a loss mask, [`Builder::softmax`],
 //! [`Builder::logsumexp`], [`Builder::matmul`], [`Builder::linear`] and
 //! broadcasting arithmetic ([`Builder::add_bcast`], [`Builder::mul_scalar`]...).

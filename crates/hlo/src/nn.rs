@@ -1,10 +1,11 @@
 //! The convenience layer: broadcasting arithmetic, reductions that keep
-//! dimensions, and the building blocks of a transformer (RMSNorm, RoPE,
-//! GELU, causal attention, masked cross-entropy), all written in terms of
-//! the strict ops so that autodiff, emission and the interpreter cover them.
+//! dimensions, softmax, GELU and masked cross-entropy, all written in terms
+//! of the strict ops so that autodiff, emission and the interpreter cover
+//! them. Model-specific blocks (Gemma's RMSNorm, RoPE, attention) live in
+//! the model's crate.
 
 use crate::error::shape_err;
-use crate::op::{BinaryOp, CmpDir, DotDims, ReduceKind};
+use crate::op::{BinaryOp, DotDims, ReduceKind};
 use crate::{Builder, DType, Result, TensorType, Value};
 
 /// The dtype normalisation, softmax and losses compute in: f32, or f64 for f64 inputs.
@@ -243,25 +244,6 @@ impl Builder {
         self.dot_general(x, w, dims)
     }
 
-    /// Gemma's RMSNorm over the last axis, computed in f32:
-    /// `x * rsqrt(mean(x^2) + eps) * (1 + w)`, returned in `x`'s dtype.
-    pub fn rms_norm(&mut self, x: Value, w: Value, eps: f64) -> Result<Value> {
-        let dt = self.dtype(x);
-        let r = self.rank(x) as i64;
-        let cd = compute_dtype(dt);
-        let xf = self.convert(x, cd)?;
-        let x2 = self.square(xf)?;
-        let ms = self.mean(x2, &[r - 1])?;
-        let ms = self.add_scalar(ms, eps)?;
-        let inv = self.rsqrt(ms)?;
-        let inv = self.keep_dims(inv, &[r - 1])?;
-        let y = self.mul_bcast(xf, inv)?;
-        let wf = self.convert(w, cd)?;
-        let w1 = self.add_scalar(wf, 1.0)?;
-        let y = self.mul_bcast(y, w1)?;
-        self.convert(y, dt)
-    }
-
     /// GELU with the tanh approximation:
     /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
     pub fn gelu_tanh(&mut self, x: Value) -> Result<Value> {
@@ -273,155 +255,6 @@ impl Builder {
         let one_p = self.add_scalar(th, 1.0)?;
         let hx = self.mul_scalar(x, 0.5)?;
         self.mul(hx, one_p)
-    }
-
-    /// Rotary position embedding, "rotate half" layout: `x [B, T, H, D]`,
-    /// integer `positions [B, T]`; dimension `i` pairs with `i + D/2` and
-    /// `inv_freq[i] = base^(-2i/D)`. Computed in f32, returned in `x`'s dtype.
-    pub fn rope(&mut self, x: Value, positions: Value, base: f64) -> Result<Value> {
-        let tx = self.check("rope", x)?.clone();
-        let tp = self.check("rope", positions)?.clone();
-        if tx.rank() != 4 || tx.dims[3] % 2 != 0 || tp.dims != tx.dims[..2] {
-            return shape_err(
-                "rope",
-                &[&tx, &tp],
-                "x [B, T, H, D] with even D and positions [B, T]",
-            );
-        }
-        let (b, t, d) = (tx.dims[0], tx.dims[1], tx.dims[3]);
-        let half = d / 2;
-        let cd = compute_dtype(tx.dtype);
-        let i = self.iota(TensorType::new(cd, [half]), 0)?;
-        let e = self.mul_scalar(i, -2.0 * base.ln() / d as f64)?;
-        let inv_freq = self.exp(e)?; // [D/2]
-        let pos = self.convert(positions, cd)?;
-        let pos = self.broadcast_in_dim(pos, &[b, t, half], &[0, 1])?;
-        let inv = self.broadcast_in_dim(inv_freq, &[b, t, half], &[2])?;
-        let freqs = self.mul(pos, inv)?; // [B, T, D/2]
-        let emb = self.concatenate(&[freqs, freqs], 2)?; // [B, T, D]
-        let cos = self.cos(emb)?;
-        let sin = self.sin(emb)?;
-        let cos = self.broadcast_in_dim(cos, &tx.dims, &[0, 1, 3])?;
-        let sin = self.broadcast_in_dim(sin, &tx.dims, &[0, 1, 3])?;
-        let xf = self.convert(x, cd)?;
-        let x1 = self.slice_axis(xf, 3, 0, half)?;
-        let x2 = self.slice_axis(xf, 3, half, half)?;
-        let nx2 = self.neg(x2)?;
-        let rot = self.concatenate(&[nx2, x1], 3)?;
-        let a = self.mul(xf, cos)?;
-        let c = self.mul(rot, sin)?;
-        let y = self.add(a, c)?;
-        self.convert(y, tx.dtype)
-    }
-
-    /// Causal softmax attention: [`Builder::attention`] with the mask
-    /// "position `t` sees `s <= t`".
-    pub fn causal_attention(&mut self, q: Value, k: Value, v: Value) -> Result<Value> {
-        let tq = self.check("attention", q)?.clone();
-        if tq.rank() != 4 {
-            return shape_err("attention", &[&tq], "q [B, T, H, D]");
-        }
-        let (b, t) = (tq.dims[0], tq.dims[1]);
-        let rows = self.iota(TensorType::i32([b, t, t]), 1)?;
-        let cols = self.iota(TensorType::i32([b, t, t]), 2)?;
-        let mask = self.compare(CmpDir::Le, cols, rows)?; // [B, T, S]
-        self.attention(q, k, v, mask)
-    }
-
-    /// Softmax attention with an explicit `Bool` mask `[B, T, S]` (true:
-    /// query `t` may attend key `s`; e.g. causal and same document).
-    /// `q [B, T, H, D]`, `k`, `v [B, S, KV, D]` with `H % KV == 0`; query
-    /// head `j` uses kv head `j / (H / KV)`. Scores are scaled by `D^-0.5`
-    /// and normalised in f32 (f64 for f64 inputs); fully masked rows give
-    /// the mean of `v`. Returns `[B, T, H, D]` in `q`'s dtype.
-    pub fn attention(&mut self, q: Value, k: Value, v: Value, mask: Value) -> Result<Value> {
-        self.attention_in(q, k, v, mask, false)
-    }
-
-    /// [`Builder::attention`] over a KV cache's layout: keys transposed,
-    /// `k [B, KV, D, S]`, and values heads-major, `v [B, KV, S, D]`. Both
-    /// contractions then read their operand as a plain `[batch, K, N]`
-    /// matrix in place (no transpose or copy of the cache per call).
-    pub fn attention_cached(&mut self, q: Value, k: Value, v: Value, mask: Value) -> Result<Value> {
-        self.attention_in(q, k, v, mask, true)
-    }
-
-    fn attention_in(
-        &mut self,
-        q: Value,
-        k: Value,
-        v: Value,
-        mask: Value,
-        cached: bool,
-    ) -> Result<Value> {
-        // Axes (KV, S, D) of k and (KV, S) of v.
-        let ((kk, ks, kd), (vk, vs)) = if cached {
-            ((1, 3, 2), (1, 2))
-        } else {
-            ((2, 1, 3), (2, 1))
-        };
-        let (tq, tk, tv) = (
-            self.check("attention", q)?.clone(),
-            self.check("attention", k)?.clone(),
-            self.check("attention", v)?.clone(),
-        );
-        let tm = self.check("attention", mask)?.clone();
-        let ok = tq.rank() == 4
-            && tk.rank() == 4
-            && tv.rank() == 4
-            && tk.dtype == tv.dtype
-            && tk.dims[0] == tq.dims[0]
-            && tv.dims[0] == tq.dims[0]
-            && tk.dims[kd] == tq.dims[3]
-            && tv.dims[3] == tq.dims[3]
-            && tk.dims[kk] == tv.dims[vk]
-            && tk.dims[ks] == tv.dims[vs]
-            && tk.dims[kk] > 0
-            && tq.dims[2] % tk.dims[kk] == 0
-            && tq.dtype == tk.dtype
-            && tm.dtype == DType::Bool
-            && tm.dims == [tq.dims[0], tq.dims[1], tk.dims[ks]];
-        if !ok {
-            let kv = if cached {
-                "k [B, KV, D, S], v [B, KV, S, D]"
-            } else {
-                "k = v [B, S, KV, D]"
-            };
-            return shape_err(
-                "attention",
-                &[&tq, &tk, &tv, &tm],
-                format!("q [B, T, H, D], {kv} with H % KV == 0, a Bool mask [B, T, S]"),
-            );
-        }
-        let [b, t, h, d] = [tq.dims[0], tq.dims[1], tq.dims[2], tq.dims[3]];
-        let (s_len, kv) = (tk.dims[ks], tk.dims[kk]);
-        let g = h / kv;
-        let q5 = self.reshape(q, &[b, t, kv, g, d])?; // [B, T, KV, G, D]
-        let dims = DotDims {
-            lhs_batch: vec![0, 2],
-            rhs_batch: vec![0, kk as i64],
-            lhs_contract: vec![4],
-            rhs_contract: vec![kd as i64],
-        };
-        let s = self.dot_general(q5, k, dims)?; // [B, KV, T, G, S]
-        let cd = compute_dtype(tq.dtype);
-        let s = self.convert(s, cd)?;
-        let s = self.mul_scalar(s, (d as f64).powf(-0.5))?;
-        let shape = [b, kv, t, g, s_len];
-        let mask = self.broadcast_in_dim(mask, &shape, &[0, 2, 4])?;
-        let neg = self.constant(-1e30, TensorType::new(cd, shape));
-        let s = self.select(mask, s, neg)?;
-        let p = self.softmax(s, 4)?;
-        let p = self.convert(p, tq.dtype)?;
-        let dims = DotDims {
-            lhs_batch: vec![0, 1],
-            rhs_batch: vec![0, vk as i64],
-            lhs_contract: vec![4],
-            rhs_contract: vec![vs as i64],
-        };
-        let o = self.dot_general(p, v, dims)?; // [B, KV, T, G, D]
-        let o = self.transpose(o, &[0, 2, 1, 3, 4])?; // [B, T, KV, G, D]
-        self.reshape(o, &[b, t, h, d])
     }
 
     /// `one_hot(ids, n)`: `ids [...]` integer gives `[..., n]` of `dtype`.

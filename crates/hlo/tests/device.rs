@@ -324,26 +324,21 @@ fn float_cases(rng: &mut Rng) -> Vec<Case> {
         }),
     ));
     v.push((
-        "rms_norm_gelu",
+        "norm_gelu",
         vec![f(rng, &[2, 6], -2.0, 2.0), f(rng, &[6], -0.5, 0.5)],
         Box::new(|b, x| {
-            let n = b.rms_norm(x[0], x[1], 1e-6)?;
+            let n = common::blocks::norm(b, x[0], x[1])?;
             b.gelu_tanh(n)
         }),
     ));
     v.push((
-        "rope_attention",
+        "attention",
         vec![
-            f(rng, &[1, 3, 4, 2], -1.0, 1.0),
+            f(rng, &[1, 3, 2, 2], -1.0, 1.0),
             f(rng, &[1, 3, 2, 2], -1.0, 1.0),
             f(rng, &[1, 3, 2, 2], -1.0, 1.0),
         ],
-        Box::new(|b, x| {
-            let pos = b.iota(TensorType::i32([1, 3]), 1)?;
-            let q = b.rope(x[0], pos, 10000.0)?;
-            let k = b.rope(x[1], pos, 10000.0)?;
-            b.causal_attention(q, k, x[2])
-        }),
+        Box::new(|b, x| common::blocks::causal_attention(b, x[0], x[1], x[2])),
     ));
     v.push((
         "cross_entropy",

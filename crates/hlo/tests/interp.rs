@@ -119,44 +119,22 @@ fn erf_matches_known_values() {
 }
 
 #[test]
-fn convenience_ops_match_formulas() {
+fn gelu_matches_its_formula() {
     let mut b = Builder::new("t");
     let x = b.parameter("x", TensorType::f64([1, 2, 1, 4]));
-    let pos = b.parameter("pos", TensorType::i32([1, 2]));
-    let r = b.rope(x, pos, 10000.0).unwrap();
-    let w = b.parameter("w", TensorType::f64([4]));
-    let n = b.rms_norm(x, w, 1e-6).unwrap();
     let g = b.gelu_tanh(x).unwrap();
     let xs = vec![1.0, 2.0, 3.0, 4.0, 0.5, -1.0, 2.0, 1.5];
     let out = b
-        .evaluate(
-            &[
-                Tensor::new([1, 2, 1, 4], xs.clone()),
-                Tensor::new([1, 2], vec![0.0, 3.0]),
-                Tensor::new([4], vec![0.0, 0.5, -0.5, 1.0]),
-            ],
-            &[r, n, g],
-        )
+        .evaluate(&[Tensor::new([1, 2, 1, 4], xs.clone())], &[g])
         .unwrap();
-    // Position 0 leaves x unchanged; position 3 rotates pair (i, i+2) by 3 * 10000^(-2i/4).
-    assert_eq!(&out[0].data[..4], &xs[..4]);
-    for i in 0..2 {
-        let th = 3.0 * 10000f64.powf(-((2 * i) as f64) / 4.0);
-        let (a, c) = (xs[4 + i], xs[6 + i]);
-        assert!((out[0].data[4 + i] - (a * th.cos() - c * th.sin())).abs() < 1e-12);
-        assert!((out[0].data[6 + i] - (c * th.cos() + a * th.sin())).abs() < 1e-12);
-    }
-    let ms = (1.0 + 4.0 + 9.0 + 16.0) / 4.0;
-    let inv = 1.0 / (ms + 1e-6f64).sqrt();
-    assert!((out[1].data[1] - 2.0 * inv * 1.5).abs() < 1e-12);
     let gelu = |v: f64| {
         0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
     };
-    assert!((out[2].data[5] - gelu(-1.0)).abs() < 1e-12);
+    assert!((out[0].data[5] - gelu(-1.0)).abs() < 1e-12);
 }
 
 #[test]
-fn cross_entropy_and_attention_match_formulas() {
+fn cross_entropy_matches_its_formula() {
     let mut b = Builder::new("t");
     let logits = b.parameter("logits", TensorType::f64([2, 3]));
     let labels = b.parameter("labels", TensorType::i32([2]));
@@ -177,29 +155,4 @@ fn cross_entropy_and_attention_match_formulas() {
         (out[0].data[0] - (lse - 1.0)).abs() < 1e-12,
         "only the unmasked position counts"
     );
-
-    // Attention: the first position attends only to itself, so it returns v[0].
-    let mut b = Builder::new("a");
-    let q = b.parameter("q", TensorType::f64([1, 2, 2, 1]));
-    let k = b.parameter("k", TensorType::f64([1, 2, 1, 1]));
-    let v = b.parameter("v", TensorType::f64([1, 2, 1, 1]));
-    let o = b.causal_attention(q, k, v).unwrap();
-    let out = b
-        .evaluate(
-            &[
-                Tensor::new([1, 2, 2, 1], vec![1.0, 2.0, 3.0, 4.0]),
-                Tensor::new([1, 2, 1, 1], vec![0.5, -1.0]),
-                Tensor::new([1, 2, 1, 1], vec![10.0, 20.0]),
-            ],
-            &[o],
-        )
-        .unwrap();
-    assert_eq!(&out[0].data[..2], &[10.0, 10.0]);
-    let p = |qv: f64| {
-        let (s0, s1) = (qv * 0.5, -qv);
-        let m = s0.max(s1);
-        let (e0, e1) = ((s0 - m).exp(), (s1 - m).exp());
-        (10.0 * e0 + 20.0 * e1) / (e0 + e1)
-    };
-    assert!((out[0].data[2] - p(3.0)).abs() < 1e-12 && (out[0].data[3] - p(4.0)).abs() < 1e-12);
 }

@@ -233,7 +233,7 @@ fn attention_through_plugin(
     let real = b.ge(cols, first).unwrap();
     let seen = b.le(cols, last).unwrap();
     let mask = b.and(real, seen).unwrap();
-    let x = b.attention_cached(q, kt, v, mask).unwrap();
+    let x = gemma::blocks::attention_cached(&mut b, q, kt, v, mask).unwrap();
     let x = b.reshape(x, &[bi, hi, di]).unwrap();
     let of = b.convert(o, DType::F32).unwrap();
     let xf = b.convert(x, DType::F32).unwrap();

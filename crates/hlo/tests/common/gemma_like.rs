@@ -3,6 +3,7 @@
 //! The real model lives in the Gemma crate; this only needs the shapes.
 #![allow(dead_code)]
 
+use super::blocks;
 use hlo::{Builder, DType, Mesh, Program, RematPolicy, Result, Sharding, TensorType, Value};
 
 /// Model and mesh sizes.
@@ -79,9 +80,9 @@ fn param(
     Ok(v)
 }
 
-fn layer_forward(b: &mut Builder, c: &Config, l: &Layer, x: Value, pos: Value) -> Result<Value> {
+fn layer_forward(b: &mut Builder, c: &Config, l: &Layer, x: Value) -> Result<Value> {
     let act = Sharding::new(["", "", "tensor"]);
-    let h = b.rms_norm(x, l.ln1, 1e-6)?;
+    let h = blocks::norm(b, x, l.ln1)?;
     let attn = b.scope("self_attn", |b| {
         let q = b.linear(h, l.q)?; // [1, T, H*Dh]
         let k = b.linear(h, l.k)?;
@@ -89,15 +90,13 @@ fn layer_forward(b: &mut Builder, c: &Config, l: &Layer, x: Value, pos: Value) -
         let q = b.reshape(q, &[c.batch, c.seq, c.heads, c.head_dim])?;
         let k = b.reshape(k, &[c.batch, c.seq, c.heads, c.head_dim])?;
         let v = b.reshape(v, &[c.batch, c.seq, c.heads, c.head_dim])?;
-        let q = b.rope(q, pos, 10000.0)?;
-        let k = b.rope(k, pos, 10000.0)?;
-        let a = b.causal_attention(q, k, v)?; // [1, T, H, Dh]
+        let a = blocks::causal_attention(b, q, k, v)?; // [1, T, H, Dh]
         let a = b.reshape(a, &[c.batch, c.seq, c.heads * c.head_dim])?;
         b.linear(a, l.o)
     })?;
     let x = b.add(x, attn)?;
     let x = b.sharding_constraint(x, &act)?;
-    let h = b.rms_norm(x, l.ln2, 1e-6)?;
+    let h = blocks::norm(b, x, l.ln2)?;
     let mlp = b.scope("mlp", |b| {
         let g = b.linear(h, l.gate)?;
         let g = b.gelu_tanh(g)?;
@@ -221,32 +220,25 @@ pub fn build_step(c: &Config) -> Result<(Program, usize)> {
     let loss = b.scope("model", |b| {
         let x = b.take_rows(embed, ids)?; // [B, T, D]
         let mut x = b.mul_scalar(x, (c.d as f64).sqrt())?;
-        let pos = b.iota(TensorType::i32([c.batch, c.seq]), 1)?;
         if c.scan {
             let (fin, _) = b.scope("layers", |b| {
-                b.scan(
-                    c.layers as i64,
-                    &[x],
-                    &layers[0],
-                    &[pos],
-                    |b, carry, ws, k| {
-                        Ok((
-                            vec![layer_forward(b, c, &Layer::new(ws), carry[0], k[0])?],
-                            vec![],
-                        ))
-                    },
-                )
+                b.scan(c.layers as i64, &[x], &layers[0], &[], |b, carry, ws, _| {
+                    Ok((
+                        vec![layer_forward(b, c, &Layer::new(ws), carry[0])?],
+                        vec![],
+                    ))
+                })
             })?;
             x = fin[0];
         } else {
             for (i, ws) in layers.iter().enumerate() {
                 let l = Layer::new(ws);
                 x = b.scope(&format!("layers.{i}"), |b| {
-                    b.remat(c.remat, |b| layer_forward(b, c, &l, x, pos))
+                    b.remat(c.remat, |b| layer_forward(b, c, &l, x))
                 })?;
             }
         }
-        let x = b.rms_norm(x, final_norm, 1e-6)?;
+        let x = blocks::norm(b, x, final_norm)?;
         let logits = b.linear(x, embed)?; // [1, T, V]
         b.cross_entropy(logits, labels, mask)
     })?;

@@ -2,6 +2,7 @@
 //! gradient check.
 #![allow(dead_code)]
 
+pub mod blocks;
 pub mod gemma_like;
 
 use hlo::{Builder, DType, Result, Tensor, TensorType, Value};

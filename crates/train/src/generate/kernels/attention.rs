@@ -4,7 +4,7 @@
 //! (both i32) give `o [B, H, D]`. Query head `h` reads kv head
 //! `h / (H / KV)`; row `b` attends to slots `pad[b]..=slot`.
 //!
-//! It computes what XLA computes for [`hlo::Builder::attention_cached`]:
+//! It computes what XLA computes for [`gemma::blocks::attention_cached`]:
 //! scores summed in f32 and rounded to the compute dtype (a dot's result),
 //! scaled by `D^-0.5` in f32, a softmax in f32 whose probabilities are
 //! rounded to the compute dtype, and their products with the values summed
