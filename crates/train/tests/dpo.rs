@@ -143,21 +143,35 @@ fn dpo_loss_equals_the_host_computation() {
 }
 
 #[test]
-fn dpo_on_8_devices_scanned_equals_one_device_unrolled() {
+fn dpo_on_8_devices_equals_one_device() {
     let one = tempfile::tempdir().unwrap();
     let eight = tempfile::tempdir().unwrap();
     let a = train::train(&config(one.path(), &[]), false).unwrap();
-    // Sharded and scanned: the policy and its frozen reference stored
-    // stacked over the layers.
-    let sharded = [
+    let sharded = ["runtime.device_count=8", "mesh.fsdp=4", "mesh.tensor=2"];
+    let b = train::train(&config(eight.path(), &sharded), false).unwrap();
+    for ((s, x), (_, y)) in a.losses.iter().zip(&b.losses) {
+        assert!((x - y).abs() < 1e-5, "step {s}: {x} on 1 device, {y} on 8");
+    }
+    let worst = common::final_params_max_diff(one.path(), eight.path());
+    assert!(worst < 1e-5, "largest parameter difference {worst:e}");
+}
+
+/// A scanned run stores the policy and its frozen reference stacked over
+/// the layers: on 8 devices it trains as the unrolled one-device run does.
+#[test]
+fn dpo_scanned_over_stacked_state_equals_unrolled() {
+    let one = tempfile::tempdir().unwrap();
+    let eight = tempfile::tempdir().unwrap();
+    let a = train::train(&config(one.path(), &[]), false).unwrap();
+    let scanned = [
         "runtime.device_count=8",
         "mesh.fsdp=4",
         "mesh.tensor=2",
         "model.scan_layers=true",
     ];
-    let b = train::train(&config(eight.path(), &sharded), false).unwrap();
+    let b = train::train(&config(eight.path(), &scanned), false).unwrap();
     for ((s, x), (_, y)) in a.losses.iter().zip(&b.losses) {
-        assert!((x - y).abs() < 1e-5, "step {s}: {x} on 1 device, {y} on 8");
+        assert!((x - y).abs() < 1e-5, "step {s}: {x} unrolled, {y} scanned");
     }
     let worst = common::final_params_max_diff(one.path(), eight.path());
     assert!(worst < 1e-5, "largest parameter difference {worst:e}");

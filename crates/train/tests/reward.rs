@@ -202,7 +202,7 @@ fn five_bradley_terry_steps_equal_the_host_adamw_reference() {
 }
 
 #[test]
-fn reward_training_on_8_devices_scanned_equals_one_device_unrolled() {
+fn reward_training_on_8_devices_equals_one_device() {
     let one = tempfile::tempdir().unwrap();
     let eight = tempfile::tempdir().unwrap();
     let steps = [
@@ -217,8 +217,6 @@ fn reward_training_on_8_devices_scanned_equals_one_device_unrolled() {
         "mesh.data=2",
         "mesh.fsdp=2",
         "mesh.tensor=2",
-        // The reward model stored stacked over its layers.
-        "model.scan_layers=true",
     ]);
     let b = train::train(&config(eight.path(), &sharded), false).unwrap();
     for ((s, x), (_, y)) in a.losses.iter().zip(&b.losses) {
@@ -293,4 +291,21 @@ fn a_reward_model_at_model_init_needs_the_reward_objective() {
     ];
     let cfg = TrainConfig::from_toml(&text, "test", &sets).unwrap();
     assert!(cfg.model.resolve().unwrap().score_head);
+}
+
+/// A scanned reward model stores its layers stacked (the score head and
+/// the final norm after them): it trains as the unrolled one does.
+#[test]
+fn reward_training_scanned_over_stacked_state_equals_unrolled() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let steps = ["train.steps=3", "data.batch_size=8"];
+    let a = train::train(&config(one.path(), &steps), false).unwrap();
+    let mut scanned = steps.to_vec();
+    scanned.push("model.scan_layers=true");
+    let b = train::train(&config(two.path(), &scanned), false).unwrap();
+    for ((s, x), (_, y)) in a.losses.iter().zip(&b.losses) {
+        assert!((x - y).abs() < 1e-5, "step {s}: {x} unrolled, {y} scanned");
+    }
+    let worst = common::final_params_max_diff(one.path(), two.path());
+    assert!(worst < 1e-5, "largest parameter difference {worst:e}");
 }
