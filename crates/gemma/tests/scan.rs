@@ -164,6 +164,9 @@ fn golden_outputs(name: &str) -> Golden {
     }
 }
 
+/// The scanned model, with per-layer weights stacked by the program or
+/// stored stacked, and the unrolled model on stored stacked weights (slice
+/// by slice), compute transformers' logits, loss and gradients.
 #[test]
 fn scanned_layers_match_transformers() {
     for name in ["multi_query", "multi_head", "wide_heads"] {
@@ -174,10 +177,18 @@ fn scanned_layers_match_transformers() {
             want,
         } = golden_outputs(name);
         let names: Vec<String> = param_specs(&cfg).into_iter().map(|s| s.name).collect();
-        let got = run(&cfg, opts(RematPolicy::None, true), &params, &ids, false);
-        // The tolerances of parity.rs: 1e-6 logits and loss, 5e-6 gradients.
-        assert_close(name, &names, &got[..2], &want[..2], 1e-6);
-        assert_close(name, &names, &got, &want, 5e-6);
+        for (layout, scan) in [
+            (Layout::PerLayer, true),
+            (Layout::Stacked, true),
+            (Layout::Stacked, false),
+        ] {
+            let what = format!("{name}, {layout:?}, scan_layers = {scan}");
+            let o = opts(RematPolicy::None, scan);
+            let got = run_stored(&cfg, o, layout, &params, &ids, false);
+            // The tolerances of parity.rs: 1e-6 logits and loss, 5e-6 gradients.
+            assert_close(&what, &names, &got[..2], &want[..2], 1e-6);
+            assert_close(&what, &names, &got, &want, 5e-6);
+        }
     }
 }
 
@@ -250,29 +261,6 @@ fn scanned_program_has_one_loop_for_the_layers_and_one_for_their_gradient() {
         let (u2, u6) = (with_layers(2, remat, false), with_layers(6, remat, false));
         assert_eq!(u6.matches("stablehlo.while").count(), 0);
         assert!(dots(&u6) > dots(&u2) + 4 * 7, "{remat:?}");
-    }
-}
-
-/// Weights stored stacked feed the scanned model as they are and the
-/// unrolled one slice by slice: both compute the logits, loss and
-/// gradients transformers does.
-#[test]
-fn stacked_weights_match_transformers_scanned_and_unrolled() {
-    for name in ["multi_query", "wide_heads"] {
-        let Golden {
-            cfg,
-            params,
-            ids,
-            want,
-        } = golden_outputs(name);
-        let names: Vec<String> = param_specs(&cfg).into_iter().map(|s| s.name).collect();
-        for scan in [true, false] {
-            let what = format!("{name}, stacked, scan_layers = {scan}");
-            let o = opts(RematPolicy::None, scan);
-            let got = run_stored(&cfg, o, Layout::Stacked, &params, &ids, false);
-            assert_close(&what, &names, &got[..2], &want[..2], 1e-6);
-            assert_close(&what, &names, &got, &want, 5e-6);
-        }
     }
 }
 
