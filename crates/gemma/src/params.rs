@@ -231,7 +231,7 @@ pub fn stacked_name(name: &str) -> Option<(String, usize)> {
 /// Values in [`param_specs`] order (one per per-layer tensor) laid out as
 /// [`param_specs_in`]`(c, layout)` says: for [`Layout::Stacked`], each
 /// layer tensor's layers concatenated (row-major, layer first).
-pub fn to_layout<T: Clone>(
+pub fn to_layout<T>(
     c: &GemmaConfig,
     layout: Layout,
     values: Vec<Vec<T>>,
@@ -243,19 +243,24 @@ pub fn to_layout<T: Clone>(
     let (n, layers) = (per_layer(c), c.layers);
     let mut it = values.into_iter();
     let mut out: Vec<Vec<T>> = it.by_ref().take(1).collect();
-    let per: Vec<Vec<T>> = it.by_ref().take(layers * n).collect();
-    out.extend((0..n).map(|j| {
-        (0..layers)
-            .flat_map(|i| per[i * n + j].iter().cloned())
-            .collect()
-    }));
+    let mut per: Vec<Vec<T>> = it.by_ref().take(layers * n).collect();
+    // Each layer's tensor is moved into its stack and freed: the host holds
+    // the model once plus one stacked tensor (a 7B's f32 parameters are
+    // 34 GB).
+    for j in 0..n {
+        let mut stacked = Vec::with_capacity(layers * per[j].len());
+        for i in 0..layers {
+            stacked.append(&mut std::mem::take(&mut per[i * n + j]));
+        }
+        out.push(stacked);
+    }
     out.extend(it);
     Ok(out)
 }
 
 /// The inverse of [`to_layout`]: values laid out as `layout` back in
 /// [`param_specs`] order.
-pub fn from_layout<T: Clone>(
+pub fn from_layout<T>(
     c: &GemmaConfig,
     layout: Layout,
     values: Vec<Vec<T>>,
@@ -268,12 +273,15 @@ pub fn from_layout<T: Clone>(
     let mut it = values.into_iter();
     let mut out: Vec<Vec<T>> = it.by_ref().take(1).collect();
     let stacked: Vec<Vec<T>> = it.by_ref().take(n).collect();
-    for i in 0..layers {
-        for s in &stacked {
-            let len = s.len() / layers;
-            out.push(s[i * len..(i + 1) * len].to_vec());
+    // One stacked tensor at a time is split into its layers and freed.
+    let mut per: Vec<Vec<T>> = (0..layers * n).map(|_| Vec::new()).collect();
+    for (j, mut s) in stacked.into_iter().enumerate() {
+        let len = s.len() / layers;
+        for i in (0..layers).rev() {
+            per[i * n + j] = s.split_off(i * len);
         }
     }
+    out.extend(per);
     out.extend(it);
     Ok(out)
 }
