@@ -257,6 +257,19 @@ fn a_scanned_run_stores_stacked_state_that_resumes_either_way() {
             assert_eq!(t["shape"], serde_json::json!(s.shape), "{}", s.name);
         }
     }
+    // Read as a model (export, eval, generation), it speaks per-layer
+    // Hugging Face names: layer 1's tensor is slice 1 of the stacked one.
+    let opened = train::checkpoint::Checkpoint::open(&ck).unwrap();
+    let model = opened.model().unwrap();
+    assert_eq!(model.params.len(), param_specs(&cfg).len());
+    let stacked = opened
+        .tensor("params/model.layers.*.self_attn.q_proj.weight")
+        .unwrap();
+    let q1 = param_specs(&cfg)
+        .iter()
+        .position(|s| s.name == "model.layers.1.self_attn.q_proj.weight")
+        .unwrap();
+    assert_eq!(model.params[q1].data, stacked[stacked.len() / 2..]);
     let resume = ck.display().to_string();
     let again = run(&dir.path().join("scanned_again"), true, &resume);
     assert_eq!(again, losses[2..], "scanned resume");
