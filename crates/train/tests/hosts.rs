@@ -84,6 +84,38 @@ fn a_checkpoint_of_four_hosts_has_a_part_each_and_restores_onto_one_and_two() {
     }
 }
 
+/// Scanned, the four hosts write their boxes of the stacked state; that
+/// checkpoint restores onto two hosts scanned, and onto one unrolled (per
+/// layer, each host reading its layers' slices).
+#[test]
+fn a_stacked_checkpoint_of_four_hosts_restores_onto_other_hosts_and_layouts() {
+    let d = tempfile::tempdir().unwrap();
+    let data = common::tokens_file(d.path(), 64, 16, 64);
+    let run4 = d.path().join("four");
+    let sets = [
+        "runtime.emulate_hosts=4",
+        "train.steps=6",
+        "train.checkpoint_every=3",
+        "model.scan_layers=true",
+    ];
+    let straight = train::train(&cfg(&run4, &data, &sets), false).unwrap();
+    let step3 = run4.join("run/checkpoints/step_00000003");
+    let resume = format!("train.resume={:?}", step3.display().to_string());
+    for (hosts, scan) in [(2, true), (1, false)] {
+        let dir = d.path().join(format!("onto{hosts}"));
+        let emulate = format!("runtime.emulate_hosts={hosts}");
+        let layers = format!("model.scan_layers={scan}");
+        let sets = [emulate.as_str(), "train.steps=6", &resume, &layers];
+        let resumed = train::train(&cfg(&dir, &data, &sets), false).unwrap();
+        common::assert_losses_close(
+            &format!("restored onto {hosts} host(s), scan_layers = {scan}"),
+            &straight.losses[3..],
+            &resumed.losses,
+            2e-5,
+        );
+    }
+}
+
 #[test]
 fn each_emulated_host_reads_about_its_share_of_a_checkpoint() {
     let d = tempfile::tempdir().unwrap();
