@@ -146,6 +146,18 @@ fn two_and_three_processes_train_like_one() {
     }
 }
 
+/// Scanned, a group exchanges and applies the gradients of the stacked
+/// state: two processes train like one unrolled process.
+#[test]
+fn a_scanned_group_over_stacked_state_trains_like_one_unrolled_process() {
+    let one_dir = tempfile::tempdir().unwrap();
+    let one = train::train(&config(one_dir.path(), &[]), false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let runs = in_group(&config(dir.path(), &["model.scan_layers=true"]), 2);
+    assert_eq!(runs[0].losses, runs[1].losses);
+    common::assert_losses_close("2 scanned processes", &one.losses, &runs[0].losses, 1e-5);
+}
+
 #[test]
 fn group_checkpoints_commit_once_and_restore_in_one_process() {
     let dir = tempfile::tempdir().unwrap();
