@@ -79,21 +79,19 @@ pub(crate) fn restore(
             ));
         }
     }
-    for name in &names {
-        let shape = ckpt.shape(name)?;
-        // invariant: `names` are made from the slots, in group order.
-        let slot = params
-            .iter()
-            .find(|s| name.ends_with(&format!("/{}", s.name)))
-            .expect("a slot per name");
-        if shape != slot.shape {
-            return Err(ckpt_error(
-                ckpt,
-                format!(
-                    "tensor {name} has shape {shape:?}, this model's is {:?}",
-                    slot.shape
-                ),
-            ));
+    for group in GROUPS {
+        for slot in params {
+            let name = format!("{group}/{}", slot.name);
+            let shape = ckpt.shape(&name)?;
+            if shape != slot.shape {
+                return Err(ckpt_error(
+                    ckpt,
+                    format!(
+                        "tensor {name} has shape {shape:?}, this model's is {:?}",
+                        slot.shape
+                    ),
+                ));
+            }
         }
     }
     let mut state = empty(at);
