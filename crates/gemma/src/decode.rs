@@ -41,7 +41,6 @@
 use hlo::{Builder, DType, TensorType, Value};
 
 use crate::blocks;
-
 use crate::model::Attend;
 use crate::{Constrain, Gemma, Result};
 

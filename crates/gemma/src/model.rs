@@ -7,7 +7,6 @@ use std::cell::OnceCell;
 use hlo::{Builder, DType, RematPolicy, TensorType, Value};
 
 use crate::blocks;
-
 use crate::weights::{Layer, Layers, Weights};
 use crate::{Error, GemmaConfig, Layout, ParamSpec, Result};
 

@@ -11,7 +11,6 @@
 use hlo::{Builder, DType, TensorType, Value};
 
 use crate::blocks;
-
 use crate::{Constrain, Error, Gemma, Result, Tokens};
 
 impl Gemma<'_> {

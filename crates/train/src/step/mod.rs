@@ -9,8 +9,9 @@
 //! `[accumulation, micro_batch, seq_len]`. Outputs: the updated state, then
 //! the scalars [`StepProgram::scalars`] names (`loss`, `grad_norm`,
 //! `learning_rate`, ...). The parameters are stored as the plan's
-//! [`gemma::Layout`] says. The preference objectives (`train.objective = "reward" | "dpo"`, see
-//! [`pairs`]) add their metrics after `learning_rate`; DPO reads the frozen
+//! [`gemma::Layout`] says. The preference objectives (`train.objective =
+//! "reward" | "dpo"`, see [`pairs`]) add their metrics after
+//! `learning_rate`; DPO reads the frozen
 //! reference parameters `ref[P]` between `step` and the batch: a second,
 //! non-differentiated parameter set in the same program, so one dispatch
 //! runs both forwards and XLA keeps no activations of the reference.
