@@ -224,10 +224,8 @@ pub fn build_step_with(
     }
     let params = param_slots(cfg, plan);
     let batch = batch_slots(plan, shape);
-    let p = declare_all(&mut b, plan, &params, "")?;
-    let m = declare_all(&mut b, plan, &params, "m.")?;
-    let v = declare_all(&mut b, plan, &params, "v.")?;
-    let step = declare(&mut b, plan, &step_slot(), "")?;
+    let state = State::declare(&mut b, plan, &params)?;
+    let p = &state.params;
     let objective = loss_kind.objective;
     let reference = match objective {
         Objective::Dpo | Objective::Rl => Some(declare_all(&mut b, plan, &params, "ref.")?),
@@ -259,7 +257,7 @@ pub fn build_step_with(
         // invariant: RL declares the reference above.
         let reference = reference.as_deref().expect("RL declares the reference");
         rl::loss_and_grads(
-            &mut b, cfg, compute, plan, &p, reference, &reward, &inputs, shape, rl,
+            &mut b, cfg, compute, plan, p, reference, &reward, &inputs, shape, rl,
         )?
     } else if objective.on_pairs() {
         pairs::loss_and_grads(
@@ -267,7 +265,7 @@ pub fn build_step_with(
             cfg,
             compute,
             plan,
-            &p,
+            p,
             reference.as_deref(),
             &inputs,
             shape,
@@ -281,7 +279,7 @@ pub fn build_step_with(
             let one = b.scalar(1.0, DType::F32);
             b.max(c, one)
         })?;
-        let (loss, grads) = loss_and_grads(&mut b, cfg, compute, plan, &p, &inputs, count, shape)?;
+        let (loss, grads) = loss_and_grads(&mut b, cfg, compute, plan, p, &inputs, count, shape)?;
         (loss, grads, vec![])
     };
     let u = update::adamw(
@@ -289,10 +287,7 @@ pub fn build_step_with(
         opt,
         cfg,
         plan.layout,
-        &p,
-        &m,
-        &v,
-        step,
+        &state,
         grads,
         shape.total_steps,
     )?;
@@ -307,7 +302,7 @@ pub fn build_step_with(
     outputs.extend(scalars.iter().map(|(_, v)| *v));
     let mut program = b.build(&outputs)?;
     shard_outputs(&mut program, plan, &params, 3)?;
-    donate_state(&mut program, &p, &m, &v, step)?;
+    state.donate(&mut program)?;
     Ok(StepProgram {
         program,
         params,
@@ -487,25 +482,35 @@ fn shard_outputs(
     Ok(())
 }
 
-/// Parameters, moments and the step counter are donated to outputs `0..3P+1`.
-fn donate_state(
-    program: &mut hlo::Program,
-    p: &[Value],
-    m: &[Value],
-    v: &[Value],
-    step: Value,
-) -> hlo::Result<()> {
-    for (k, d) in p
-        .iter()
-        .chain(m)
-        .chain(v)
-        .copied()
-        .chain([step])
-        .enumerate()
-    {
-        program.donate(d, k)?;
+/// The training state as a program's first inputs, in [`state_len`]
+/// order: parameters, `m`, `v` (laid out like them), the step counter.
+pub(super) struct State {
+    pub params: Vec<Value>,
+    pub m: Vec<Value>,
+    pub v: Vec<Value>,
+    pub step: Value,
+}
+
+impl State {
+    /// Declares the state of parameters `slots`.
+    fn declare(b: &mut Builder, plan: &Plan, slots: &[Slot]) -> hlo::Result<State> {
+        Ok(State {
+            params: declare_all(b, plan, slots, "")?,
+            m: declare_all(b, plan, slots, "m.")?,
+            v: declare_all(b, plan, slots, "v.")?,
+            step: declare(b, plan, &step_slot(), "")?,
+        })
     }
-    Ok(())
+
+    /// Donates every state input to the output at its own index (the
+    /// updated state comes first in the outputs).
+    fn donate(&self, program: &mut hlo::Program) -> hlo::Result<()> {
+        let inputs = self.params.iter().chain(&self.m).chain(&self.v);
+        for (k, d) in inputs.copied().chain([self.step]).enumerate() {
+            program.donate(d, k)?;
+        }
+        Ok(())
+    }
 }
 
 /// The model, sharding plan and step program a config describes: the one

@@ -16,8 +16,8 @@ use gemma::GemmaConfig;
 use hlo::{Builder, DType, TensorType};
 
 use super::{
-    Plan, Slot, StepShape, batch_slots, declare, declare_all, donate_state, loss_and_grads,
-    param_slots, shard_outputs, step_slot, update,
+    Plan, Slot, State, StepShape, batch_slots, declare_all, loss_and_grads, param_slots,
+    shard_outputs, update,
 };
 use crate::Result;
 use crate::config::OptimizerConfig;
@@ -70,20 +70,14 @@ pub fn build_split(
 
     let mut b = Builder::new("train_update");
     mesh(&mut b)?;
-    let p = declare_all(&mut b, plan, &params, "")?;
-    let m = declare_all(&mut b, plan, &params, "m.")?;
-    let v = declare_all(&mut b, plan, &params, "v.")?;
-    let step = declare(&mut b, plan, &step_slot(), "")?;
+    let state = State::declare(&mut b, plan, &params)?;
     let grads = declare_all(&mut b, plan, &params, "grad.")?;
     let u = update::adamw(
         &mut b,
         opt,
         cfg,
         plan.layout(),
-        &p,
-        &m,
-        &v,
-        step,
+        &state,
         grads,
         shape.total_steps,
     )?;
@@ -91,7 +85,7 @@ pub fn build_split(
     outputs.extend([u.grad_norm, u.lr]);
     let mut apply = b.build(&outputs)?;
     shard_outputs(&mut apply, plan, &params, 3)?;
-    donate_state(&mut apply, &p, &m, &v, step)?;
+    state.donate(&mut apply)?;
 
     Ok((
         GradProgram {

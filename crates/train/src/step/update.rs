@@ -31,21 +31,17 @@ impl Update {
     }
 }
 
-/// Applies `grads` (of the mean loss) to `p`, `m`, `v` (stored as `layout`
-/// says) at counter `step`.
-#[allow(clippy::too_many_arguments)]
+/// Applies `grads` (of the mean loss) to `state` (stored as `layout` says).
 pub(super) fn adamw(
     b: &mut Builder,
     opt: &OptimizerConfig,
     cfg: &GemmaConfig,
     layout: Layout,
-    p: &[Value],
-    m: &[Value],
-    v: &[Value],
-    step: Value,
+    state: &super::State,
     mut grads: Vec<Value>,
     total_steps: u64,
 ) -> hlo::Result<Update> {
+    let (p, m, v, step) = (&state.params, &state.m, &state.v, state.step);
     let specs = param_specs_in(cfg, layout);
     b.scope("optimizer", |b| -> hlo::Result<Update> {
         // Global gradient norm over every parameter.
